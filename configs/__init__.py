@@ -1,0 +1,1 @@
+"""Hydra configs: installed as the package vae_cli.configs (see pyproject.toml)."""

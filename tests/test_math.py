@@ -1,0 +1,135 @@
+"""Closed forms and identities of MATH.md 2-3: KL, log-likelihoods, the three decompositions, ELBO <= log p(x)."""
+import math
+
+import pytest
+import torch
+from torch.distributions import Normal
+
+from linear_gaussian import exact_log_px, linear_gaussian, set_true_posterior
+from vae_cli.estimators import Reparameterized
+from vae_cli.latents import GaussianLatent
+from vae_cli.likelihoods import Bernoulli, ContinuousBernoulli, Gaussian, soft_clip_below
+
+
+def test_analytic_gaussian_kl_matches_large_sample_monte_carlo():
+    torch.manual_seed(0)
+    latent = GaussianLatent(num_vars=5).double()
+    params = torch.randn(4, 10, dtype=torch.float64)
+    posterior = latent.posterior(params)
+    z = posterior.sample((200_000,))  # (S, B, K)
+    log_ratio = posterior.log_prob(z) - latent.prior().log_prob(z)  # (S, B)
+    mc, stderr = log_ratio.mean(0), log_ratio.std(0) / math.sqrt(z.shape[0])
+    analytic = latent.divergence_terms(posterior, z[:1])["kl"]
+    assert torch.all((analytic - mc).abs() < 4 * stderr), (analytic, mc, stderr)
+    assert torch.allclose(analytic, torch.distributions.kl_divergence(posterior, latent.prior()))
+
+
+def test_bernoulli_log_likelihood_is_the_direct_sum():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 7, 11, dtype=torch.float64) * 3
+    x = torch.bernoulli(torch.full((7, 11), 0.4, dtype=torch.float64))
+    p = torch.sigmoid(logits)
+    direct = (x * torch.log(p) + (1 - x) * torch.log(1 - p)).sum(-1)
+    assert torch.allclose(Bernoulli().log_prob(logits.unsqueeze(-1), x), direct, atol=1e-10)
+
+
+def test_bernoulli_from_logits_is_stable_where_probabilities_underflow():
+    logits = torch.tensor([[[-200.0], [200.0]]])  # sigmoid is 0 and 1 in float32
+    ll = Bernoulli().log_prob(logits, torch.tensor([[1.0, 0.0]]))
+    assert torch.allclose(ll, torch.tensor([-400.0]))
+
+
+def test_binarization_modes():
+    x = torch.tensor([[0.2, 0.7, 0.5, 1.0]])
+    assert torch.equal(Bernoulli("threshold").prepare(x), torch.tensor([[0.0, 1.0, 0.0, 1.0]]))
+    draws = Bernoulli("dynamic").prepare(x.expand(20_000, 4), torch.Generator().manual_seed(0))
+    assert set(draws.unique().tolist()) <= {0.0, 1.0}
+    assert torch.allclose(draws.mean(0), x[0], atol=0.015)
+
+
+def test_continuous_bernoulli_normaliser_closed_form():
+    lam = torch.tensor([0.1, 0.3, 0.7, 0.9], dtype=torch.float64)
+    x = torch.tensor([0.25, 0.5, 0.8, 0.1], dtype=torch.float64)
+    norm = 2 * torch.atanh(1 - 2 * lam) / (1 - 2 * lam)  # C(l), MATH.md 3
+    expected = (x * torch.log(lam) + (1 - x) * torch.log(1 - lam) + torch.log(norm)).sum()
+    logits = torch.log(lam / (1 - lam))
+    got = ContinuousBernoulli().log_prob(logits.view(1, 4, 1), x.view(1, 4))
+    assert torch.allclose(got, expected.view(1), atol=1e-8)
+
+
+@pytest.mark.parametrize("scale", Gaussian.SCALES)
+def test_gaussian_log_likelihood_matches_torch_normal_with_constants(scale):
+    torch.manual_seed(0)
+    lik = Gaussian(scale=scale, sigma=0.3).double()
+    if scale == "learned":
+        with torch.no_grad():
+            lik.log_sigma.fill_(math.log(0.17))
+    params = torch.randn(2, 5, 9, lik.params_per_dim, dtype=torch.float64)  # (S, B, D, P)
+    x = torch.rand(5, 9, dtype=torch.float64)
+    loc = params[..., 0]
+    sigma = {"fixed": torch.tensor(0.3), "learned": torch.tensor(0.17),
+             "per_pixel": soft_clip_below(params[..., 1], -6.0).exp() if scale == "per_pixel" else None,
+             "optimal": (x - loc).pow(2).mean().sqrt()}[scale]
+    expected = Normal(loc, sigma.double()).log_prob(x).sum(-1)
+    assert torch.allclose(lik.log_prob(params, x), expected, atol=1e-10)
+
+
+def test_optimal_sigma_maximises_the_likelihood_given_the_mean():
+    torch.manual_seed(0)
+    params, x = torch.randn(1, 8, 6, 1, dtype=torch.float64), torch.rand(8, 6, dtype=torch.float64)
+    best = Gaussian(scale="optimal").log_prob(params, x).sum()
+    for factor in (0.8, 0.95, 1.05, 1.25):
+        sigma = float((x - params[..., 0]).pow(2).mean().sqrt()) * factor
+        assert Gaussian(scale="fixed", sigma=sigma).double().log_prob(params, x).sum() < best
+
+
+def test_per_pixel_log_scale_is_softly_clipped_below():
+    clipped = soft_clip_below(torch.tensor([-50.0, -6.0, 0.0, 3.0]), -6.0)
+    assert clipped[0] > -6.0 - 1e-6 and clipped[0] < -5.99
+    assert torch.allclose(clipped[2:], torch.tensor([0.0, 3.0]), atol=3e-3)
+
+
+@pytest.mark.parametrize("kl", ["analytic", "monte_carlo"])
+def test_three_decompositions_agree_on_the_same_samples(kl):
+    torch.manual_seed(0)
+    model, *_ = linear_gaussian(latent=GaussianLatent(3, kl=kl))
+    x = torch.randn(16, 6, dtype=torch.float64)
+    posterior = model.posterior(x)
+    z = model.latent.sample(posterior, 4)  # (S, B, K)
+    recon = model.log_likelihood(x, z).mean(0)
+    div = model.latent.divergence_terms(posterior, z)
+    # (4) KL = CE - H
+    assert torch.allclose(div["kl"], div["cross_entropy"] - div["entropy"], atol=1e-12)
+    # (2) recon - KL  ==  (3) energy + entropy, with energy = E_q[log p(x|z)] + E_q[log p(z)] = recon - CE
+    assert torch.allclose(recon - div["kl"], (recon - div["cross_entropy"]) + div["entropy"], atol=1e-12)
+    if kl == "monte_carlo":  # on the samples themselves: E_q[log p(x,z) - log q(z|x)]
+        joint = model.log_likelihood(x, z) + model.latent.log_prior(z)
+        direct = (joint - posterior.log_prob(z)).mean(0)
+        assert torch.allclose(recon - div["kl"], direct, atol=1e-10)
+
+
+def test_entropy_sign_is_negative_for_a_narrow_gaussian():
+    latent = GaussianLatent(2)
+    posterior = latent.posterior(torch.tensor([[0.0, 0.0, -10.0, -10.0]]))
+    assert latent.divergence_terms(posterior, posterior.sample((1,)))["entropy"].item() < 0
+
+
+def test_elbo_is_below_log_px_and_equal_at_the_true_posterior():
+    torch.manual_seed(0)
+    model, weight, bias, noise = linear_gaussian(latent=GaussianLatent(3, kl="monte_carlo"))
+    x = torch.distributions.MultivariateNormal(
+        bias, weight @ weight.T + noise**2 * torch.eye(6, dtype=torch.float64)).sample((32,))
+    log_px = exact_log_px(x, weight, bias, noise)
+    estimator = Reparameterized(num_samples=4000)
+    with torch.no_grad():
+        elbo = estimator(model, x).elbo  # random encoder: strictly below
+        assert torch.all(elbo < log_px - 0.1)
+        set_true_posterior(model, weight, bias, noise)
+        one = Reparameterized(num_samples=1)(model, x).elbo  # zero variance at the true posterior
+    assert torch.allclose(one, log_px, atol=1e-9)
+    model.latent.kl_mode = "analytic"
+    with torch.no_grad():
+        analytic = estimator(model, x).elbo  # Monte Carlo recon: equal within its standard error
+        z = model.latent.sample(model.posterior(x), 4000)
+        stderr = model.log_likelihood(x, z).std(0) / math.sqrt(4000)
+    assert torch.all((analytic - log_px).abs() < 5 * stderr)

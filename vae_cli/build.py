@@ -1,0 +1,58 @@
+"""Build the run's objects from a composed config: data, model, estimator, optimizer."""
+import inspect
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate as hydra_instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from vae_cli.data import ImageData
+from vae_cli.errors import ConfigError
+
+
+def instantiate(node: DictConfig, **kwargs):
+    """hydra.utils.instantiate, with our one-line ConfigError surfacing instead of Hydra's wrapper."""
+    try:
+        return hydra_instantiate(node, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        while cause is not None and not isinstance(cause, ConfigError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        where = node._get_full_key(None) if isinstance(node, DictConfig) else ""
+        first = str(err).strip().splitlines()
+        detail = " ".join(first[:2]) if first else type(err).__name__
+        raise ConfigError(f"config group '{where}' could not be built: {detail}") from err
+
+
+def build_data(cfg: DictConfig) -> ImageData:
+    return instantiate(cfg.data)
+
+
+def build_model(cfg: DictConfig, data_dim: int) -> torch.nn.Module:
+    """The VAE of cfg.model, with cfg.latent and cfg.likelihood, for data of data_dim dimensions."""
+    latent = instantiate(cfg.latent)
+    likelihood = instantiate(cfg.likelihood)
+    return instantiate(cfg.model, data_dim=data_dim, latent=latent, likelihood=likelihood,
+                       _convert_="all")
+
+
+def build_estimator(cfg: DictConfig, model: torch.nn.Module, data: ImageData | None = None):
+    """The estimator of cfg.estimator, checked against the model (invalid pairs fail clearly)."""
+    estimator = instantiate(cfg.estimator, _convert_="all")
+    if hasattr(estimator, "setup"):
+        estimator.setup(model, data)
+    estimator.check_model(model)
+    return estimator
+
+
+def build_optimizer(cfg: DictConfig, params, device: torch.device) -> torch.optim.Optimizer:
+    """cfg.optimizer is a partial (_partial_: true); fused kernels are used where torch has them."""
+    make = instantiate(cfg.optimizer)
+    kwargs = {}
+    signature = inspect.signature(make.func)
+    chosen = OmegaConf.to_container(cfg.optimizer)
+    if "fused" in signature.parameters and "fused" not in chosen and "foreach" not in chosen:
+        kwargs["fused"] = device.type in ("cpu", "cuda", "mps")
+    return make(params=params, **kwargs)

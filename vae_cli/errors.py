@@ -1,0 +1,20 @@
+"""User-facing errors: one clear line, a non-zero exit, nothing already written lost."""
+
+
+class ConfigError(ValueError):
+    """A bad config value, data file or checkpoint, explained in one line.
+
+    The message names what is wrong (the key and value, or the path), what was expected, and how to
+    fix it. The command-line entry points print it as ``error: <message>`` and exit with status 2.
+    """
+
+    def __init__(self, message: str):
+        # Keep it to one line whatever the caller passed: the CLI prints exactly this.
+        super().__init__(" ".join(message.split()))
+
+
+def check_choice(key: str, value, accepted) -> None:
+    """Raise ConfigError unless ``value`` is one of ``accepted`` (the message names all three)."""
+    if value not in accepted:
+        options = ", ".join(str(a) for a in accepted)
+        raise ConfigError(f"{key}={value!r} is not accepted; use one of: {options}")

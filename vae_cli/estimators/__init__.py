@@ -1,0 +1,5 @@
+"""Estimators: objects that take (model, x) and return the named ELBO terms and a surrogate to minimise."""
+from vae_cli.estimators.reparam import Reparameterized
+from vae_cli.estimators.terms import TERM_NAMES, Terms
+
+__all__ = ["Reparameterized", "Terms", "TERM_NAMES"]

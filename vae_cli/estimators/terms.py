@@ -1,0 +1,39 @@
+"""The named terms every estimator returns, per example in nats (MATH.md 2)."""
+from dataclasses import dataclass
+
+import torch
+
+TERM_NAMES = ("recon", "kl", "entropy", "cross_entropy", "elbo", "loss")
+
+
+@dataclass
+class Terms:
+    """Per-example tensors (B,), signs as in MATH.md 2.
+
+    recon = E_q[log p(x|z)]; kl = KL(q(z|x) || p(z)); entropy = H[q(z|x)]; cross_entropy =
+    E_q[-log p(z)]; elbo = recon - kl (the beta = 1 bound); loss = -(recon - beta kl), minimised.
+    surrogate is the scalar whose gradient is the estimator's gradient of the batch-mean loss: equal to
+    the mean loss for reparameterization, different (but with the same expected gradient) for
+    score-function estimators. extras holds estimator diagnostics (baseline, learning signal).
+    """
+
+    recon: torch.Tensor
+    kl: torch.Tensor
+    entropy: torch.Tensor
+    cross_entropy: torch.Tensor
+    elbo: torch.Tensor
+    loss: torch.Tensor
+    surrogate: torch.Tensor
+    extras: dict
+
+    @classmethod
+    def from_parts(cls, recon, divergence: dict, beta: float, surrogate=None, extras=None) -> "Terms":
+        kl = divergence["kl"]
+        loss = -(recon - beta * kl)  # (B,)
+        return cls(recon=recon, kl=kl, entropy=divergence["entropy"],
+                   cross_entropy=divergence["cross_entropy"], elbo=recon - kl, loss=loss,
+                   surrogate=loss.mean() if surrogate is None else surrogate, extras=extras or {})
+
+    def means(self) -> dict[str, torch.Tensor]:
+        """Batch means of the named terms, as 0-d tensors (no device sync)."""
+        return {name: getattr(self, name).detach().mean() for name in TERM_NAMES}

@@ -1,0 +1,135 @@
+"""Decoder likelihoods p(x|z): log-densities per example in nats, every constant kept (MATH.md 3)."""
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vae_cli.errors import ConfigError, check_choice
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def soft_clip_below(log_scale: torch.Tensor, floor: float) -> torch.Tensor:
+    """Smooth lower bound: ~log_scale above the floor, -> floor below it (keeps gradients alive)."""
+    return floor + F.softplus(log_scale - floor)
+
+
+class Bernoulli(nn.Module):
+    """Bernoulli p(x|z) for binary x; the decoder emits logits l.
+
+    log p(x|z) = sum_d [x_d log s(l_d) + (1 - x_d) log(1 - s(l_d))] = -BCE_with_logits(l, x) summed,
+    computed from logits for stability (MATH.md 3).
+    """
+
+    params_per_dim = 1  # one logit per pixel
+
+    def __init__(self, binarize: str = "dynamic"):
+        super().__init__()
+        check_choice("likelihood.binarize", binarize, ("dynamic", "threshold", "none"))
+        self.binarize = binarize
+
+    def prepare(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Turn intensities in [0,1] into binary targets: x_d ~ Bernoulli(x_d), x_d > 0.5, or as is."""
+        if self.binarize == "dynamic":
+            return torch.bernoulli(x, generator=generator)
+        if self.binarize == "threshold":
+            return (x > 0.5).to(x.dtype)
+        return x
+
+    def check_data(self, x: torch.Tensor) -> None:
+        """Refuse non-binary targets: Bernoulli is not a normalised density on them."""
+        if self.binarize == "none" and not bool(((x == 0) | (x == 1)).all()):
+            raise ConfigError(
+                "likelihood=bernoulli with likelihood.binarize=none needs binary data, but the data "
+                "has values strictly between 0 and 1; set likelihood.binarize=dynamic (or threshold), "
+                "or use likelihood=continuous_bernoulli or likelihood=gaussian"
+            )
+
+    def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        logits = params.squeeze(-1)  # (..., B, D)
+        bce = F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none")
+        return -bce.sum(-1)  # (..., B)
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(params.squeeze(-1))
+
+
+class ContinuousBernoulli(Bernoulli):
+    """Continuous Bernoulli for x in [0,1]: the Bernoulli form times its normaliser C(l).
+
+    C(l) = 2 artanh(1 - 2l) / (1 - 2l), C(1/2) = 2 (Loaiza-Ganem & Cunningham 2019); computed by
+    torch.distributions.ContinuousBernoulli, which handles l near 1/2 with a Taylor expansion.
+    """
+
+    def __init__(self):
+        super().__init__(binarize="none")
+
+    def check_data(self, x: torch.Tensor) -> None:
+        pass  # any x in [0,1] is in the support
+
+    def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        logits = params.squeeze(-1)  # (..., B, D)
+        dist = torch.distributions.ContinuousBernoulli(logits=logits, validate_args=False)
+        return dist.log_prob(x.expand_as(logits)).sum(-1)  # (..., B)
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        dist = torch.distributions.ContinuousBernoulli(logits=params.squeeze(-1), validate_args=False)
+        return dist.mean
+
+
+class Gaussian(nn.Module):
+    """Gaussian p(x|z) = N(x; m, sigma^2) per dimension; the decoder emits the mean m.
+
+    log p(x|z) = sum_d [-1/2 log(2 pi) - log sigma_d - (x_d - m_d)^2 / (2 sigma_d^2)]  (MATH.md 3)
+
+    scale: fixed (sigma given), learned (one shared log sigma), per_pixel (the decoder emits
+    log sigma_d too, softly clipped below at min_log_scale), optimal (sigma*^2 = the batch mean
+    squared error, which maximises the likelihood given the mean; Rybkin et al. 2021; floored at
+    min_log_scale).
+    """
+
+    SCALES = ("learned", "fixed", "per_pixel", "optimal")
+
+    def __init__(self, scale: str = "learned", sigma: float = 1.0, min_log_scale: float = -6.0):
+        super().__init__()
+        check_choice("likelihood.scale", scale, self.SCALES)
+        if not sigma > 0:
+            raise ConfigError(f"likelihood.sigma={sigma!r} must be > 0 (the initial or fixed std)")
+        self.scale = scale
+        self.min_log_scale = min_log_scale
+        self.params_per_dim = 2 if scale == "per_pixel" else 1
+        log_sigma = torch.tensor(math.log(sigma))
+        if scale == "learned":
+            self.log_sigma = nn.Parameter(log_sigma)
+        else:
+            self.register_buffer("log_sigma", log_sigma)
+        self.last_sigma = torch.tensor(sigma)  # the sigma of the last log_prob call, for logging
+
+    def prepare(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return x  # intensities in [0,1]
+
+    def check_data(self, x: torch.Tensor) -> None:
+        pass
+
+    def log_scale(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """log sigma, broadcastable against the mean (...,B,D)."""
+        loc = params[..., 0]
+        if self.scale == "per_pixel":
+            return soft_clip_below(params[..., 1], self.min_log_scale)
+        if self.scale == "optimal":
+            # sigma*^2 = MSE over samples, batch and dimensions: exact, floored (a soft clip would bias
+            # it). No gradient is lost by the floor: at sigma* the likelihood is flat in sigma.
+            mse = (x - loc).pow(2).mean()
+            return (0.5 * torch.log(mse)).clamp(min=self.min_log_scale)
+        return self.log_sigma
+
+    def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        loc = params[..., 0]  # (..., B, D)
+        log_scale = self.log_scale(params, x)
+        self.last_sigma = log_scale.detach().exp().mean()
+        z = (x - loc) * torch.exp(-log_scale)
+        return (-0.5 * LOG_2PI - log_scale - 0.5 * z.pow(2)).sum(-1)  # (..., B)
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        return params[..., 0]

@@ -1,0 +1,54 @@
+"""TensorBoard output of a run: scalars, image grids, the resolved config, and HParams in the same folder."""
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
+
+
+def flatten(cfg: dict, prefix: str = "") -> dict:
+    """Dotted keys to scalar values for HParams (lists become strings; _target_ keys are dropped)."""
+    flat = {}
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "."))
+        elif str(key).startswith("_"):
+            continue
+        elif value is None or isinstance(value, (list, tuple)):
+            flat[name] = str(value)
+        else:
+            flat[name] = value
+    return flat
+
+
+class RunWriter:
+    """A SummaryWriter on the run folder, with the few kinds of record vae-cli writes."""
+
+    def __init__(self, run_dir: Path):
+        self.writer = SummaryWriter(log_dir=str(run_dir))
+
+    def scalars(self, prefix: str, values: dict, step: int) -> None:
+        for name, value in values.items():
+            self.writer.add_scalar(f"{prefix}/{name}", float(value), step)
+
+    def images(self, tag: str, images: torch.Tensor, step: int) -> None:
+        """images (N, C, H, W) in [0, 1]; TensorBoard tiles the batch into one grid."""
+        self.writer.add_images(tag, images.detach().float().clamp(0, 1).cpu(), step, dataformats="NCHW")
+
+    def config(self, cfg: DictConfig | dict) -> None:
+        text = OmegaConf.to_yaml(cfg) if isinstance(cfg, DictConfig) else OmegaConf.to_yaml(OmegaConf.create(cfg))
+        self.writer.add_text("config", "```\n" + text + "\n```", 0)
+
+    def text(self, tag: str, text: str) -> None:
+        self.writer.add_text(tag, text, 0)
+
+    def hparams(self, config: dict, metrics: dict) -> None:
+        """An HParams entry in this run's own folder (add_hparams would open a second run)."""
+        exp, ssi, sei = hparams(flatten(config), {k: float(v) for k, v in metrics.items()})
+        for summary in (exp, ssi, sei):
+            self.writer.file_writer.add_summary(summary)
+
+    def close(self) -> None:
+        self.writer.close()

@@ -1,0 +1,172 @@
+"""train(cfg): optimise the ELBO on data held as one tensor on the device, and log every term."""
+import json
+import logging
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+from tqdm.auto import tqdm
+
+from vae_cli.build import build_data, build_estimator, build_model, build_optimizer
+from vae_cli.checkpoint import save_checkpoint
+from vae_cli.device import resolve_device
+from vae_cli.errors import ConfigError
+from vae_cli.estimators import TERM_NAMES
+from vae_cli.summary import RunWriter
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def to_unit(x_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels 0..255 -> float intensities in [0, 1], on the tensor's device."""
+    return x_uint8.float().div_(255.0)
+
+
+@torch.no_grad()
+def average_terms(model, estimator, x: torch.Tensor, batch_size: int, beta: float) -> dict[str, float]:
+    """Per-example means of the named terms over a prepared data tensor x (N, D)."""
+    sums = {name: torch.zeros((), device=x.device) for name in TERM_NAMES}
+    for start in range(0, x.shape[0], batch_size):
+        terms = estimator(model, x[start:start + batch_size], beta)
+        for name in TERM_NAMES:
+            sums[name] += getattr(terms, name).sum()
+    return {name: (total / x.shape[0]).item() for name, total in sums.items()}
+
+
+def check_positive(cfg: DictConfig, *keys: str) -> None:
+    for key in keys:
+        value = OmegaConf.select(cfg, key)
+        if value is not None and not value > 0:
+            raise ConfigError(f"{key}={value!r} must be > 0")
+
+
+def train(cfg: DictConfig, run_dir: str | Path) -> dict:
+    """Train the configured VAE, writing TensorBoard events, checkpoint.pt and metrics.json to run_dir."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    check_positive(cfg, "epochs", "batch_size", "eval_batch_size", "log_every", "max_steps")
+    if cfg.beta < 0:
+        raise ConfigError(f"beta={cfg.beta!r} must be >= 0 (the KL weight)")
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    data = build_data(cfg)
+    with open_dict(cfg):  # record what the run really used, so no one mistakes a subset for the full set
+        cfg.data.source_used = data.source
+        cfg.device_used = str(device)
+    model = build_model(cfg, data.data_dim).to(device)
+    estimator = build_estimator(cfg, model, data).to(device)
+    optimizer = build_optimizer(cfg, list(model.parameters()) + list(estimator.parameters()), device)
+    likelihood = model.likelihood
+
+    # The data lives on the device as uint8; batches are taken by index and binarized there.
+    train_x = data.train_x.to(device)
+    likelihood.check_data(to_unit(train_x[:1000]))
+    eval_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)  # fixed binarization of val/test
+    val_x = likelihood.prepare(to_unit(data.val_x.to(device)), eval_gen)
+    test_x = likelihood.prepare(to_unit(data.test_x.to(device)), eval_gen)
+    batch_gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    image_gen = torch.Generator(device=device).manual_seed(cfg.seed + 2)
+    prior_z = model.latent.sample_prior(cfg.num_images, image_gen)  # same z every epoch
+
+    writer = RunWriter(run_dir)
+    writer.config(cfg)
+    writer.text("data/source", data.source)
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    log.info("data: %s", data)
+    num_train = train_x.shape[0]
+    steps_per_epoch = max(1, num_train // cfg.batch_size)  # drop the last partial batch
+    total_steps = steps_per_epoch * cfg.epochs
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
+    step, val = 0, {}
+    bar = tqdm(total=total_steps, desc="train", disable=None, dynamic_ncols=True)
+    for epoch in range(cfg.epochs):
+        if step >= total_steps:
+            break
+        model.train()
+        perm = torch.randperm(num_train, generator=batch_gen, device=device)
+        sums = {name: torch.zeros((), device=device) for name in TERM_NAMES}
+        count, seen, start = 0, 0, time.perf_counter()
+        for i in range(steps_per_epoch):
+            if step >= total_steps:
+                break
+            x = likelihood.prepare(to_unit(train_x[perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]]),
+                                   batch_gen)
+            terms = estimator(model, x, cfg.beta)
+            optimizer.zero_grad(set_to_none=True)
+            terms.surrogate.backward()
+            optimizer.step()
+            if hasattr(estimator, "after_step"):
+                estimator.after_step(terms)
+            step += 1
+            seen += x.shape[0]
+            for name, value in terms.means().items():
+                sums[name] += value
+            count += 1
+            if step % cfg.log_every == 0 or step == total_steps:
+                means = {name: (total / count).item() for name, total in sums.items()}
+                if not all(np.isfinite(v) for v in means.values()):
+                    raise FloatingPointError(f"non-finite training terms at step {step}: {means}; "
+                                             "lower optimizer.lr or check the data")
+                writer.scalars("train", means, step)
+                writer.scalars("train", {k: float(v) for k, v in terms.extras.items()}, step)
+                if hasattr(likelihood, "last_sigma") and likelihood.scale != "fixed":
+                    writer.scalars("train", {"sigma": likelihood.last_sigma.item()}, step)
+                bar.set_postfix(elbo=f"{means['elbo']:.2f}", epoch=epoch + 1)
+                sums = {name: torch.zeros((), device=device) for name in TERM_NAMES}
+                count = 0
+            bar.update(1)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        images_per_sec = seen / (time.perf_counter() - start)
+        writer.scalars("train", {"images_per_sec": images_per_sec, "epoch": epoch + 1}, step)
+        model.eval()
+        val = average_terms(model, estimator, val_x, cfg.eval_batch_size, cfg.beta)
+        writer.scalars("val", val, step)
+        write_pictures(writer, model, test_x[:cfg.num_images // 2], prior_z, data.image_shape, step)
+        log.info("epoch %d step %d: val elbo %.3f (recon %.3f, kl %.3f), %.0f images/s",
+                 epoch + 1, step, val["elbo"], val["recon"], val["kl"], images_per_sec)
+        save_checkpoint(run_dir / "checkpoint.pt", checkpoint_state(cfg, model, estimator, optimizer,
+                                                                    step, epoch + 1, batch_gen))
+    bar.close()
+    model.eval()
+    test = average_terms(model, estimator, test_x, cfg.eval_batch_size, cfg.beta)
+    writer.scalars("test", test, step)
+    metrics = {f"test/{k}": v for k, v in test.items()}
+    metrics.update({f"val/{k}": v for k, v in val.items()})
+    metrics.update({"train/images_per_sec": images_per_sec, "step": step})
+    writer.hparams(OmegaConf.to_container(cfg, resolve=True), metrics)
+    writer.close()
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    log.info("test elbo %.3f nats (recon %.3f, kl %.3f); run folder %s",
+             test["elbo"], test["recon"], test["kl"], run_dir)
+    return metrics
+
+
+def write_pictures(writer: RunWriter, model, x: torch.Tensor, prior_z: torch.Tensor, shape, step: int):
+    """Test examples beside their reconstructions, and decoded prior samples, as image grids."""
+    with torch.no_grad():
+        recon = model.reconstruct(x)
+        pairs = torch.stack([x, recon], dim=1).flatten(0, 1)  # (2N, D): original, reconstruction, ...
+        samples = model.likelihood.mean(model.decode(prior_z))
+    writer.images("test/reconstructions", pairs.view(-1, *shape), step)
+    writer.images("samples/prior", samples.view(-1, *shape), step)
+
+
+def checkpoint_state(cfg, model, estimator, optimizer, step: int, epoch: int, batch_gen) -> dict:
+    """Everything needed to rebuild the model from the file alone, and to resume."""
+    rng = {"torch": torch.get_rng_state(), "batches": batch_gen.get_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return {"model": model.state_dict(), "estimator": estimator.state_dict(),
+            "optimizer": optimizer.state_dict(), "step": step, "epoch": epoch, "rng": rng,
+            "config": OmegaConf.to_container(cfg, resolve=True)}
