@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from vae_cli.build import build_data, build_estimator, build_model, build_optimizer
 from vae_cli.checkpoint import save_checkpoint
 from vae_cli.device import resolve_device
+from vae_cli.diagnostics import gradient_diagnostics
 from vae_cli.errors import ConfigError
 from vae_cli.estimators import TERM_NAMES
 from vae_cli.summary import RunWriter
@@ -53,7 +54,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Train the configured VAE, writing TensorBoard events, checkpoint.pt and metrics.json to run_dir."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    check_positive(cfg, "epochs", "batch_size", "eval_batch_size", "log_every", "max_steps")
+    check_positive(cfg, "epochs", "batch_size", "eval_batch_size", "log_every", "max_steps",
+                   "diagnostics.num_estimates", "diagnostics.batch_size")
     if cfg.beta < 0:
         raise ConfigError(f"beta={cfg.beta!r} must be >= 0 (the KL weight)")
     seed_everything(cfg.seed)
@@ -76,6 +78,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     batch_gen = torch.Generator(device=device).manual_seed(cfg.seed)
     image_gen = torch.Generator(device=device).manual_seed(cfg.seed + 2)
     prior_z = model.latent.sample_prior(cfg.num_images, image_gen)  # same z every epoch
+    diag = cfg.diagnostics
+    diag_x = likelihood.prepare(to_unit(train_x[:diag.batch_size]), eval_gen)  # one fixed batch
 
     writer = RunWriter(run_dir)
     writer.config(cfg)
@@ -124,6 +128,9 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
                 bar.set_postfix(elbo=f"{means['elbo']:.2f}", epoch=epoch + 1)
                 sums = {name: torch.zeros((), device=device) for name in TERM_NAMES}
                 count = 0
+            if diag.every and step % diag.every == 0:
+                writer.scalars("diagnostics", gradient_diagnostics(
+                    model, estimator, diag_x, diag.num_estimates, cfg.beta), step)
             bar.update(1)
         if device.type == "cuda":
             torch.cuda.synchronize()
