@@ -34,7 +34,9 @@ def to_unit(x_uint8: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def average_terms(model, estimator, x: torch.Tensor, batch_size: int, beta: float) -> dict[str, float]:
-    """Per-example means of the named terms over a prepared data tensor x (N, D)."""
+    """Per-example means of the named terms over a prepared data tensor x (N, D); {} when N = 0."""
+    if x.shape[0] == 0:
+        return {}
     sums = {name: torch.zeros((), device=x.device) for name in TERM_NAMES}
     for start in range(0, x.shape[0], batch_size):
         terms = estimator(model, x[start:start + batch_size], beta)
@@ -61,8 +63,9 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     data = build_data(cfg)
+    cfg = cfg.copy()  # the caller's config is not changed
     with open_dict(cfg):  # record what the run really used, so no one mistakes a subset for the full set
-        cfg.data.source_used = data.source
+        cfg.data_source = data.source
         cfg.device_used = str(device)
     model = build_model(cfg, data.data_dim).to(device)
     estimator = build_estimator(cfg, model, data).to(device)
@@ -140,8 +143,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         val = average_terms(model, estimator, val_x, cfg.eval_batch_size, cfg.beta)
         writer.scalars("val", val, step)
         write_pictures(writer, model, test_x[:cfg.num_images // 2], prior_z, data.image_shape, step)
-        log.info("epoch %d step %d: val elbo %.3f (recon %.3f, kl %.3f), %.0f images/s",
-                 epoch + 1, step, val["elbo"], val["recon"], val["kl"], images_per_sec)
+        log.info("epoch %d step %d: val elbo %.3f, %.0f images/s", epoch + 1, step,
+                 val.get("elbo", float("nan")), images_per_sec)
         save_checkpoint(run_dir / "checkpoint.pt", checkpoint_state(cfg, model, estimator, optimizer,
                                                                     step, epoch + 1, batch_gen))
     bar.close()

@@ -38,10 +38,13 @@ class GaussianLatent(nn.Module):
 
     def posterior(self, params: torch.Tensor) -> Independent:
         loc, log_var = params.chunk(2, dim=-1)  # (B, K) each
-        return Independent(Normal(loc, torch.exp(0.5 * log_var)), 1)
+        # validate_args=False: argument checks cost a device sync per batch on the hot path.
+        return Independent(Normal(loc, torch.exp(0.5 * log_var), validate_args=False), 1,
+                           validate_args=False)
 
     def prior(self) -> Independent:
-        return Independent(Normal(self.prior_loc, torch.ones_like(self.prior_loc)), 1)
+        return Independent(Normal(self.prior_loc, torch.ones_like(self.prior_loc), validate_args=False), 1,
+                           validate_args=False)
 
     def sample(self, posterior: Independent, num_samples: int) -> torch.Tensor:
         return posterior.rsample((num_samples,))  # (S, B, K)

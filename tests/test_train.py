@@ -1,0 +1,97 @@
+"""train(cfg) end to end on synthetic data: metrics, files, TensorBoard tags, determinism, the CLI."""
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import run_cli
+from vae_cli.build import build_model
+from vae_cli.checkpoint import load_checkpoint
+from vae_cli.errors import ConfigError
+from vae_cli.estimators import TERM_NAMES
+from vae_cli.train import train
+
+
+def events(run_dir: Path) -> EventAccumulator:
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    acc.Reload()
+    return acc
+
+
+def test_smoke_run_writes_metrics_checkpoint_and_tensorboard(smoke_cfg, tmp_path):
+    metrics = train(smoke_cfg(), tmp_path)
+    assert all(math.isfinite(v) for v in metrics.values())
+    for split in ("val", "test"):
+        assert metrics[f"{split}/elbo"] == pytest.approx(metrics[f"{split}/recon"] - metrics[f"{split}/kl"])
+        assert metrics[f"{split}/kl"] == pytest.approx(
+            metrics[f"{split}/cross_entropy"] - metrics[f"{split}/entropy"], abs=1e-4)
+        assert metrics[f"{split}/loss"] == pytest.approx(-metrics[f"{split}/elbo"])  # beta = 1
+    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+    assert metrics["step"] == 2 * (461 // 32)  # two epochs of full batches of the synthetic train split
+
+    acc = events(tmp_path)
+    scalars = set(acc.Tags()["scalars"])
+    for split in ("train", "val", "test"):
+        assert {f"{split}/{t}" for t in TERM_NAMES} <= scalars
+    assert {"train/images_per_sec", "diagnostics/grad_variance", "diagnostics/grad_snr"} <= scalars
+    assert {"test/reconstructions", "samples/prior"} <= set(acc.Tags()["images"])
+    assert acc.Scalars("test/elbo")[-1].value == pytest.approx(metrics["test/elbo"], rel=1e-6)
+    plugins = acc.PluginTagToContent("hparams")  # HParams in this run's folder, not a second run
+    assert "_hparams_/experiment" in plugins and "_hparams_/session_start_info" in plugins
+    assert "config/text_summary" in acc.Tags()["tensors"]
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == []  # no nested run folder
+
+    state = load_checkpoint(tmp_path)
+    assert state["step"] == metrics["step"] and "synthetic" in state["config"]["data_source"]
+    model = build_model(OmegaConf.create(state["config"]), 64)
+    model.load_state_dict(state["model"])  # rebuilt from the file alone
+    assert set(state["rng"]) >= {"torch", "batches"} and "state" in state["optimizer"]
+
+
+def test_gaussian_likelihood_logs_sigma(smoke_cfg, tmp_path):
+    train(smoke_cfg("likelihood=gaussian"), tmp_path)
+    sigma = events(tmp_path).Scalars("train/sigma")
+    assert sigma[0].value != sigma[-1].value  # learned: it moves
+
+
+def test_same_seed_same_metrics_and_another_seed_differs(smoke_cfg, tmp_path):
+    first = train(smoke_cfg("seed=3"), tmp_path / "a")
+    second = train(smoke_cfg("seed=3"), tmp_path / "b")
+    third = train(smoke_cfg("seed=4"), tmp_path / "c")
+    speed = "train/images_per_sec"
+    assert {k: v for k, v in first.items() if k != speed} == {k: v for k, v in second.items() if k != speed}
+    assert first["test/elbo"] != third["test/elbo"]
+
+
+def test_checkpoint_is_atomic_and_bad_checkpoints_are_clear_errors(smoke_cfg, tmp_path):
+    train(smoke_cfg("epochs=1"), tmp_path)
+    assert [p.name for p in tmp_path.glob("*.tmp")] == []
+    with pytest.raises(ConfigError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "elsewhere")
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match="corrupt"):
+        load_checkpoint(tmp_path / "bad.pt")
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "foreign.pt")
+    with pytest.raises(ConfigError, match="lacks model"):
+        load_checkpoint(tmp_path / "foreign.pt")
+
+
+def test_installed_vae_train_runs(tmp_path):
+    result = run_cli("debug=smoke", "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert {"checkpoint.pt", "metrics.json", "config.yaml", ".hydra"} <= {p.name for p in (tmp_path / "run").iterdir()}
+    assert "test elbo" in result.stdout + result.stderr
+
+
+def test_multirun_writes_one_folder_per_job(tmp_path):
+    result = run_cli("-m", "debug=smoke", "seed=0,1", "epochs=1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    jobs = sorted((tmp_path / "outputs" / "multirun").glob("*/*/*/metrics.json"))
+    assert [p.parent.name for p in jobs] == ["0", "1"]
+    elbos = [json.loads(p.read_text())["test/elbo"] for p in jobs]
+    assert elbos[0] != elbos[1]

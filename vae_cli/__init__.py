@@ -1,0 +1,1 @@
+"""vae-cli: a command-line experiment runner for variational autoencoders (see README.md)."""
