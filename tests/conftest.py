@@ -1,14 +1,22 @@
 """Shared fixtures: compose the real configs (shrunk by debug=smoke) the way vae-train does."""
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
 sys.path.insert(0, str(Path(__file__).parent))  # the test helpers (linear_gaussian.py)
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One thread per xdist worker (and its subprocesses): two workers with two OpenMP threads each
+    # on two cores spin against each other and run several times slower.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 
 def compose_config(*overrides: str) -> DictConfig:
