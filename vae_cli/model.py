@@ -59,9 +59,8 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """Mean of p(x|z) at z = a posterior sample (the mean for Gaussian latents)."""
-        posterior = self.posterior(x)
-        return self.likelihood.mean(self.decode(posterior.mean))
+        """Mean of p(x|z) at the posterior's most likely z (Gaussian: the mean; categorical: the mode)."""
+        return self.likelihood.mean(self.decode(self.latent.mode(self.posterior(x))))
 
     @torch.no_grad()
     def generate(self, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:

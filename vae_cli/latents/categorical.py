@@ -46,6 +46,11 @@ class CategoricalLatent(nn.Module):
     def sample(self, posterior: Independent, num_samples: int) -> torch.Tensor:
         return posterior.sample((num_samples,))  # (S, B, V, C), no gradient path
 
+    def mode(self, posterior: Independent) -> torch.Tensor:
+        """The most likely class of each variable, one-hot (B, V, C): what the decoder was trained on."""
+        logits = posterior.base_dist.logits
+        return F.one_hot(logits.argmax(-1), self.num_classes).to(logits.dtype)
+
     def sample_prior(self, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
         probs = F.softmax(self.prior_logits.detach(), -1)  # (V, C)
         index = torch.multinomial(probs.repeat(num_samples, 1), 1, generator=generator)  # (N*V, 1)

@@ -49,6 +49,9 @@ class GaussianLatent(nn.Module):
     def sample(self, posterior: Independent, num_samples: int) -> torch.Tensor:
         return posterior.rsample((num_samples,))  # (S, B, K)
 
+    def mode(self, posterior: Independent) -> torch.Tensor:
+        return posterior.base_dist.loc  # (B, K)
+
     def sample_prior(self, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
         return torch.randn(num_samples, self.num_vars, generator=generator, device=self.prior_loc.device)
 
