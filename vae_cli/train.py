@@ -16,6 +16,7 @@ from vae_cli.device import resolve_device
 from vae_cli.diagnostics import gradient_diagnostics
 from vae_cli.errors import ConfigError
 from vae_cli.estimators import TERM_NAMES
+from vae_cli.schedules import build_scheduler
 from vae_cli.summary import RunWriter
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     model = build_model(cfg, data.data_dim).to(device)
     estimator = build_estimator(cfg, model, data).to(device)
     optimizer = build_optimizer(cfg, list(model.parameters()) + list(estimator.parameters()), device)
+    scheduler = build_scheduler(cfg, optimizer)
     likelihood = model.likelihood
 
     # The data lives on the device as uint8; batches are taken by index and binarized there.
@@ -139,6 +141,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
             torch.cuda.synchronize()
         images_per_sec = seen / (time.perf_counter() - start)
         writer.scalars("train", {"images_per_sec": images_per_sec, "epoch": epoch + 1}, step)
+        writer.scalars("train", {"lr": scheduler.get_last_lr()[0]}, step)  # the rate this epoch used
+        scheduler.step()  # once per epoch (configs/scheduler/)
         model.eval()
         val = average_terms(model, estimator, val_x, cfg.eval_batch_size, cfg.beta)
         writer.scalars("val", val, step)
@@ -154,6 +158,9 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     metrics = {f"test/{k}": v for k, v in test.items()}
     metrics.update({f"val/{k}": v for k, v in val.items()})
     metrics.update({"train/images_per_sec": images_per_sec, "step": step})
+    if cfg.get("eval") is not None:  # L_K, posterior gap, active units, probe, pictures (configs/eval/)
+        from vae_cli.evaluation import evaluate  # here: vae_cli.evaluation imports this module
+        metrics.update(evaluate(model, data, test_x, cfg.eval, writer, step, cfg.seed).figures)
     writer.hparams(OmegaConf.to_container(cfg, resolve=True), metrics)
     writer.close()
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

@@ -1,0 +1,85 @@
+"""Throughput of vae-eval's L_K (images x samples per second) against training's decoder passes per second.
+
+One run of the default model (784-400-20 MLP, Bernoulli likelihood, dynamic binarization, batch 128)
+is trained for one epoch on 28x28 images: Fashion-MNIST (10,000 test images) when installed, else
+synthetic images of that shape with a 10,000-image test split. Then vae-eval evaluates that run folder
+with K=1000. Training runs one decoder pass per image (estimator.num_samples=1), so its images/s are
+its decoder passes/s; L_K runs K decoder passes per test image, so images x samples/s are its decoder
+passes/s. The evaluation should run at least as many decoder passes per second as training does.
+Also timed: the forward-only ELBO pass over the test set that train() runs (average_terms).
+
+    python benchmarks/eval_throughput.py [--num-samples 1000] [--device cpu]
+"""
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_module
+
+from vae_cli.build import build_estimator
+from vae_cli.evaluation import evaluate_run
+from vae_cli.evaluation.run import load_run, prepared_test_set
+from vae_cli.train import average_terms, train
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+def configs(device: str, num_samples: int):
+    data = ["data=fashion_mnist", "data.val_fraction=0"] if FASHION.is_dir() else [
+        "data=synthetic", "data.num_train=60000", "data.num_test=10000", "data.image_size=28",
+        "data.num_classes=10", "data.val_fraction=0"]
+    with initialize_config_module("vae_cli.configs", version_base="1.3"):
+        train_cfg = compose("train", overrides=[*data, "epochs=1", f"device={device}", "~eval"])
+        # The pixel baseline of the probe does not depend on the model (and takes minutes on a CPU).
+        eval_cfg = compose("eval", overrides=[f"device={device}", f"eval.num_samples={num_samples}",
+                                              "eval.pixel_baseline=false"])
+    return train_cfg, eval_cfg
+
+
+def forward_images_per_sec(run_dir: Path, device: torch.device) -> tuple[float, int]:
+    """The forward-only ELBO pass of train() (test/elbo) over the test set: (images per second, N)."""
+    cfg, data, model, _ = load_run(run_dir, device)
+    test_x = prepared_test_set(cfg, data, model.likelihood, device)
+    estimator = build_estimator(cfg, model, data).to(device)
+    seconds = []
+    for _ in range(3):  # the best of three: a shared machine's load only ever slows a pass down
+        start = time.perf_counter()
+        average_terms(model, estimator, test_x, cfg.eval_batch_size, cfg.beta)
+        seconds.append(time.perf_counter() - start)
+    return test_x.shape[0] / min(seconds), test_x.shape[0]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--num-samples", type=int, default=1000, help="K of L_K")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    train_cfg, eval_cfg = configs(args.device, args.num_samples)
+    with tempfile.TemporaryDirectory() as run_dir:
+        metrics = train(train_cfg, run_dir)
+        start = time.perf_counter()
+        evaluate_run(run_dir, eval_cfg)
+        eval_seconds = time.perf_counter() - start
+        report = json.loads((Path(run_dir) / "eval.json").read_text())
+        forward, num_test = forward_images_per_sec(Path(run_dir), torch.device(args.device))
+    training = metrics["train/images_per_sec"]  # = decoder passes per second (one sample per image)
+    evaluation = report["images_x_samples_per_sec"]
+    print(f"data: {report['data_source']}; device {report['device']}; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
+    print(f"vae-eval, K={args.num_samples} on {num_test:,} test images: {eval_seconds:.1f} s in all "
+          f"(L_K {num_test * args.num_samples / evaluation:.1f} s; then the latent probe, pictures, projector)")
+    print(f"L_K                       {evaluation:12,.0f} images x samples/s (decoder passes/s)")
+    print(f"training (fwd+bwd+Adam)   {training:12,.0f} images/s = decoder passes/s")
+    print(f"training's ELBO pass      {forward:12,.0f} images/s (forward only)")
+    print(f"ratio L_K / training      {evaluation / training:12.2f}x")
+    print(f"ratio L_K / forward pass  {evaluation / forward:12.2f}x")
+    print(json.dumps({"eval_images_x_samples_per_sec": evaluation, "train_images_per_sec": training,
+                      "forward_images_per_sec": forward, "ratio_vs_training": evaluation / training,
+                      "vae_eval_seconds": eval_seconds, "test/log_px": report["figures"]["test/log_px"]}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""vae-eval on smoke runs' folders, in process and as the installed script; vae-train's light evaluation."""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import compose_config, run_cli
+from vae_cli.eval_cli import main
+from vae_cli.train import train
+
+TEST_TAGS = {"test/log_px", "test/elbo_L1", "test/posterior_gap", "test/active_units"}
+LATENT_PROBE_TAGS = {f"probe/latent_{n}" for n in ("n10", "n100", "all")}
+PROBE_TAGS = LATENT_PROBE_TAGS | {tag.replace("latent", "pixels") for tag in LATENT_PROBE_TAGS}
+IMAGE_TAGS = {"latents/traversal", "latents/interpolations", "test/reconstructions", "samples/prior"}
+
+
+def events(run_dir: Path) -> EventAccumulator:
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    acc.Reload()
+    return acc
+
+
+def vae_eval_exe() -> str:
+    exe = shutil.which("vae-eval")
+    assert exe, "vae-eval is not on PATH: install the package first (pip install -e .)"
+    return exe
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """A smoke run (with Burda's schedule, to check it too): its folder, metrics and subfolders."""
+    run_dir = tmp_path_factory.mktemp("smoke_run")
+    metrics = train(compose_config("debug=smoke", "scheduler=burda", "epochs=2"), run_dir)
+    return run_dir, metrics, [p.name for p in run_dir.iterdir() if p.is_dir()]  # before any vae-eval
+
+
+def test_vae_train_ends_with_the_light_evaluation(smoke_run):
+    run_dir, metrics, subfolders = smoke_run
+    assert TEST_TAGS | LATENT_PROBE_TAGS <= set(metrics) and not (PROBE_TAGS - LATENT_PROBE_TAGS) & set(metrics)
+    assert "test/bits_per_dim" not in metrics  # Bernoulli on binarized pixels: nats only
+    assert metrics["test/log_px"] >= metrics["test/elbo_L1"]  # L_K >= L_1 on the same draws
+    assert metrics["test/posterior_gap"] == pytest.approx(metrics["test/log_px"] - metrics["test/elbo_L1"],
+                                                          abs=1e-5)
+    acc = events(run_dir)
+    assert TEST_TAGS | LATENT_PROBE_TAGS <= set(acc.Tags()["scalars"])
+    assert acc.Scalars("test/log_px")[0].value == pytest.approx(metrics["test/log_px"], rel=1e-6)
+    assert [e.value for e in acc.Scalars("train/lr")] == pytest.approx([1e-3, 1e-3 * 10 ** (-1 / 7)])
+    assert subfolders == []  # no projector subfolder: eval=light leaves it to vae-eval
+
+
+def test_vae_eval_light_reproduces_the_figures_of_training(smoke_run):
+    run_dir, metrics, _ = smoke_run
+    main([str(run_dir), "eval=light"])  # same test set, model, K and seed: the same numbers
+    figures = json.loads((run_dir / "eval.json").read_text())["figures"]
+    assert figures == pytest.approx({k: metrics[k] for k in figures}, rel=1e-6)
+
+
+def test_vae_eval_writes_every_promised_tag_and_key(smoke_run):
+    run_dir, metrics, _ = smoke_run
+    main([str(run_dir), "eval.num_samples=300", "eval.chunk_size=64"])
+    report = json.loads((run_dir / "eval.json").read_text())
+    assert set(report) == {"figures", "notes", "step", "data_source", "device", "settings",
+                           "images_x_samples_per_sec"}
+    figures = report["figures"]
+    assert set(figures) == TEST_TAGS | PROBE_TAGS and report["settings"]["num_samples"] == 300
+    assert "bits/dim not reported" in report["notes"][0] and report["step"] == metrics["step"]
+    assert figures["test/log_px"] >= figures["test/elbo_L1"]
+    assert 0 <= figures["test/active_units"] <= 4 and all(0 <= figures[t] <= 1 for t in PROBE_TAGS)
+    acc = events(run_dir)
+    assert TEST_TAGS | PROBE_TAGS <= set(acc.Tags()["scalars"]) and IMAGE_TAGS <= set(acc.Tags()["images"])
+    assert acc.Scalars("test/log_px")[-1].step == metrics["step"]
+    projector = run_dir / f"{metrics['step']:05d}" / "test_latent_means"
+    labels = (projector / "metadata.tsv").read_text().split()
+    assert len(labels) == 128 and set(labels) == {"0", "1", "2", "3"}  # the synthetic test set
+    assert (projector / "sprite.png").is_file() and (run_dir / "projector_config.pbtxt").is_file()
+
+
+@pytest.mark.parametrize("overrides,continuous", [
+    (("likelihood=gaussian", "likelihood.scale=optimal"), True),
+    (("latent=categorical",), False),
+])
+def test_light_evaluation_of_other_likelihoods_and_latents(overrides, continuous, tmp_path):
+    metrics = train(compose_config("debug=smoke", "epochs=1", *overrides), tmp_path)
+    assert TEST_TAGS <= set(metrics) and ("test/bits_per_dim" in metrics) == continuous
+    if continuous:  # bits/dim = -log p(x) / (D ln 2) + 8, D = 64
+        assert metrics["test/bits_per_dim"] == pytest.approx(-metrics["test/log_px"] / (64 * 0.6931471805599453)
+                                                             + 8)
+    assert metrics["test/log_px"] >= metrics["test/elbo_L1"]
+
+
+def test_missing_folder_and_bad_override_are_one_line_errors(smoke_run, tmp_path, capsys):
+    for argv, message in (([str(tmp_path / "absent")], "no checkpoint"),
+                          ([str(smoke_run[0]), "eval.num_sample=5"], "eval.num_sample"),
+                          ([str(smoke_run[0]), "eval.num_samples=0"], "eval.num_samples=0 must be"),
+                          (["eval.num_samples=5"], "first argument must be the run folder")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+        assert len(lines) == 1 and message in lines[0], (argv, lines)
+
+
+def test_installed_vae_eval_runs_and_rejects_a_corrupt_checkpoint(smoke_run, tmp_path):
+    run_dir = smoke_run[0]
+    result = run_cli(str(run_dir), "eval=light", "eval.probe_sizes=[10]", "eval.pixel_baseline=true",
+                     cwd=tmp_path, exe=vae_eval_exe())
+    assert result.returncode == 0, result.stderr
+    assert set(json.loads((run_dir / "eval.json").read_text())["figures"]) == TEST_TAGS | {
+        "probe/latent_n10", "probe/pixels_n10"}
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "checkpoint.pt").write_bytes((run_dir / "checkpoint.pt").read_bytes()[:500])  # truncated
+    result = run_cli(str(broken), cwd=tmp_path, exe=vae_eval_exe())
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and len(lines) == 1 and "corrupt" in lines[0], result.stderr
