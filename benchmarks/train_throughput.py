@@ -67,7 +67,7 @@ def conventional_epoch(cfg, images: torch.Tensor, device: torch.device) -> float
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds; the best is kept")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the best is kept")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     cfg = config(args.device)

@@ -97,32 +97,33 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
     step, val = 0, {}
+    # Plain Python values for the hot loop: an OmegaConf attribute read costs microseconds each.
+    batch_size, beta, log_every, diag_every = cfg.batch_size, cfg.beta, cfg.log_every, diag.every
+    after_step = getattr(estimator, "after_step", None)
     bar = tqdm(total=total_steps, desc="train", disable=None, dynamic_ncols=True)
     for epoch in range(cfg.epochs):
         if step >= total_steps:
             break
         model.train()
         perm = torch.randperm(num_train, generator=batch_gen, device=device)
-        sums = {name: torch.zeros((), device=device) for name in TERM_NAMES}
+        sums = torch.zeros(len(TERM_NAMES), device=device)  # running sums of the batch-mean terms
         count, seen, start = 0, 0, time.perf_counter()
         for i in range(steps_per_epoch):
             if step >= total_steps:
                 break
-            x = likelihood.prepare(to_unit(train_x[perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]]),
-                                   batch_gen)
-            terms = estimator(model, x, cfg.beta)
+            x = likelihood.prepare(to_unit(train_x[perm[i * batch_size:(i + 1) * batch_size]]), batch_gen)
+            terms = estimator(model, x, beta)
             optimizer.zero_grad(set_to_none=True)
             terms.surrogate.backward()
             optimizer.step()
-            if hasattr(estimator, "after_step"):
-                estimator.after_step(terms)
+            if after_step is not None:
+                after_step(terms)
             step += 1
             seen += x.shape[0]
-            for name, value in terms.means().items():
-                sums[name] += value
+            sums += terms.stacked_means()
             count += 1
-            if step % cfg.log_every == 0 or step == total_steps:
-                means = {name: (total / count).item() for name, total in sums.items()}
+            if step % log_every == 0 or step == total_steps:
+                means = dict(zip(TERM_NAMES, (sums / count).tolist()))
                 if not all(np.isfinite(v) for v in means.values()):
                     raise FloatingPointError(f"non-finite training terms at step {step}: {means}; "
                                              "lower optimizer.lr or check the data")
@@ -131,9 +132,9 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
                 if hasattr(likelihood, "last_sigma") and likelihood.scale != "fixed":
                     writer.scalars("train", {"sigma": likelihood.last_sigma.item()}, step)
                 bar.set_postfix(elbo=f"{means['elbo']:.2f}", epoch=epoch + 1)
-                sums = {name: torch.zeros((), device=device) for name in TERM_NAMES}
+                sums.zero_()
                 count = 0
-            if diag.every and step % diag.every == 0:
+            if diag_every and step % diag_every == 0:
                 writer.scalars("diagnostics", gradient_diagnostics(
                     model, estimator, diag_x, diag.num_estimates, cfg.beta), step)
             bar.update(1)

@@ -66,9 +66,10 @@ class GaussianLatent(nn.Module):
         if self.kl_mode == "analytic":
             loc, scale = posterior.base_dist.loc, posterior.base_dist.scale
             log_var = 2 * torch.log(scale)
-            entropy = 0.5 * (LOG_2PI + 1 + log_var).sum(-1)
-            cross_entropy = 0.5 * (LOG_2PI + loc.pow(2) + scale.pow(2)).sum(-1)
             kl = 0.5 * (loc.pow(2) + scale.pow(2) - 1 - log_var).sum(-1)
+            with torch.no_grad():  # logged, not optimised: no autograd graph on the hot path
+                entropy = 0.5 * (LOG_2PI + 1 + log_var).sum(-1)
+                cross_entropy = 0.5 * (LOG_2PI + loc.pow(2) + scale.pow(2)).sum(-1)
         else:
             entropy = -posterior.log_prob(z).mean(0)  # (S, B) -> (B,)
             cross_entropy = -self.log_prior(z).mean(0)
