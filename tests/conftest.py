@@ -26,6 +26,15 @@ def compose_config(*overrides: str) -> DictConfig:
 
 
 @pytest.fixture
+def one_thread():
+    """Tiny models: intra-op threads only add overhead, and on a busy 2-core machine make tests 20x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def smoke_cfg():
     return lambda *overrides: compose_config("debug=smoke", *overrides)
 

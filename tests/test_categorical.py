@@ -17,13 +17,7 @@ from vae_cli.model import VAE
 from vae_cli.train import train
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: intra-op threads only add overhead, and on a busy 2-core machine make tests 20x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
 
 
 def random_latent(prior: str, seed=0):

@@ -22,13 +22,7 @@ REPEATS, GROUPS = 64, 64  # R copies of the batch per estimate, K estimates: 409
 BASELINE_CASES = [("none", 1), ("moving_average", 1), ("learned", 1), ("leave_one_out", 3)]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: intra-op threads only add overhead, and on a busy 2-core machine make tests 20x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
 
 
 def tiny_categorical(seed=0, data_dim=8, batch=4):
