@@ -133,3 +133,26 @@ def test_elbo_is_below_log_px_and_equal_at_the_true_posterior():
         z = model.latent.sample(model.posterior(x), 4000)
         stderr = model.log_likelihood(x, z).std(0) / math.sqrt(4000)
     assert torch.all((analytic - log_px).abs() < 5 * stderr)
+
+
+@pytest.mark.parametrize("likelihood", [Gaussian(), ContinuousBernoulli()])
+def test_continuous_likelihoods_fit_dequantised_data(likelihood):
+    levels = torch.arange(256.0).repeat(40)
+    x = likelihood.prepare(levels / 255, torch.Generator().manual_seed(0))
+    assert torch.all(x >= levels / 256) and torch.all(x < (levels + 1) / 256)  # (k + u)/256, u in [0,1)
+    noise = x * 256 - levels
+    assert abs(noise.mean().item() - 0.5) < 0.02 and abs(noise.var().item() - 1 / 12) < 0.005  # U[0,1)
+    likelihood.dequantize = False
+    assert torch.equal(likelihood.prepare(levels / 255), levels / 255)
+
+
+def test_gradient_statistics_are_unbiased_for_the_mean_and_the_trace():
+    from vae_cli.diagnostics import gradient_statistics
+    gen = torch.Generator().manual_seed(0)
+    mean = torch.full((500,), 0.1, dtype=torch.float64)  # ||E g||^2 = 5, tr(Cov) = 500 * 4 = 2000
+    stats = [gradient_statistics(mean + 2 * torch.randn(16, 500, generator=gen, dtype=torch.float64))
+             for _ in range(200)]
+    avg_mean_sq = sum(s["grad_mean_sq_norm"] for s in stats) / len(stats)
+    avg_variance = sum(s["grad_variance"] for s in stats) / len(stats)
+    assert abs(avg_variance - 2000) < 20
+    assert abs(avg_mean_sq - 5) < 2.5  # uncorrected it would be 5 + 2000/16 = 130

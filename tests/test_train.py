@@ -95,3 +95,8 @@ def test_multirun_writes_one_folder_per_job(tmp_path):
     assert [p.parent.name for p in jobs] == ["0", "1"]
     elbos = [json.loads(p.read_text())["test/elbo"] for p in jobs]
     assert elbos[0] != elbos[1]
+
+
+def test_diagnostics_need_two_estimates(smoke_cfg, tmp_path):
+    with pytest.raises(ConfigError, match=r"diagnostics\.num_estimates=1.*diagnostics\.every=0"):
+        train(smoke_cfg("diagnostics.num_estimates=1"), tmp_path)

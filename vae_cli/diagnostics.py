@@ -22,10 +22,16 @@ def encoder_gradient_estimates(model, estimator, x: torch.Tensor, num_estimates:
 
 
 def gradient_statistics(grads: torch.Tensor) -> dict[str, float]:
-    """trace of the covariance (total variance), ||mean||^2, and their ratio (signal-to-noise)."""
+    """Trace of the covariance (total variance), ||E g||^2, and their ratio (signal-to-noise).
+
+    Both are unbiased over the M estimates: the squared norm of the sample mean overestimates ||E g||^2
+    by tr(Cov)/M, which is subtracted (so the figure can dip below 0 when the signal is buried in noise;
+    without the correction the SNR could never read below about 1/M).
+    """
+    num_estimates = grads.shape[0]
     mean = grads.mean(0)
     variance = grads.var(0, unbiased=True).sum()  # trace of the M-sample covariance
-    mean_sq = mean.pow(2).sum()
+    mean_sq = mean.pow(2).sum() - variance / num_estimates
     return {"grad_variance": variance.item(), "grad_mean_sq_norm": mean_sq.item(),
             "grad_snr": (mean_sq / variance.clamp_min(1e-30)).item()}
 

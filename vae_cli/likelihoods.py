@@ -10,6 +10,17 @@ from vae_cli.errors import ConfigError, check_choice
 LOG_2PI = math.log(2 * math.pi)
 
 
+def dequantize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """x = k/255 on 256 levels -> x_deq = (k + u)/256, u ~ U[0,1)^D (MATH.md 3).
+
+    The level's probability under a density p on [0,1]^D is P(k) = 256^-D E_u[p(x_deq)], so by Jensen
+    -log2 P(k) / D <= -E_u[log p(x_deq)] / (D ln 2) + 8: bits_per_dim of log p(x_deq) bounds it.
+    """
+    levels = torch.round(x * 255)  # k in 0..255
+    u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return (levels + u) / 256
+
+
 def soft_clip_below(log_scale: torch.Tensor, floor: float) -> torch.Tensor:
     """Smooth lower bound: ~log_scale above the floor, -> floor below it (keeps gradients alive)."""
     return floor + F.softplus(log_scale - floor)
@@ -64,8 +75,13 @@ class ContinuousBernoulli(Bernoulli):
     torch.distributions.ContinuousBernoulli, which handles l near 1/2 with a Taylor expansion.
     """
 
-    def __init__(self):
+    def __init__(self, dequantize: bool = True):
         super().__init__(binarize="none")
+        self.dequantize = bool(dequantize)
+
+    def prepare(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """A density is fitted to 256-level data only after uniform dequantisation (MATH.md 3)."""
+        return dequantize(x, generator) if self.dequantize else x
 
     def check_data(self, x: torch.Tensor) -> None:
         pass  # any x in [0,1] is in the support
@@ -93,8 +109,10 @@ class Gaussian(nn.Module):
 
     SCALES = ("learned", "fixed", "per_pixel", "optimal")
 
-    def __init__(self, scale: str = "learned", sigma: float = 1.0, min_log_scale: float = -6.0):
+    def __init__(self, scale: str = "learned", sigma: float = 1.0, min_log_scale: float = -6.0,
+                 dequantize: bool = True):
         super().__init__()
+        self.dequantize = bool(dequantize)
         check_choice("likelihood.scale", scale, self.SCALES)
         if not sigma > 0:
             raise ConfigError(f"likelihood.sigma={sigma!r} must be > 0 (the initial or fixed std)")
@@ -109,7 +127,8 @@ class Gaussian(nn.Module):
         self.last_sigma = torch.tensor(sigma)  # the sigma of the last log_prob call, for logging
 
     def prepare(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return x  # intensities in [0,1]
+        """Intensities in [0,1], dequantised (fresh noise each use) unless dequantize=false (MATH.md 3)."""
+        return dequantize(x, generator) if self.dequantize else x
 
     def check_data(self, x: torch.Tensor) -> None:
         pass

@@ -58,7 +58,10 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     check_positive(cfg, "epochs", "batch_size", "eval_batch_size", "log_every", "max_steps",
-                   "diagnostics.num_estimates", "diagnostics.batch_size")
+                   "diagnostics.batch_size")
+    if cfg.diagnostics.num_estimates < 2:
+        raise ConfigError(f"diagnostics.num_estimates={cfg.diagnostics.num_estimates!r} must be >= 2 "
+                          "(a variance needs two estimates); turn diagnostics off with diagnostics.every=0")
     if cfg.beta < 0:
         raise ConfigError(f"beta={cfg.beta!r} must be >= 0 (the KL weight)")
     seed_everything(cfg.seed)
@@ -125,8 +128,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
             if step % log_every == 0 or step == total_steps:
                 means = dict(zip(TERM_NAMES, (sums / count).tolist()))
                 if not all(np.isfinite(v) for v in means.values()):
-                    raise FloatingPointError(f"non-finite training terms at step {step}: {means}; "
-                                             "lower optimizer.lr or check the data")
+                    raise ConfigError(f"non-finite training terms at step {step}: {means}; lower "
+                                      f"optimizer.lr (now {cfg.optimizer.lr}) or check the data")
                 writer.scalars("train", means, step)
                 writer.scalars("train", {k: float(v) for k, v in terms.extras.items()}, step)
                 if hasattr(likelihood, "last_sigma") and likelihood.scale != "fixed":

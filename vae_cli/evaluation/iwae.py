@@ -5,6 +5,8 @@ from contextlib import contextmanager
 import torch
 from tqdm.auto import tqdm
 
+from vae_cli.likelihoods import dequantize  # noqa: F401  (re-exported: evaluation uses it)
+
 
 def log_weights(model, posterior, x: torch.Tensor, num_samples: int) -> torch.Tensor:
     """log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x) for num_samples draws z_k ~ q(z|x): (S, B)."""
@@ -46,17 +48,6 @@ def log_px_estimates(model, x: torch.Tensor, num_samples: int, chunk_size: int, 
             elbo.append(bounds[1])
             bar.update(batch.shape[0])
     return torch.cat(log_px), torch.cat(elbo)
-
-
-def dequantize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """x = k/255 on 256 levels -> x_deq = (k + u)/256, u ~ U[0,1)^D (MATH.md 3).
-
-    The level's probability under a density p on [0,1]^D is P(k) = 256^-D E_u[p(x_deq)], so by Jensen
-    -log2 P(k) / D <= -E_u[log p(x_deq)] / (D ln 2) + 8: bits_per_dim of log p(x_deq) bounds it.
-    """
-    levels = torch.round(x * 255)  # k in 0..255
-    u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    return (levels + u) / 256
 
 
 def bits_per_dim(log_px: float, data_dim: int) -> float:

@@ -50,7 +50,8 @@ def likelihood_figures(model, test_x: torch.Tensor, settings: DictConfig, genera
         notes.append("bits/dim not reported: the Bernoulli likelihood is a probability mass on "
                      "binarized pixels, so log p(x) is already a discrete log-probability in nats")
     else:
-        x = dequantize(test_x, generator)
+        if not getattr(likelihood, "dequantize", False):  # prepared without noise: add it here
+            x = dequantize(test_x, generator)
         notes.append("continuous data: log p(x), the ELBO and the gap are densities of the test "
                      "images dequantized to (k + u)/256, u ~ U[0,1); bits/dim = -log p(x)/(D ln 2) + 8")
     with fixed_scale(likelihood, model, x, settings.batch_size) as sigma:
