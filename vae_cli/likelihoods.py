@@ -124,7 +124,7 @@ class Gaussian(nn.Module):
             self.log_sigma = nn.Parameter(log_sigma)
         else:
             self.register_buffer("log_sigma", log_sigma)
-        self.last_sigma = torch.tensor(sigma)  # the sigma of the last log_prob call, for logging
+        self.last_log_scale = torch.tensor(math.log(sigma))  # of the last log_prob call, for logging
 
     def prepare(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Intensities in [0,1], dequantised (fresh noise each use) unless dequantize=false (MATH.md 3)."""
@@ -148,9 +148,14 @@ class Gaussian(nn.Module):
     def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         loc = params[..., 0]  # (..., B, D)
         log_scale = self.log_scale(params, x)
-        self.last_sigma = log_scale.detach().exp().mean()
+        self.last_log_scale = log_scale.detach()  # kept, not reduced: only logging steps need sigma
         z = (x - loc) * torch.exp(-log_scale)
         return (-0.5 * LOG_2PI - log_scale - 0.5 * z.pow(2)).sum(-1)  # (..., B)
+
+    @property
+    def last_sigma(self) -> torch.Tensor:
+        """The (mean) sigma of the last log_prob call."""
+        return self.last_log_scale.exp().mean()
 
     def mean(self, params: torch.Tensor) -> torch.Tensor:
         return params[..., 0]

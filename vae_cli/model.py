@@ -61,9 +61,3 @@ class VAE(nn.Module):
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """Mean of p(x|z) at the posterior's most likely z (Gaussian: the mean; categorical: the mode)."""
         return self.likelihood.mean(self.decode(self.latent.mode(self.posterior(x))))
-
-    @torch.no_grad()
-    def generate(self, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Mean of p(x|z) for z ~ p(z)."""
-        z = self.latent.sample_prior(num_samples, generator)
-        return self.likelihood.mean(self.decode(z))

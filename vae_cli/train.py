@@ -33,6 +33,16 @@ def to_unit(x_uint8: torch.Tensor) -> torch.Tensor:
     return x_uint8.float().div_(255.0)
 
 
+def prepare_eval_sets(likelihood, data, device: torch.device, seed: int):
+    """(val_x, test_x, generator): validation then test images prepared once by one generator seeded
+    seed + 1, so their binarization (or dequantisation noise) is fixed across epochs and vae-eval
+    rebuilds the same test set."""
+    generator = torch.Generator(device=device).manual_seed(seed + 1)
+    val_x = likelihood.prepare(to_unit(data.val_x.to(device)), generator)
+    test_x = likelihood.prepare(to_unit(data.test_x.to(device)), generator)
+    return val_x, test_x, generator
+
+
 @torch.no_grad()
 def average_terms(model, estimator, x: torch.Tensor, batch_size: int, beta: float) -> dict[str, float]:
     """Per-example means of the named terms over a prepared data tensor x (N, D); {} when N = 0."""
@@ -80,9 +90,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     # The data lives on the device as uint8; batches are taken by index and binarized there.
     train_x = data.train_x.to(device)
     likelihood.check_data(to_unit(train_x[:1000]))
-    eval_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)  # fixed binarization of val/test
-    val_x = likelihood.prepare(to_unit(data.val_x.to(device)), eval_gen)
-    test_x = likelihood.prepare(to_unit(data.test_x.to(device)), eval_gen)
+    val_x, test_x, eval_gen = prepare_eval_sets(likelihood, data, device, cfg.seed)
     batch_gen = torch.Generator(device=device).manual_seed(cfg.seed)
     image_gen = torch.Generator(device=device).manual_seed(cfg.seed + 2)
     prior_z = model.latent.sample_prior(cfg.num_images, image_gen)  # same z every epoch

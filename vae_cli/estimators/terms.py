@@ -37,7 +37,3 @@ class Terms:
     def stacked_means(self) -> torch.Tensor:
         """Batch means of the named terms in TERM_NAMES order, one (6,) tensor (no device sync)."""
         return torch.stack([getattr(self, name).detach() for name in TERM_NAMES]).mean(1)
-
-    def means(self) -> dict[str, torch.Tensor]:
-        """Batch means of the named terms, as 0-d tensors (no device sync)."""
-        return {name: getattr(self, name).detach().mean() for name in TERM_NAMES}

@@ -18,7 +18,7 @@ from vae_cli.evaluation.pictures import interpolation, tile, traversal, write_em
 from vae_cli.evaluation.probe import check_sizes, probe
 from vae_cli.likelihoods import Bernoulli, ContinuousBernoulli
 from vae_cli.summary import RunWriter
-from vae_cli.train import to_unit, write_pictures
+from vae_cli.train import prepare_eval_sets, to_unit, write_pictures
 
 log = logging.getLogger(__name__)
 
@@ -117,16 +117,13 @@ def evaluate(model, data, test_x: torch.Tensor, settings: DictConfig, writer: Ru
 
 
 def prepared_test_set(cfg: DictConfig, data, likelihood, device: torch.device) -> torch.Tensor:
-    """The test images as train() prepared them: one generator seeded seed + 1 binarizes the
-    validation images and then the test images, so vae-eval's figures compare with test/elbo."""
+    """The test images exactly as train() prepared them, so vae-eval's figures compare with test/elbo."""
     trained_on = torch.device(cfg.get("device_used") or "cpu")
     if trained_on.type != device.type and getattr(likelihood, "binarize", None) == "dynamic":
         log.warning("the run was trained on %s but is evaluated on %s: the random generators differ, "
                     "so the test set's dynamic binarization is not the one training used", trained_on,
                     device)
-    generator = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-    likelihood.prepare(to_unit(data.val_x.to(device)), generator)  # advances the generator as train() did
-    return likelihood.prepare(to_unit(data.test_x.to(device)), generator)
+    return prepare_eval_sets(likelihood, data, device, cfg.seed)[1]
 
 
 def load_run(run_dir: Path, device: torch.device):
