@@ -130,7 +130,7 @@ def test_every_baseline_cuts_the_encoder_gradient_variance_of_plain_reinforce():
 def closed_form_loss(model, x):
     """-(E_q[log p(x|z)] - KL) for the linear-Gaussian VAE: E_q (x - Wz - b)^2 = (x - W mu - b)^2 + W^2 sigma^2."""
     posterior = model.posterior(x)
-    loc, scale = posterior.base_dist.loc, posterior.base_dist.scale  # (B, K)
+    loc, scale = posterior.loc, posterior.scale  # (B, K)
     weight, sigma = model.decoder[0].weight, math.exp(model.likelihood.log_sigma.item())  # (D, K)
     squared = (x - model.decoder(loc)).pow(2) + scale.pow(2) @ weight.pow(2).T  # (B, D)
     recon = (-0.5 * math.log(2 * math.pi) - math.log(sigma) - squared / (2 * sigma**2)).sum(-1)

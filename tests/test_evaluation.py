@@ -63,7 +63,7 @@ def test_at_the_true_posterior_L_K_is_log_px_for_every_K_and_the_gap_is_zero(num
 def test_chunks_combine_to_the_logsumexp_of_all_draws(monkeypatch):
     model, x, _ = mismatched_linear_gaussian(16)
     posterior = model.posterior(x)
-    bank = posterior.sample((100,))  # (K, B, latent)
+    bank = model.latent.sample(posterior, 100).detach()  # (K, B, latent)
     taken = []
 
     def sample(posterior, num_samples):  # hand out the bank in order, chunk by chunk

@@ -3,7 +3,7 @@ import math
 
 import pytest
 import torch
-from torch.distributions import Normal
+from torch.distributions import Independent, Normal
 
 from linear_gaussian import exact_log_px, linear_gaussian, set_true_posterior
 from vae_cli.estimators import Reparameterized
@@ -16,12 +16,22 @@ def test_analytic_gaussian_kl_matches_large_sample_monte_carlo():
     latent = GaussianLatent(num_vars=5).double()
     params = torch.randn(4, 10, dtype=torch.float64)
     posterior = latent.posterior(params)
-    z = posterior.sample((200_000,))  # (S, B, K)
+    z = latent.sample(posterior, 200_000)  # (S, B, K)
     log_ratio = posterior.log_prob(z) - latent.prior().log_prob(z)  # (S, B)
     mc, stderr = log_ratio.mean(0), log_ratio.std(0) / math.sqrt(z.shape[0])
     analytic = latent.divergence_terms(posterior, z[:1])["kl"]
     assert torch.all((analytic - mc).abs() < 4 * stderr), (analytic, mc, stderr)
-    assert torch.allclose(analytic, torch.distributions.kl_divergence(posterior, latent.prior()))
+    reference = Independent(Normal(params[:, :5], torch.exp(0.5 * params[:, 5:])), 1)
+    assert torch.allclose(posterior.log_prob(z[:3]), reference.log_prob(z[:3]), atol=1e-12)
+    assert torch.allclose(analytic, torch.distributions.kl_divergence(reference, latent.prior()))
+
+
+def test_analytic_gaussian_kl_is_finite_for_a_collapsed_variance():
+    """log sigma^2 = -300: sigma^2 underflows to 0 in float32, the KL must still be finite and exact."""
+    latent = GaussianLatent(num_vars=1)
+    posterior = latent.posterior(torch.tensor([[0.5, -300.0]]))
+    kl = latent.divergence_terms(posterior, None)["kl"]
+    assert kl.item() == pytest.approx(0.5 * (0.25 + 0 - 1 + 300))
 
 
 def test_bernoulli_log_likelihood_is_the_direct_sum():
@@ -111,7 +121,7 @@ def test_three_decompositions_agree_on_the_same_samples(kl):
 def test_entropy_sign_is_negative_for_a_narrow_gaussian():
     latent = GaussianLatent(2)
     posterior = latent.posterior(torch.tensor([[0.0, 0.0, -10.0, -10.0]]))
-    assert latent.divergence_terms(posterior, posterior.sample((1,)))["entropy"].item() < 0
+    assert latent.divergence_terms(posterior, latent.sample(posterior, 1))["entropy"].item() < 0
 
 
 def test_elbo_is_below_log_px_and_equal_at_the_true_posterior():

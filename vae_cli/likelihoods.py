@@ -45,7 +45,7 @@ class Bernoulli(nn.Module):
         if self.binarize == "dynamic":
             # u < x with u ~ U[0,1) is Bernoulli(x); on CPU three times faster than torch.bernoulli.
             u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            return (u < x).to(x.dtype)
+            return torch.lt(u, x, out=u)  # written as 0./1. into u: no bool tensor, no second pass
         if self.binarize == "threshold":
             return (x > 0.5).to(x.dtype)
         return x

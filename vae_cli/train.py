@@ -122,7 +122,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         for i in range(steps_per_epoch):
             if step >= total_steps:
                 break
-            x = likelihood.prepare(to_unit(train_x[perm[i * batch_size:(i + 1) * batch_size]]), batch_gen)
+            batch = train_x.index_select(0, perm[i * batch_size:(i + 1) * batch_size])  # not x[idx]: 15x slower
+            x = likelihood.prepare(to_unit(batch), batch_gen)
             terms = estimator(model, x, beta)
             optimizer.zero_grad(set_to_none=True)
             terms.surrogate.backward()

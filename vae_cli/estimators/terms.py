@@ -36,4 +36,5 @@ class Terms:
 
     def stacked_means(self) -> torch.Tensor:
         """Batch means of the named terms in TERM_NAMES order, one (6,) tensor (no device sync)."""
-        return torch.stack([getattr(self, name).detach() for name in TERM_NAMES]).mean(1)
+        with torch.no_grad():
+            return torch.stack([getattr(self, name) for name in TERM_NAMES]).mean(1)
