@@ -51,6 +51,7 @@ def test_smoke_run_writes_metrics_checkpoint_and_tensorboard(smoke_cfg, tmp_path
     model = build_model(OmegaConf.create(state["config"]), 64)
     model.load_state_dict(state["model"])  # rebuilt from the file alone
     assert set(state["rng"]) >= {"torch", "batches"} and "state" in state["optimizer"]
+    assert state["scheduler"]["last_epoch"] == state["epoch"]  # stepped once per finished epoch
 
 
 def test_gaussian_likelihood_logs_sigma(smoke_cfg, tmp_path):

@@ -163,7 +163,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         log.info("epoch %d step %d: val elbo %.3f, %.0f images/s", epoch + 1, step,
                  val.get("elbo", float("nan")), images_per_sec)
         save_checkpoint(run_dir / "checkpoint.pt", checkpoint_state(cfg, model, estimator, optimizer,
-                                                                    step, epoch + 1, batch_gen))
+                                                                    scheduler, step, epoch + 1, batch_gen))
     bar.close()
     model.eval()
     test = average_terms(model, estimator, test_x, cfg.eval_batch_size, cfg.beta)
@@ -192,11 +192,12 @@ def write_pictures(writer: RunWriter, model, x: torch.Tensor, prior_z: torch.Ten
     writer.images("samples/prior", samples.view(-1, *shape), step)
 
 
-def checkpoint_state(cfg, model, estimator, optimizer, step: int, epoch: int, batch_gen) -> dict:
+def checkpoint_state(cfg, model, estimator, optimizer, scheduler, step: int, epoch: int, batch_gen) -> dict:
     """Everything needed to rebuild the model from the file alone, and to resume."""
     rng = {"torch": torch.get_rng_state(), "batches": batch_gen.get_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     return {"model": model.state_dict(), "estimator": estimator.state_dict(),
-            "optimizer": optimizer.state_dict(), "step": step, "epoch": epoch, "rng": rng,
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+            "epoch": epoch, "rng": rng,
             "config": OmegaConf.to_container(cfg, resolve=True)}
