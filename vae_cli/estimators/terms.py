@@ -29,9 +29,11 @@ class Terms:
     @classmethod
     def from_parts(cls, recon, divergence: dict, beta: float, surrogate=None, extras=None) -> "Terms":
         kl = divergence["kl"]
-        loss = -(recon - beta * kl)  # (B,)
+        loss = beta * kl - recon  # = -(recon - beta kl), (B,)
+        with torch.no_grad():  # reported, never differentiated: no autograd node on the hot path
+            elbo = recon - kl
         return cls(recon=recon, kl=kl, entropy=divergence["entropy"],
-                   cross_entropy=divergence["cross_entropy"], elbo=recon - kl, loss=loss,
+                   cross_entropy=divergence["cross_entropy"], elbo=elbo, loss=loss,
                    surrogate=loss.mean() if surrogate is None else surrogate, extras=extras or {})
 
     def stacked_means(self) -> torch.Tensor:
