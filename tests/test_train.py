@@ -1,7 +1,6 @@
 """train(cfg) end to end on synthetic data: metrics, files, TensorBoard tags, determinism, the CLI."""
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from conftest import run_cli
 from vae_cli.build import build_model
 from vae_cli.checkpoint import load_checkpoint
+from vae_cli.summary import flatten
 from vae_cli.errors import ConfigError
 from vae_cli.estimators import TERM_NAMES
 from vae_cli.train import train
@@ -43,7 +43,10 @@ def test_smoke_run_writes_metrics_checkpoint_and_tensorboard(smoke_cfg, tmp_path
     assert acc.Scalars("test/elbo")[-1].value == pytest.approx(metrics["test/elbo"], rel=1e-6)
     plugins = acc.PluginTagToContent("hparams")  # HParams in this run's folder, not a second run
     assert "_hparams_/experiment" in plugins and "_hparams_/session_start_info" in plugins
-    assert "config/text_summary" in acc.Tags()["tensors"]
+    config_text = acc.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "${" not in config_text and f"num_vars: {smoke_cfg().model.latent_dim}" in config_text  # resolved
+    session = plugins["_hparams_/session_start_info"].decode("latin-1")
+    assert "Bernoulli" in session and "GaussianLatent" in session  # which option of each group ran
     assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == []  # no nested run folder
 
     state = load_checkpoint(tmp_path)
@@ -101,3 +104,11 @@ def test_multirun_writes_one_folder_per_job(tmp_path):
 def test_diagnostics_need_two_estimates(smoke_cfg, tmp_path):
     with pytest.raises(ConfigError, match=r"diagnostics\.num_estimates=1.*diagnostics\.every=0"):
         train(smoke_cfg("diagnostics.num_estimates=1"), tmp_path)
+
+
+def test_hparams_name_the_option_each_group_ran():
+    config = {"likelihood": {"_target_": "vae_cli.likelihoods.Gaussian", "scale": "learned"},
+              "optimizer": {"_target_": "torch.optim.Adam", "_partial_": True, "betas": [0.9, 0.999]},
+              "max_steps": None}
+    assert flatten(config) == {"likelihood": "Gaussian", "likelihood.scale": "learned", "optimizer": "Adam",
+                               "optimizer.betas": "[0.9, 0.999]", "max_steps": "None"}

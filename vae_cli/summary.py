@@ -8,12 +8,19 @@ from torch.utils.tensorboard.summary import hparams
 
 
 def flatten(cfg: dict, prefix: str = "") -> dict:
-    """Dotted keys to scalar values for HParams (lists become strings; _target_ keys are dropped)."""
+    """Dotted keys to scalar values for HParams (lists become strings).
+
+    A group's _target_ becomes the group's own entry, named by the class or function it builds
+    (likelihood: Gaussian), so a sweep over options shows which option each job ran; other
+    underscore keys (_partial_, _convert_) are dropped.
+    """
     flat = {}
     for key, value in cfg.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
             flat.update(flatten(value, name + "."))
+        elif key == "_target_" and prefix:
+            flat[prefix[:-1]] = str(value).rsplit(".", 1)[-1]
         elif str(key).startswith("_"):
             continue
         elif value is None or isinstance(value, (list, tuple)):
@@ -38,7 +45,7 @@ class RunWriter:
         self.writer.add_images(tag, images.detach().float().clamp(0, 1).cpu(), step, dataformats="NCHW")
 
     def config(self, cfg: DictConfig | dict) -> None:
-        text = OmegaConf.to_yaml(cfg) if isinstance(cfg, DictConfig) else OmegaConf.to_yaml(OmegaConf.create(cfg))
+        text = OmegaConf.to_yaml(OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg, resolve=True)
         self.writer.add_text("config", "```\n" + text + "\n```", 0)
 
     def text(self, tag: str, text: str) -> None:
