@@ -8,7 +8,8 @@ from hydra.utils import instantiate
 from conftest import compose_config, run_cli
 from vae_cli.build import build_estimator, build_model, build_optimizer
 from vae_cli.errors import ConfigError
-from vae_cli.train import train
+from vae_cli.likelihoods import Bernoulli
+from vae_cli.train import pixel_levels, train
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 GROUPS = sorted(p.name for p in CONFIGS.iterdir() if p.is_dir())
@@ -76,9 +77,21 @@ def test_burda_experiment_overrides_only_what_differs():
     ("model.activation=swish", "model.activation"),
     ("device=tpu", "device"),
     ("batch_size=0", "batch_size"),
+    ("batch_size=1.5", "batch_size"),
+    ("epochs=abc", "epochs"),
+    ("seed=abc", "seed"),
+    ("beta=abc", "beta"),
+    ("max_steps=0", "max_steps"),
+    ("num_images=1", "num_images"),
+    ("diagnostics.num_estimates=1", "diagnostics.num_estimates"),
+    ("optimizer.lr=-1", "optimizer"),
+    ("model.hidden_sizes=abc", "model.hidden_sizes"),
+    ("model.hidden_sizes=[0]", "model.hidden_sizes"),
+    ("likelihood.min_log_scale=abc", "likelihood.min_log_scale"),
+    ("estimator.num_samples=two", "estimator.num_samples"),
 ])
 def test_bad_value_is_a_config_error_naming_the_key(override, key, smoke_cfg, tmp_path):
-    extra = ["likelihood=gaussian"] if override.startswith("likelihood.sigma") else []
+    extra = ["likelihood=gaussian"] if override.startswith("likelihood.") and "binarize" not in override else []
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as err:
         train(smoke_cfg(*extra, override), tmp_path)
     assert "\n" not in str(err.value)
@@ -87,6 +100,18 @@ def test_bad_value_is_a_config_error_naming_the_key(override, key, smoke_cfg, tm
 def test_bernoulli_on_non_binary_data_says_how_to_fix(smoke_cfg, tmp_path):
     with pytest.raises(ConfigError, match="binarize=dynamic"):
         train(smoke_cfg("likelihood.binarize=none"), tmp_path)
+
+
+def test_non_binary_pixels_are_found_in_any_image_of_any_split():
+    images = torch.zeros(5000, 4, dtype=torch.uint8)
+    images[::2] = 255
+    test = images[:3].clone()
+    test[-1, -1] = 128  # one grey pixel, in the last test image
+    levels = pixel_levels(images, images[:0], test)
+    assert torch.equal(levels, torch.tensor([0, 128, 255], dtype=torch.uint8).float() / 255)
+    Bernoulli(binarize="none").check_data(pixel_levels(images, images[:0], images[:3]))  # binary: fine
+    with pytest.raises(ConfigError, match="binarize=dynamic"):
+        Bernoulli(binarize="none").check_data(levels)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this check needs a machine without CUDA")

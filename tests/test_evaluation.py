@@ -10,7 +10,8 @@ from conftest import compose_config
 from linear_gaussian import exact_log_px, linear_gaussian, set_true_posterior
 from vae_cli.errors import ConfigError
 from vae_cli.evaluation.active_units import active_units, activity, latent_means
-from vae_cli.evaluation.iwae import bits_per_dim, dequantize, fixed_scale, importance_weighted_bounds
+from vae_cli.evaluation.iwae import bits_per_dim, fixed_scale, importance_weighted_bounds
+from vae_cli.likelihoods import dequantize
 from vae_cli.evaluation.pictures import interpolation, tile, traversal
 from vae_cli.evaluation.probe import labelled_subset, probe
 from vae_cli.latents import CategoricalLatent

@@ -55,4 +55,8 @@ def build_optimizer(cfg: DictConfig, params, device: torch.device) -> torch.opti
     chosen = OmegaConf.to_container(cfg.optimizer)
     if "fused" in signature.parameters and "fused" not in chosen and "foreach" not in chosen:
         kwargs["fused"] = device.type in ("cpu", "cuda", "mps")
-    return make(params=params, **kwargs)
+    try:
+        return make(params=params, **kwargs)
+    except (ValueError, TypeError) as err:  # torch checks lr, eps, betas, weight_decay itself
+        raise ConfigError(f"optimizer could not be built: {err}; fix the optimizer.* value it names "
+                          f"(now {OmegaConf.to_container(cfg.optimizer)})") from err

@@ -18,3 +18,19 @@ def check_choice(key: str, value, accepted) -> None:
     if value not in accepted:
         options = ", ".join(str(a) for a in accepted)
         raise ConfigError(f"{key}={value!r} is not accepted; use one of: {options}")
+
+
+def check_integer(key: str, value, minimum: int, hint: str = "") -> int:
+    """Return ``value`` if it is an integer >= ``minimum``; else ConfigError naming the key (and hint)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{key}={value!r} must be an integer >= {minimum}" + (f" ({hint})" if hint else ""))
+    return value
+
+
+def check_number(key: str, value, minimum: float | None = None, hint: str = "") -> float:
+    """Return ``value`` as a float if it is a real number (>= ``minimum`` when given); else ConfigError."""
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not is_number or value != value or (minimum is not None and value < minimum):  # value != value: NaN
+        bound = f" >= {minimum}" if minimum is not None else ""
+        raise ConfigError(f"{key}={value!r} must be a number{bound}" + (f" ({hint})" if hint else ""))
+    return float(value)

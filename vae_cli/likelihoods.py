@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vae_cli.errors import ConfigError, check_choice
+from vae_cli.errors import ConfigError, check_choice, check_number
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -114,10 +114,10 @@ class Gaussian(nn.Module):
         super().__init__()
         self.dequantize = bool(dequantize)
         check_choice("likelihood.scale", scale, self.SCALES)
-        if not sigma > 0:
+        if not check_number("likelihood.sigma", sigma) > 0:
             raise ConfigError(f"likelihood.sigma={sigma!r} must be > 0 (the initial or fixed std)")
         self.scale = scale
-        self.min_log_scale = min_log_scale
+        self.min_log_scale = check_number("likelihood.min_log_scale", min_log_scale)
         self.params_per_dim = 2 if scale == "per_pixel" else 1
         log_sigma = torch.tensor(math.log(sigma))
         if scale == "learned":

@@ -4,7 +4,7 @@ import itertools
 from torch.optim.lr_scheduler import LRScheduler, MultiStepLR
 
 from vae_cli.build import instantiate
-from vae_cli.errors import ConfigError
+from vae_cli.errors import ConfigError, check_integer, check_number
 
 
 def burda(optimizer, num_stages: int = 8, stage_base: int = 3,
@@ -15,12 +15,11 @@ def burda(optimizer, num_stages: int = 8, stage_base: int = 3,
     sum_i 3^i = 3,280 epochs in all. Stage i ends at epoch sum_{j<=i} stage_base^j (1, 4, 13, 40, ...),
     so these are MultiStepLR's milestones; after the last stage the rate stays at its last value.
     """
-    if int(num_stages) < 1 or int(stage_base) < 1:
-        raise ConfigError(f"scheduler.num_stages={num_stages!r} and scheduler.stage_base={stage_base!r} "
-                          "must be positive integers (Burda et al.: 8 and 3)")
-    if not 0 < gamma <= 1:
+    check_integer("scheduler.num_stages", num_stages, 1, "Burda et al.: 8")
+    check_integer("scheduler.stage_base", stage_base, 1, "Burda et al.: 3")
+    if not 0 < check_number("scheduler.gamma", gamma) <= 1:
         raise ConfigError(f"scheduler.gamma={gamma!r} must lie in (0, 1] (Burda et al.: 10^(-1/7))")
-    milestones = list(itertools.accumulate(int(stage_base)**i for i in range(int(num_stages) - 1)))
+    milestones = list(itertools.accumulate(stage_base**i for i in range(num_stages - 1)))
     return MultiStepLR(optimizer, milestones, gamma=gamma)
 
 

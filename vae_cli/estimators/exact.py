@@ -2,7 +2,7 @@
 import torch
 from torch import nn
 
-from vae_cli.errors import ConfigError
+from vae_cli.errors import ConfigError, check_integer
 from vae_cli.estimators.terms import Terms
 from vae_cli.latents.categorical import CategoricalLatent
 
@@ -16,9 +16,7 @@ class Exact(nn.Module):
 
     def __init__(self, max_configurations: int = 4096):
         super().__init__()
-        if int(max_configurations) < 1:
-            raise ConfigError(f"estimator.max_configurations={max_configurations!r} must be a positive integer")
-        self.max_configurations = int(max_configurations)
+        self.max_configurations = check_integer("estimator.max_configurations", max_configurations, 1)
 
     def check_model(self, model: nn.Module) -> None:
         latent = model.latent

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vae_cli.errors import ConfigError
+from vae_cli.errors import ConfigError, check_integer, check_number
 from vae_cli.estimators.terms import Terms
 from vae_cli.latents.categorical import CategoricalLatent
 
@@ -29,13 +29,12 @@ class GumbelSoftmax(nn.Module):
     def __init__(self, temperature: float = 1.0, min_temperature: float = 0.5, anneal_rate: float = 1e-4,
                  straight_through: bool = False, num_samples: int = 1):
         super().__init__()
-        if not 0 < float(min_temperature) <= float(temperature):
+        temperature = check_number("estimator.temperature", temperature)
+        if not 0 < check_number("estimator.min_temperature", min_temperature) <= temperature:
             raise ConfigError(f"estimator.min_temperature={min_temperature!r} and estimator.temperature="
                               f"{temperature!r} must satisfy 0 < min_temperature <= temperature")
-        if float(anneal_rate) < 0:
-            raise ConfigError(f"estimator.anneal_rate={anneal_rate!r} must be >= 0 (0: constant temperature)")
-        if int(num_samples) < 1:
-            raise ConfigError(f"estimator.num_samples={num_samples!r} must be a positive integer")
+        check_number("estimator.anneal_rate", anneal_rate, 0, "0: constant temperature")
+        check_integer("estimator.num_samples", num_samples, 1)
         self.initial_temperature = float(temperature)
         self.min_temperature = float(min_temperature)
         self.anneal_rate = float(anneal_rate)

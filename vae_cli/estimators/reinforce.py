@@ -2,7 +2,7 @@
 import torch
 from torch import nn
 
-from vae_cli.errors import ConfigError, check_choice
+from vae_cli.errors import ConfigError, check_choice, check_integer, check_number
 from vae_cli.estimators.baselines import BASELINES, Learned, make_baseline
 from vae_cli.estimators.terms import Terms
 
@@ -29,19 +29,17 @@ class Reinforce(nn.Module):
                  hidden_size: int = 100):
         super().__init__()
         check_choice("estimator.baseline", baseline, BASELINES)
-        if int(num_samples) < 1:
-            raise ConfigError(f"estimator.num_samples={num_samples!r} must be a positive integer")
-        if baseline == "leave_one_out" and int(num_samples) < 2:
+        num_samples = check_integer("estimator.num_samples", num_samples, 1)
+        if baseline == "leave_one_out" and num_samples < 2:
             raise ConfigError(
                 f"estimator.num_samples={num_samples!r} is too few for estimator.baseline=leave_one_out, "
                 "which needs >= 2 samples per example (each sample's baseline is the mean of the others); "
                 "set estimator.num_samples=4, or choose another estimator.baseline"
             )
-        if not 0.0 <= float(decay) < 1.0:
+        if not 0.0 <= check_number("estimator.decay", decay) < 1.0:
             raise ConfigError(f"estimator.decay={decay!r} must be in [0, 1) (moving-average decay)")
-        if int(hidden_size) < 1:
-            raise ConfigError(f"estimator.hidden_size={hidden_size!r} must be a positive integer")
-        self.num_samples = int(num_samples)
+        check_integer("estimator.hidden_size", hidden_size, 1)
+        self.num_samples = num_samples
         self.baseline_name = baseline
         self.baseline = make_baseline(baseline, decay, hidden_size)
 

@@ -2,7 +2,7 @@
 import torch
 from torch import nn
 
-from vae_cli.errors import ConfigError
+from vae_cli.errors import ConfigError, check_integer
 from vae_cli.estimators.terms import Terms
 
 
@@ -16,9 +16,7 @@ class Reparameterized(nn.Module):
 
     def __init__(self, num_samples: int = 1):
         super().__init__()
-        if int(num_samples) < 1:
-            raise ConfigError(f"estimator.num_samples={num_samples!r} must be a positive integer")
-        self.num_samples = int(num_samples)
+        self.num_samples = check_integer("estimator.num_samples", num_samples, 1)
 
     def check_model(self, model: nn.Module) -> None:
         if not getattr(model.latent, "reparameterized", False):

@@ -5,8 +5,6 @@ from contextlib import contextmanager
 import torch
 from tqdm.auto import tqdm
 
-from vae_cli.likelihoods import dequantize  # noqa: F401  (re-exported: evaluation uses it)
-
 
 def log_weights(model, posterior, x: torch.Tensor, num_samples: int) -> torch.Tensor:
     """log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x) for num_samples draws z_k ~ q(z|x): (S, B)."""

@@ -11,12 +11,12 @@ from omegaconf import DictConfig, OmegaConf
 from vae_cli.build import build_data, build_model
 from vae_cli.checkpoint import load_checkpoint
 from vae_cli.device import resolve_device
-from vae_cli.errors import ConfigError
+from vae_cli.errors import ConfigError, check_integer
 from vae_cli.evaluation.active_units import ACTIVE_THRESHOLD, activity, latent_means
-from vae_cli.evaluation.iwae import bits_per_dim, dequantize, fixed_scale, log_px_estimates
+from vae_cli.evaluation.iwae import bits_per_dim, fixed_scale, log_px_estimates
 from vae_cli.evaluation.pictures import interpolation, tile, traversal, write_embedding
 from vae_cli.evaluation.probe import check_sizes, probe
-from vae_cli.likelihoods import Bernoulli, ContinuousBernoulli
+from vae_cli.likelihoods import Bernoulli, ContinuousBernoulli, dequantize
 from vae_cli.summary import RunWriter
 from vae_cli.train import prepare_eval_sets, to_unit, write_pictures
 
@@ -32,9 +32,7 @@ class Evaluation:
 
 def check_settings(settings: DictConfig) -> None:
     for key in ("num_samples", "chunk_size", "batch_size"):
-        value = settings[key]
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigError(f"eval.{key}={value!r} must be a positive integer")
+        check_integer(f"eval.{key}", settings[key], 1)
     check_sizes(settings.probe_sizes)
 
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Independent, OneHotCategorical
 
-from vae_cli.errors import ConfigError, check_choice
+from vae_cli.errors import check_choice, check_integer
 
 
 class CategoricalLatent(nn.Module):
@@ -24,10 +24,8 @@ class CategoricalLatent(nn.Module):
     def __init__(self, num_vars: int = 20, num_classes: int = 10, prior: str = "uniform"):
         super().__init__()
         check_choice("latent.prior", prior, ("uniform", "learned"))
-        if int(num_vars) < 1 or int(num_classes) < 2:
-            raise ConfigError(f"latent.num_vars={num_vars!r} must be >= 1 and latent.num_classes="
-                              f"{num_classes!r} must be >= 2")
-        self.num_vars, self.num_classes = int(num_vars), int(num_classes)
+        self.num_vars = check_integer("latent.num_vars", num_vars, 1)
+        self.num_classes = check_integer("latent.num_classes", num_classes, 2)
         self.param_size = self.num_vars * self.num_classes  # encoder outputs: logits
         self.sample_size = self.num_vars * self.num_classes  # decoder inputs: flattened one-hots
         logits = torch.zeros(self.num_vars, self.num_classes)

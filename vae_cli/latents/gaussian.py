@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.distributions import Independent, Normal
 
-from vae_cli.errors import ConfigError, check_choice
+from vae_cli.errors import check_choice, check_integer
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -55,9 +55,7 @@ class GaussianLatent(nn.Module):
     def __init__(self, num_vars: int = 20, kl: str = "analytic"):
         super().__init__()
         check_choice("latent.kl", kl, ("analytic", "monte_carlo"))
-        if int(num_vars) < 1:
-            raise ConfigError(f"latent.num_vars={num_vars!r} must be a positive integer")
-        self.num_vars = int(num_vars)
+        self.num_vars = check_integer("latent.num_vars", num_vars, 1)
         self.kl_mode = kl
         self.param_size = 2 * self.num_vars  # encoder outputs: mu and log sigma^2
         self.sample_size = self.num_vars  # decoder inputs
