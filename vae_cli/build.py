@@ -58,5 +58,5 @@ def build_optimizer(cfg: DictConfig, params, device: torch.device) -> torch.opti
     try:
         return make(params=params, **kwargs)
     except (ValueError, TypeError) as err:  # torch checks lr, eps, betas, weight_decay itself
-        raise ConfigError(f"optimizer could not be built: {err}; fix the optimizer.* value it names "
-                          f"(now {OmegaConf.to_container(cfg.optimizer)})") from err
+        settings = ", ".join(f"optimizer.{k}={v}" for k, v in chosen.items() if not k.startswith("_"))
+        raise ConfigError(f"optimizer could not be built: {err}; fix the value it names (now {settings})") from err
