@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_module
 
-from vae_cli.build import build_estimator, build_model
+from vae_cli.build import build_data, build_estimator, build_model
 from vae_cli.device import resolve_device
 from vae_cli.train import train
 
@@ -108,7 +108,6 @@ def main():
     args = parser.parse_args()
     cfg = config(args.device)
     device = resolve_device(args.device)
-    from vae_cli.build import build_data
     images = build_data(cfg).train_x
     print(f"data: {cfg.data._target_.split('.')[-1]}, {images.shape[0]} images of {images.shape[1]} "
           f"pixels; device {device}; torch {torch.__version__}, {torch.get_num_threads()} threads")

@@ -34,7 +34,7 @@ class VAE(nn.Module):
                 f"latent.num_vars={latent.num_vars} differs from model.latent_dim={latent_dim}; "
                 "set model.latent_dim only (the latent config interpolates it)"
             )
-        if isinstance(hidden_sizes, str) or not isinstance(hidden_sizes, (list, tuple)) or not all(
+        if not isinstance(hidden_sizes, (list, tuple)) or not all(
                 isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in hidden_sizes):
             raise ConfigError(f"model.hidden_sizes={hidden_sizes!r} must be a list of positive integers, "
                               "e.g. model.hidden_sizes=[400] or model.hidden_sizes=[200,200]")

@@ -29,17 +29,14 @@ class GumbelSoftmax(nn.Module):
     def __init__(self, temperature: float = 1.0, min_temperature: float = 0.5, anneal_rate: float = 1e-4,
                  straight_through: bool = False, num_samples: int = 1):
         super().__init__()
-        temperature = check_number("estimator.temperature", temperature)
-        if not 0 < check_number("estimator.min_temperature", min_temperature) <= temperature:
+        self.initial_temperature = check_number("estimator.temperature", temperature)
+        self.min_temperature = check_number("estimator.min_temperature", min_temperature)
+        if not 0 < self.min_temperature <= self.initial_temperature:
             raise ConfigError(f"estimator.min_temperature={min_temperature!r} and estimator.temperature="
                               f"{temperature!r} must satisfy 0 < min_temperature <= temperature")
-        check_number("estimator.anneal_rate", anneal_rate, 0, "0: constant temperature")
-        check_integer("estimator.num_samples", num_samples, 1)
-        self.initial_temperature = float(temperature)
-        self.min_temperature = float(min_temperature)
-        self.anneal_rate = float(anneal_rate)
+        self.anneal_rate = check_number("estimator.anneal_rate", anneal_rate, 0, "0: constant temperature")
         self.straight_through = bool(straight_through)
-        self.num_samples = int(num_samples)
+        self.num_samples = check_integer("estimator.num_samples", num_samples, 1)
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
 
     def check_model(self, model: nn.Module) -> None:

@@ -15,7 +15,7 @@ class DiagonalGaussian:
 
     What torch.distributions' Independent(Normal) gives here (mean, rsample, log_prob), without its
     per-construction argument handling, which the hot path paid once per batch (~3 % of a training
-    step, benchmarks/train_throughput.py). log_var is kept as the encoder emitted it, so the KL needs
+    step, measured side by side in alternating blocks of steps). log_var is kept as the encoder emitted it, so the KL needs
     no log(scale), which underflows to log(0) for log_var below about -206 in float32.
     """
 
