@@ -89,6 +89,7 @@ def test_burda_experiment_overrides_only_what_differs():
     ("model.hidden_sizes=[0]", "model.hidden_sizes"),
     ("likelihood.min_log_scale=abc", "likelihood.min_log_scale"),
     ("estimator.num_samples=two", "estimator.num_samples"),
+    ("train_step=sometimes", "train_step"),
 ])
 def test_bad_value_is_a_config_error_naming_the_key(override, key, smoke_cfg, tmp_path):
     extra = ["likelihood=gaussian"] if override.startswith("likelihood.") and "binarize" not in override else []

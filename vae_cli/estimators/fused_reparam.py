@@ -1,0 +1,155 @@
+"""The reparameterized ELBO step with its gradient written out by hand: the training fast path.
+
+Same estimator as Reparameterized (one sample, analytic KL), same random draws in the same order, so
+the two give the same parameters up to float rounding (tests/test_fused_step.py checks the gradients
+against autograd). Written for the common case only: an MLP of Linear layers with ReLU or tanh between
+them, a Gaussian latent with the closed-form KL, and a Bernoulli likelihood. Anything else trains
+through autograd (`supports` says why). Without autograd's graph the step allocates less, dispatches
+fewer operators, and folds the 1/B of the batch mean into the matrix products.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vae_cli.estimators.reparam import Reparameterized
+from vae_cli.latents.gaussian import GaussianLatent
+from vae_cli.likelihoods import Bernoulli
+
+LOG_2PI = math.log(2 * math.pi)
+ACTIVATIONS = (nn.ReLU, nn.Tanh)
+
+
+def _layers(net: nn.Sequential) -> tuple[list[nn.Linear], list[nn.Module]] | None:
+    """(linears, activations) of Linear, act, Linear, ..., Linear; None for any other shape."""
+    modules = list(net)
+    linears, activations = modules[0::2], modules[1::2]
+    if not all(type(m) is nn.Linear for m in linears) or len(linears) != len(activations) + 1:
+        return None
+    if not all(type(a) in ACTIVATIONS for a in activations) or not all(m.bias is not None for m in linears):
+        return None
+    return linears, activations
+
+
+def _activate(h: torch.Tensor, activation: nn.Module) -> torch.Tensor:
+    return h.relu_() if type(activation) is nn.ReLU else h.tanh_()
+
+
+def _activation_backward(grad: torch.Tensor, output: torch.Tensor, activation: nn.Module) -> torch.Tensor:
+    """d loss / d pre-activation from d loss / d output, using the activation's output only."""
+    if type(activation) is nn.ReLU:
+        return torch.ops.aten.threshold_backward(grad, output, 0)  # grad where output > 0, else 0
+    return torch.ops.aten.tanh_backward(grad, output)  # grad * (1 - output^2)
+
+
+def unsupported_reason(model: nn.Module, estimator: nn.Module) -> str | None:
+    """None when FusedReparamStep computes this model's step; else what rules it out."""
+    if type(estimator) is not Reparameterized or estimator.num_samples != 1:
+        return "it needs estimator=reparam with estimator.num_samples=1"
+    if type(model.latent) is not GaussianLatent or model.latent.kl_mode != "analytic":
+        return "it needs latent=gaussian with latent.kl=analytic"
+    if type(model.likelihood) is not Bernoulli:
+        return "it needs likelihood=bernoulli"
+    if _layers(model.encoder) is None or _layers(model.decoder) is None:
+        return f"it needs Linear layers with model.activation in {[a.__name__.lower() for a in ACTIVATIONS]}"
+    if any(p.requires_grad for p in model.likelihood.parameters()) or any(
+            p.requires_grad for p in model.latent.parameters()):
+        return "it handles network parameters only"
+    return None
+
+
+class FusedReparamStep:
+    """Writes d loss / d theta into each parameter's .grad for a prepared batch x (B, D).
+
+    loss = mean_b [beta KL(q(z|x_b) || p(z)) - log p(x_b|z_b)], z = loc + exp(log_var / 2) * eps.
+    Backward, per example (then / B):
+        d/d logits = sigmoid(logits) - x                    (Bernoulli from logits)
+        d/d loc = d/dz + beta loc;  d/d log_var = d/dz * eps * scale / 2 + beta (scale^2 - 1) / 2
+    Returns the batch means of the named terms in TERM_NAMES order (6,), as Terms.stacked_means does.
+    """
+
+    def __init__(self, model: nn.Module, beta: float):
+        reason = unsupported_reason(model, Reparameterized())
+        assert reason is None, reason
+        self.encoder, self.encoder_activations = _layers(model.encoder)
+        self.decoder, self.decoder_activations = _layers(model.decoder)
+        self.num_vars = model.latent.num_vars
+        self.beta = float(beta)
+        k = self.num_vars
+        # means = A @ [recon_sum, sum loc^2 + scale^2, sum log_var] / B + c, rows in TERM_NAMES order:
+        # kl = (sq - lv) / 2 - K/2; entropy = K (log 2 pi + 1) / 2 + lv / 2; cross_entropy = H + KL
+        # = K log(2 pi) / 2 + sq / 2 (GaussianLatent's closed forms, summed over the batch).
+        b = self.beta
+        self.term_matrix = torch.tensor(dtype=torch.float64, data=[
+            [1.0, 0.0, 0.0],  # recon
+            [0.0, 0.5, -0.5],  # kl
+            [0.0, 0.0, 0.5],  # entropy
+            [0.0, 0.5, 0.0],  # cross_entropy
+            [1.0, -0.5, 0.5],  # elbo = recon - kl
+            [-1.0, 0.5 * b, -0.5 * b],  # loss = beta kl - recon
+        ])
+        self.term_offset = torch.tensor(dtype=torch.float64, data=[0.0, -0.5 * k, 0.5 * k * (LOG_2PI + 1), 0.5 * k * LOG_2PI,
+                                         0.5 * k, -0.5 * k * b])
+        weight = self.encoder[0].weight
+        self.term_matrix = self.term_matrix.to(weight)
+        self.term_offset = self.term_offset.to(weight)
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        batch, k, beta = x.shape[0], self.num_vars, self.beta
+        inv = 1.0 / batch
+        inputs, params = self._forward(self.encoder, self.encoder_activations, x)
+        loc, log_var = params[:, :k], params[:, k:]  # (B, K) each, as GaussianLatent.posterior splits them
+        scale = torch.exp(log_var * 0.5)
+        eps = torch.randn((1, *loc.shape), dtype=loc.dtype, device=loc.device)[0]  # as rsample((1,)) draws
+        z = torch.addcmul(loc, scale, eps)
+        decoder_inputs, logits = self._forward(self.decoder, self.decoder_activations, z)  # (B, D)
+
+        # the terms: recon = sum_d [x l - softplus(l)] (Bernoulli from logits); the KL in closed form
+        var = scale * scale
+        sums = torch.stack([torch.dot(x.reshape(-1), logits.reshape(-1)) - F.softplus(logits).sum(),
+                            torch.dot(loc.reshape(-1), loc.reshape(-1)) + var.sum(), log_var.sum()])
+        means = torch.addmv(self.term_offset, self.term_matrix, sums, alpha=inv)
+
+        # backward; grad holds d (B * loss) / d (layer output), the 1/B applied in the products
+        grad = torch.sigmoid(logits).sub_(x)
+        grad = self._backward(self.decoder, self.decoder_activations, decoder_inputs, grad, inv)
+        grad_z = grad.mul_(inv)  # d loss / dz
+        grad_params = torch.empty((batch, 2 * k), dtype=x.dtype, device=x.device)
+        torch.add(grad_z, loc, alpha=beta * inv, out=grad_params[:, :k])
+        torch.addcmul(torch.sub(var, 1).mul_(0.5 * beta * inv), grad_z.mul_(eps), scale, value=0.5,
+                      out=grad_params[:, k:])
+        self._backward(self.encoder, self.encoder_activations, inputs, grad_params, 1.0, first_input_grad=False)
+        return means
+
+    @staticmethod
+    def _forward(layers, activations, h: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """(each Linear's input, kept for its weight gradient; the last layer's output)."""
+        inputs = []
+        for i, layer in enumerate(layers):
+            inputs.append(h)
+            h = torch.addmm(layer.bias, h, layer.weight.t())
+            if i < len(activations):
+                h = _activate(h, activations[i])
+        return inputs, h
+
+    @staticmethod
+    def _backward(layers, activations, inputs, grad, scale: float, first_input_grad: bool = True):
+        """Backpropagate grad = d L / d (last layer output) through layers, writing scale * d L / d W, b
+        into .grad; returns d L / d (first layer input) unscaled (None if not first_input_grad)."""
+        for i in range(len(layers) - 1, -1, -1):
+            layer, inp = layers[i], inputs[i]
+            for p in (layer.weight, layer.bias):
+                if p.grad is None:  # kept between steps (no zero_grad): every entry is overwritten
+                    p.grad = torch.empty_like(p)
+            torch.addmm(layer.weight.grad, grad.t(), inp, beta=0, alpha=scale, out=layer.weight.grad)
+            torch.sum(grad, 0, out=layer.bias.grad)
+            if scale != 1.0:
+                layer.bias.grad.mul_(scale)
+            if i == 0 and not first_input_grad:
+                return None
+            grad = torch.mm(grad, layer.weight)
+            if i > 0:
+                grad = _activation_backward(grad, inp, activations[i - 1])
+        return grad
