@@ -8,7 +8,8 @@ from torch.distributions import Independent, Normal
 from linear_gaussian import exact_log_px, linear_gaussian, set_true_posterior
 from vae_cli.estimators import Reparameterized
 from vae_cli.latents import GaussianLatent
-from vae_cli.likelihoods import Bernoulli, ContinuousBernoulli, Gaussian, soft_clip_below
+from vae_cli import likelihoods
+from vae_cli.likelihoods import Bernoulli, ContinuousBernoulli, Gaussian, binarize_pixels, soft_clip_below
 
 
 def test_analytic_gaussian_kl_matches_large_sample_monte_carlo():
@@ -55,6 +56,37 @@ def test_binarization_modes():
     draws = Bernoulli("dynamic").prepare(x.expand(20_000, 4), torch.Generator().manual_seed(0))
     assert set(draws.unique().tolist()) <= {0.0, 1.0}
     assert torch.allclose(draws.mean(0), x[0], atol=0.015)
+
+
+def test_pixel_binarization_has_probability_level_over_255_for_every_level():
+    levels = torch.arange(256, dtype=torch.uint8)
+    draws = 40_000
+    counts = torch.zeros(256)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(draws // 1000):
+        counts += binarize_pixels(levels.expand(1000, 256), generator).sum(0)
+    p = levels.double() / 255
+    assert counts[0] == 0 and counts[255] == draws  # the ends exactly
+    z = (counts.double() / draws - p)[1:-1] / (p * (1 - p) / draws).sqrt()[1:-1]
+    assert z.abs().max() < 5 and abs(z.mean()) < 0.3 and 0.7 < z.var() < 1.3  # standard normal scores
+
+
+def test_pixel_binarization_draws_a_byte_of_255_again(monkeypatch):
+    """Bytes r give x = [r < k]; a byte of 255 is replaced by the next byte drawn, until none is 255."""
+    stream = iter([torch.tensor([255, 3, 255, 200, 9], dtype=torch.uint8),
+                   torch.tensor([255, 10], dtype=torch.uint8),  # again for positions 0 and 2
+                   torch.tensor([4], dtype=torch.uint8)])  # again for position 0
+    monkeypatch.setattr(likelihoods, "random_bytes", lambda n, generator, device: next(stream)[:n])
+    pixels = torch.tensor([[5, 3, 11, 201, 10]], dtype=torch.uint8)
+    x = binarize_pixels(pixels)
+    assert torch.equal(x, torch.tensor([[1.0, 0.0, 1.0, 1.0, 1.0]]))  # 4 < 5, 3 < 3, 10 < 11, 200 < 201, 9 < 10
+    assert next(stream, None) is None  # exactly three draws
+
+
+def test_pixel_preparation_of_other_likelihoods_is_prepare_of_intensities():
+    pixels = torch.tensor([[0, 128, 255]], dtype=torch.uint8)
+    assert torch.equal(Bernoulli("threshold").prepare_pixels(pixels), torch.tensor([[0.0, 1.0, 1.0]]))
+    assert torch.equal(Gaussian(dequantize=False).prepare_pixels(pixels), pixels / 255.0)
 
 
 def test_continuous_bernoulli_normaliser_closed_form():
