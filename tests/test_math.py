@@ -71,16 +71,20 @@ def test_pixel_binarization_has_probability_level_over_255_for_every_level():
     assert z.abs().max() < 5 and abs(z.mean()) < 0.3 and 0.7 < z.var() < 1.3  # standard normal scores
 
 
-def test_pixel_binarization_draws_a_byte_of_255_again(monkeypatch):
-    """Bytes r give x = [r < k]; a byte of 255 is replaced by the next byte drawn, until none is 255."""
-    stream = iter([torch.tensor([255, 3, 255, 200, 9], dtype=torch.uint8),
-                   torch.tensor([255, 10], dtype=torch.uint8),  # again for positions 0 and 2
-                   torch.tensor([4], dtype=torch.uint8)])  # again for position 0
-    monkeypatch.setattr(likelihoods, "random_bytes", lambda n, generator, device: next(stream)[:n])
-    pixels = torch.tensor([[5, 3, 11, 201, 10]], dtype=torch.uint8)
+def test_pixel_binarization_decides_a_byte_of_255_by_a_32_bit_draw(monkeypatch):
+    """Bytes r give x = [r < k]; where r = 255 a 32-bit w gives x = [w < 16843009 k], and a w of
+    2^32 - 1 is drawn again."""
+    step = 16843009  # (2^32 - 1) / 255
+    bytes_ = torch.tensor([255, 3, 255, 200, 9, 255], dtype=torch.uint8)
+    words = iter([torch.tensor([2**32 - 1, 11 * step - 1, 5 * step + 2**32], dtype=torch.int64),  # high bits ignored
+                  torch.tensor([5 * step], dtype=torch.int64)])  # again for position 0: 5 step < 5 step is false
+    monkeypatch.setattr(likelihoods, "random_bytes", lambda n, generator, device: bytes_[:n])
+    monkeypatch.setattr(likelihoods, "random_words", lambda n, generator, device: next(words)[:n].clone())
+    pixels = torch.tensor([[5, 3, 11, 201, 10, 6]], dtype=torch.uint8)
     x = binarize_pixels(pixels)
-    assert torch.equal(x, torch.tensor([[1.0, 0.0, 1.0, 1.0, 1.0]]))  # 4 < 5, 3 < 3, 10 < 11, 200 < 201, 9 < 10
-    assert next(stream, None) is None  # exactly three draws
+    # 0: w = 5 step, not < 5 step; 1: 3 < 3 no; 2: 11 step - 1 < 11 step; 3: 200 < 201; 4: 9 < 10; 5: 5 step < 6 step
+    assert torch.equal(x, torch.tensor([[0.0, 0.0, 1.0, 1.0, 1.0, 1.0]]))
+    assert next(words, None) is None  # exactly two 32-bit rounds
 
 
 def test_pixel_preparation_of_other_likelihoods_is_prepare_of_intensities():
