@@ -36,11 +36,14 @@ def _activate(h: torch.Tensor, activation: nn.Module) -> torch.Tensor:
     return h.relu_() if type(activation) is nn.ReLU else h.tanh_()
 
 
+_threshold_backward, _tanh_backward = torch.ops.aten.threshold_backward, torch.ops.aten.tanh_backward
+
+
 def _activation_backward(grad: torch.Tensor, output: torch.Tensor, activation: nn.Module) -> torch.Tensor:
     """d loss / d pre-activation from d loss / d output, using the activation's output only."""
     if type(activation) is nn.ReLU:
-        return torch.ops.aten.threshold_backward(grad, output, 0)  # grad where output > 0, else 0
-    return torch.ops.aten.tanh_backward(grad, output)  # grad * (1 - output^2)
+        return _threshold_backward(grad, output, 0)  # grad where output > 0, else 0
+    return _tanh_backward(grad, output)  # grad * (1 - output^2)
 
 
 def unsupported_reason(model: nn.Module, estimator: nn.Module) -> str | None:
@@ -94,33 +97,35 @@ class FusedReparamStep:
         weight = self.encoder[0].weight
         self.term_matrix = self.term_matrix.to(weight)
         self.term_offset = self.term_offset.to(weight)
+        self.batch_weights = torch.empty(0)  # 1/B per example: bias gradients are batch means
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         batch, k, beta = x.shape[0], self.num_vars, self.beta
         inv = 1.0 / batch
+        if self.batch_weights.shape[0] != batch:
+            self.batch_weights = torch.full((batch,), inv, dtype=x.dtype, device=x.device)
         inputs, params = self._forward(self.encoder, self.encoder_activations, x)
         loc, log_var = params[:, :k], params[:, k:]  # (B, K) each, as GaussianLatent.posterior splits them
-        scale = torch.exp(log_var * 0.5)
-        eps = torch.randn((1, *loc.shape), dtype=loc.dtype, device=loc.device)[0]  # as rsample((1,)) draws
+        var = torch.exp(log_var)
+        scale = torch.sqrt(var)
+        eps = torch.randn(loc.shape, dtype=loc.dtype, device=loc.device)  # rsample((1,))'s draws, in order
         z = torch.addcmul(loc, scale, eps)
         decoder_inputs, logits = self._forward(self.decoder, self.decoder_activations, z)  # (B, D)
 
         # the terms: recon = sum_d [x l - softplus(l)] (Bernoulli from logits); the KL in closed form
-        var = scale * scale
         sums = torch.stack([torch.dot(x.reshape(-1), logits.reshape(-1)) - F.softplus(logits).sum(),
-                            torch.dot(loc.reshape(-1), loc.reshape(-1)) + var.sum(), log_var.sum()])
+                            torch.addcmul(var, loc, loc).sum(), log_var.sum()])
         means = torch.addmv(self.term_offset, self.term_matrix, sums, alpha=inv)
 
-        # backward; grad holds d (B * loss) / d (layer output), the 1/B applied in the products
+        # backward: grad = d (B loss) / d (a layer's output); the 1/B is applied in the products
         grad = torch.sigmoid(logits).sub_(x)
-        grad = self._backward(self.decoder, self.decoder_activations, decoder_inputs, grad, inv)
-        grad_z = grad.mul_(inv)  # d loss / dz
-        grad_params = torch.empty((batch, 2 * k), dtype=x.dtype, device=x.device)
-        torch.add(grad_z, loc, alpha=beta * inv, out=grad_params[:, :k])
-        torch.addcmul(torch.sub(var, 1).mul_(0.5 * beta * inv), grad_z.mul_(eps), scale, value=0.5,
-                      out=grad_params[:, k:])
-        self._backward(self.encoder, self.encoder_activations, inputs, grad_params, 1.0, first_input_grad=False)
+        grad = self._backward(self.decoder, self.decoder_activations, decoder_inputs, grad, inv)  # (B, K): at z
+        grad_params = torch.cat([torch.add(grad, loc, alpha=beta),  # at loc: d/dz + beta loc
+                                 torch.addcmul(torch.sub(var, 1).mul_(0.5 * beta), grad.mul_(eps), scale,
+                                               value=0.5)], dim=1)  # at log_var
+        self._backward(self.encoder, self.encoder_activations, inputs, grad_params, inv,
+                       first_input_grad=False)
         return means
 
     @staticmethod
@@ -134,19 +139,16 @@ class FusedReparamStep:
                 h = _activate(h, activations[i])
         return inputs, h
 
-    @staticmethod
-    def _backward(layers, activations, inputs, grad, scale: float, first_input_grad: bool = True):
-        """Backpropagate grad = d L / d (last layer output) through layers, writing scale * d L / d W, b
-        into .grad; returns d L / d (first layer input) unscaled (None if not first_input_grad)."""
+    def _backward(self, layers, activations, inputs, grad, inv: float, first_input_grad: bool = True):
+        """Backpropagate grad = d (B loss) / d (last layer output) through layers, writing d loss / d W, b
+        into .grad; returns d (B loss) / d (first layer input) (None if not first_input_grad)."""
         for i in range(len(layers) - 1, -1, -1):
             layer, inp = layers[i], inputs[i]
             for p in (layer.weight, layer.bias):
                 if p.grad is None:  # kept between steps (no zero_grad): every entry is overwritten
                     p.grad = torch.empty_like(p)
-            torch.addmm(layer.weight.grad, grad.t(), inp, beta=0, alpha=scale, out=layer.weight.grad)
-            torch.sum(grad, 0, out=layer.bias.grad)
-            if scale != 1.0:
-                layer.bias.grad.mul_(scale)
+            torch.addmm(layer.weight.grad, grad.t(), inp, beta=0, alpha=inv, out=layer.weight.grad)
+            torch.mv(grad.t(), self.batch_weights, out=layer.bias.grad)  # the batch mean
             if i == 0 and not first_input_grad:
                 return None
             grad = torch.mm(grad, layer.weight)
