@@ -4,7 +4,7 @@ Same estimator as Reparameterized (one sample, analytic KL), same random draws i
 the two give the same parameters up to float rounding (tests/test_fused_step.py checks the gradients
 against autograd). Written for the common case only: an MLP of Linear layers with ReLU or tanh between
 them, a Gaussian latent with the closed-form KL, and a Bernoulli likelihood. Anything else trains
-through autograd (`supports` says why). Without autograd's graph the step allocates less, dispatches
+through autograd (unsupported_reason says why). Without autograd's graph the step allocates less, dispatches
 fewer operators, and folds the 1/B of the batch mean into the matrix products.
 """
 import math
@@ -84,19 +84,17 @@ class FusedReparamStep:
         # kl = (sq - lv) / 2 - K/2; entropy = K (log 2 pi + 1) / 2 + lv / 2; cross_entropy = H + KL
         # = K log(2 pi) / 2 + sq / 2 (GaussianLatent's closed forms, summed over the batch).
         b = self.beta
-        self.term_matrix = torch.tensor(dtype=torch.float64, data=[
+        weight = self.encoder[0].weight  # the constants in float64, rounded once to the model's dtype
+        self.term_matrix = torch.tensor([
             [1.0, 0.0, 0.0],  # recon
             [0.0, 0.5, -0.5],  # kl
             [0.0, 0.0, 0.5],  # entropy
             [0.0, 0.5, 0.0],  # cross_entropy
             [1.0, -0.5, 0.5],  # elbo = recon - kl
             [-1.0, 0.5 * b, -0.5 * b],  # loss = beta kl - recon
-        ])
-        self.term_offset = torch.tensor(dtype=torch.float64, data=[0.0, -0.5 * k, 0.5 * k * (LOG_2PI + 1), 0.5 * k * LOG_2PI,
-                                         0.5 * k, -0.5 * k * b])
-        weight = self.encoder[0].weight
-        self.term_matrix = self.term_matrix.to(weight)
-        self.term_offset = self.term_offset.to(weight)
+        ], dtype=torch.float64).to(weight)
+        self.term_offset = torch.tensor([0.0, -0.5 * k, 0.5 * k * (LOG_2PI + 1), 0.5 * k * LOG_2PI, 0.5 * k,
+                                         -0.5 * k * b], dtype=torch.float64).to(weight)
         self.batch_weights = torch.empty(0)  # 1/B per example: bias gradients are batch means
 
     @torch.no_grad()
