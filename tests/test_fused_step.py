@@ -16,7 +16,9 @@ def autograd_and_fused(overrides, data_dim=30, batch=16):
     torch.manual_seed(0)
     model = build_model(cfg, data_dim).double()
     estimator = build_estimator(cfg, model)
-    x = (torch.rand(batch, data_dim, dtype=torch.float64) < 0.4).double()
+    x = torch.rand(batch, data_dim, dtype=torch.float64)  # intensities: the Gaussian's data
+    if "likelihood=gaussian" not in overrides:
+        x = (x < 0.4).double()
     torch.manual_seed(1)
     terms = estimator(model, x, cfg.beta)
     terms.surrogate.backward()
@@ -33,6 +35,8 @@ def autograd_and_fused(overrides, data_dim=30, batch=16):
     ["model.hidden_sizes=[50]"],  # pytorch/examples' shape: ReLU, one hidden layer
     ["model.hidden_sizes=[40,30]", "model.activation=tanh", "beta=0.7"],  # Burda's: tanh, two layers
     ["model.hidden_sizes=[20,20,20]", "beta=0"],
+    ["likelihood=gaussian", "likelihood.sigma=0.3"],  # learned sigma: its gradient too
+    ["likelihood=gaussian", "likelihood.scale=fixed", "likelihood.sigma=0.2", "model.activation=tanh"],
 ])
 def test_fused_gradient_and_terms_equal_autograd(overrides):
     reference, reference_means, grads, means = autograd_and_fused(overrides)
@@ -43,10 +47,11 @@ def test_fused_gradient_and_terms_equal_autograd(overrides):
     assert torch.allclose(means, reference_means, rtol=1e-12, atol=1e-12)
 
 
-def test_fused_training_matches_autograd_training(smoke_cfg, tmp_path):
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_fused_training_matches_autograd_training(likelihood, smoke_cfg, tmp_path):
     """Whole runs: same draws, same updates; only float32 rounding differs between the two."""
-    fused = train(smoke_cfg("train_step=fused", "~eval"), tmp_path / "fused")
-    autograd = train(smoke_cfg("train_step=autograd", "~eval"), tmp_path / "autograd")
+    fused = train(smoke_cfg("train_step=fused", f"likelihood={likelihood}", "~eval"), tmp_path / "fused")
+    autograd = train(smoke_cfg("train_step=autograd", f"likelihood={likelihood}", "~eval"), tmp_path / "autograd")
     for key in ("test/elbo", "test/recon", "test/kl", "val/elbo", "val/entropy"):
         assert fused[key] == pytest.approx(autograd[key], rel=1e-4, abs=1e-4), key
     assert fused["test/elbo"] != train(smoke_cfg("train_step=fused", "seed=1"), tmp_path / "s1")["test/elbo"]
@@ -55,7 +60,8 @@ def test_fused_training_matches_autograd_training(smoke_cfg, tmp_path):
 
 
 @pytest.mark.parametrize("overrides, reason", [
-    (["likelihood=gaussian"], "likelihood=bernoulli"),
+    (["likelihood=gaussian", "likelihood.scale=optimal"], "likelihood=bernoulli, or likelihood=gaussian"),
+    (["likelihood=continuous_bernoulli"], "likelihood=bernoulli, or likelihood=gaussian"),
     (["estimator.num_samples=2"], "num_samples=1"),
     (["latent.kl=monte_carlo"], "latent.kl=analytic"),
     (["model.activation=elu"], "model.activation"),

@@ -3,9 +3,10 @@
 Same estimator as Reparameterized (one sample, analytic KL), same random draws in the same order, so
 the two give the same parameters up to float rounding (tests/test_fused_step.py checks the gradients
 against autograd). Written for the common case only: an MLP of Linear layers with ReLU or tanh between
-them, a Gaussian latent with the closed-form KL, and a Bernoulli likelihood. Anything else trains
-through autograd (unsupported_reason says why). Without autograd's graph the step allocates less, dispatches
-fewer operators, and folds the 1/B of the batch mean into the matrix products.
+them, a Gaussian latent with the closed-form KL, and a Bernoulli likelihood or a Gaussian one with one
+sigma (learned or fixed). Anything else trains through autograd (unsupported_reason says why).
+Without autograd's graph the step allocates less, dispatches fewer operators, and folds the 1/B of
+the batch mean into the matrix products.
 """
 import math
 
@@ -15,10 +16,11 @@ from torch import nn
 
 from vae_cli.estimators.reparam import Reparameterized
 from vae_cli.latents.gaussian import GaussianLatent
-from vae_cli.likelihoods import Bernoulli
+from vae_cli.likelihoods import Bernoulli, Gaussian
 
 LOG_2PI = math.log(2 * math.pi)
 ACTIVATIONS = (nn.ReLU, nn.Tanh)
+GAUSSIAN_SCALES = ("learned", "fixed")  # one shared sigma; per-pixel and optimal sigma train by autograd
 
 
 def _layers(net: nn.Sequential) -> tuple[list[nn.Linear], list[nn.Module]] | None:
@@ -52,13 +54,13 @@ def unsupported_reason(model: nn.Module, estimator: nn.Module) -> str | None:
         return "it needs estimator=reparam with estimator.num_samples=1"
     if type(model.latent) is not GaussianLatent or model.latent.kl_mode != "analytic":
         return "it needs latent=gaussian with latent.kl=analytic"
-    if type(model.likelihood) is not Bernoulli:
-        return "it needs likelihood=bernoulli"
+    likelihood = model.likelihood
+    if not (type(likelihood) is Bernoulli or (type(likelihood) is Gaussian and likelihood.scale in GAUSSIAN_SCALES)):
+        return f"it needs likelihood=bernoulli, or likelihood=gaussian with likelihood.scale in {GAUSSIAN_SCALES}"
     if _layers(model.encoder) is None or _layers(model.decoder) is None:
         return f"it needs Linear layers with model.activation in {[a.__name__.lower() for a in ACTIVATIONS]}"
-    if any(p.requires_grad for p in model.likelihood.parameters()) or any(
-            p.requires_grad for p in model.latent.parameters()):
-        return "it handles network parameters only"
+    if any(p.requires_grad for p in model.latent.parameters()):
+        return "it has no gradient for latent parameters"
     return None
 
 
@@ -68,6 +70,7 @@ class FusedReparamStep:
     loss = mean_b [beta KL(q(z|x_b) || p(z)) - log p(x_b|z_b)], z = loc + exp(log_var / 2) * eps.
     Backward, per example (then / B):
         d/d logits = sigmoid(logits) - x                    (Bernoulli from logits)
+        d/d mean = (mean - x) / sigma^2;  d/d log sigma = sum_d [1 - (x_d - mean_d)^2 / sigma^2]   (Gaussian)
         d/d loc = d/dz + beta loc;  d/d log_var = d/dz * eps * scale / 2 + beta (scale^2 - 1) / 2
     Returns the batch means of the named terms in TERM_NAMES order (6,), as Terms.stacked_means does.
     """
@@ -78,6 +81,7 @@ class FusedReparamStep:
         self.encoder, self.encoder_activations = _layers(model.encoder)
         self.decoder, self.decoder_activations = _layers(model.decoder)
         self.num_vars = model.latent.num_vars
+        self.likelihood = model.likelihood
         self.beta = float(beta)
         k = self.num_vars
         # means = A @ [recon_sum, sum loc^2 + scale^2, sum log_var] / B + c, rows in TERM_NAMES order:
@@ -111,13 +115,11 @@ class FusedReparamStep:
         z = torch.addcmul(loc, scale, eps)
         decoder_inputs, logits = self._forward(self.decoder, self.decoder_activations, z)  # (B, D)
 
-        # the terms: recon = sum_d [x l - softplus(l)] (Bernoulli from logits); the KL in closed form
-        sums = torch.stack([torch.dot(x.reshape(-1), logits.reshape(-1)) - F.softplus(logits).sum(),
-                            torch.addcmul(var, loc, loc).sum(), log_var.sum()])
+        # the terms (the KL in closed form); grad = d (B loss) / d (a layer's output), the 1/B is applied
+        # in the products
+        recon, grad = self._likelihood_terms(x, logits, inv)
+        sums = torch.stack([recon, torch.addcmul(var, loc, loc).sum(), log_var.sum()])
         means = torch.addmv(self.term_offset, self.term_matrix, sums, alpha=inv)
-
-        # backward: grad = d (B loss) / d (a layer's output); the 1/B is applied in the products
-        grad = torch.sigmoid(logits).sub_(x)
         grad = self._backward(self.decoder, self.decoder_activations, decoder_inputs, grad, inv)  # (B, K): at z
         grad_params = torch.cat([torch.add(grad, loc, alpha=beta),  # at loc: d/dz + beta loc
                                  torch.addcmul(torch.sub(var, 1).mul_(0.5 * beta), grad.mul_(eps), scale,
@@ -125,6 +127,23 @@ class FusedReparamStep:
         self._backward(self.encoder, self.encoder_activations, inputs, grad_params, inv,
                        first_input_grad=False)
         return means
+
+    def _likelihood_terms(self, x: torch.Tensor, out: torch.Tensor, inv: float):
+        """(sum over the batch of log p(x|z), d (-B recon) / d out) for the decoder's output out (B, D);
+        for a learned Gaussian sigma, d loss / d log sigma goes into its .grad."""
+        if type(self.likelihood) is Bernoulli:  # out: logits; log p = sum_d [x l - softplus(l)]
+            recon = torch.dot(x.reshape(-1), out.reshape(-1)) - F.softplus(out).sum()
+            return recon, torch.sigmoid(out).sub_(x)
+        # Gaussian, out: the mean; log p = sum_d [-log(2 pi) / 2 - log sigma - (x_d - mean_d)^2 / (2 sigma^2)]
+        log_sigma = self.likelihood.log_sigma
+        self.likelihood.last_log_scale = log_sigma.detach()  # as Gaussian.log_prob keeps it, for logging
+        residual = torch.sub(x, out)
+        squares = torch.dot(residual.reshape(-1), residual.reshape(-1))
+        precision = torch.exp(-2 * log_sigma)
+        recon = -out.numel() * (0.5 * LOG_2PI + log_sigma) - 0.5 * precision * squares
+        if log_sigma.requires_grad:  # d loss / d log sigma = (B D - squares / sigma^2) / B
+            log_sigma.grad = (out.numel() - precision * squares) * inv
+        return recon, residual.mul_(-precision)
 
     @staticmethod
     def _forward(layers, activations, h: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
