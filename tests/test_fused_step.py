@@ -54,7 +54,8 @@ def test_fused_training_matches_autograd_training(likelihood, smoke_cfg, tmp_pat
     autograd = train(smoke_cfg("train_step=autograd", f"likelihood={likelihood}", "~eval"), tmp_path / "autograd")
     for key in ("test/elbo", "test/recon", "test/kl", "val/elbo", "val/entropy"):
         assert fused[key] == pytest.approx(autograd[key], rel=1e-4, abs=1e-4), key
-    assert fused["test/elbo"] != train(smoke_cfg("train_step=fused", "seed=1"), tmp_path / "s1")["test/elbo"]
+    other_seed = train(smoke_cfg("train_step=fused", f"likelihood={likelihood}", "~eval", "seed=1"), tmp_path / "s1")
+    assert abs(fused["test/elbo"] - other_seed["test/elbo"]) > 1e-2  # the agreement above is not chance
     assert "train_step_used: fused" in (tmp_path / "fused" / "config.yaml").read_text()
     assert "train_step_used: autograd" in (tmp_path / "autograd" / "config.yaml").read_text()
 

@@ -77,14 +77,23 @@ def test_pixel_binarization_decides_a_byte_of_255_by_a_32_bit_draw(monkeypatch):
     step = 16843009  # (2^32 - 1) / 255
     bytes_ = torch.tensor([255, 3, 255, 200, 9, 255], dtype=torch.uint8)
     words = iter([torch.tensor([2**32 - 1, 11 * step - 1, 5 * step + 2**32], dtype=torch.int64),  # high bits ignored
-                  torch.tensor([5 * step], dtype=torch.int64)])  # again for position 0: 5 step < 5 step is false
+                  torch.tensor([5 * step - 1], dtype=torch.int64)])  # again for position 0: 5 step - 1 < 5 step
     monkeypatch.setattr(likelihoods, "random_bytes", lambda n, generator, device: bytes_[:n])
     monkeypatch.setattr(likelihoods, "random_words", lambda n, generator, device: next(words)[:n].clone())
     pixels = torch.tensor([[5, 3, 11, 201, 10, 6]], dtype=torch.uint8)
     x = binarize_pixels(pixels)
-    # 0: w = 5 step, not < 5 step; 1: 3 < 3 no; 2: 11 step - 1 < 11 step; 3: 200 < 201; 4: 9 < 10; 5: 5 step < 6 step
-    assert torch.equal(x, torch.tensor([[0.0, 0.0, 1.0, 1.0, 1.0, 1.0]]))
+    # 0: w = 5 step - 1 < 5 step (second round); 1: 3 < 3 no; 2: 11 step - 1 < 11 step; 3: 200 < 201;
+    # 4: 9 < 10; 5: 5 step (the high bits dropped) < 6 step
+    assert torch.equal(x, torch.tensor([[1.0, 0.0, 1.0, 1.0, 1.0, 1.0]]))
     assert next(words, None) is None  # exactly two 32-bit rounds
+
+
+def test_dynamic_binarization_of_pixels_on_the_cpu_is_the_byte_method(monkeypatch):
+    calls = []
+    monkeypatch.setattr(likelihoods, "binarize_pixels", lambda pixels, generator: calls.append(pixels) or pixels)
+    pixels = torch.tensor([[0, 128, 255]], dtype=torch.uint8)
+    Bernoulli("dynamic").prepare_pixels(pixels)
+    assert len(calls) == 1 and calls[0] is pixels
 
 
 def test_pixel_preparation_of_other_likelihoods_is_prepare_of_intensities():

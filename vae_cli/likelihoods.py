@@ -10,6 +10,11 @@ from vae_cli.errors import ConfigError, check_choice, check_number
 LOG_2PI = math.log(2 * math.pi)
 
 
+def to_unit(x_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels 0..255 -> float intensities in [0, 1], on the tensor's device."""
+    return x_uint8.float().div_(255.0)
+
+
 def dequantize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """x = k/255 on 256 levels -> x_deq = (k + u)/256, u ~ U[0,1)^D (MATH.md 3).
 
@@ -65,7 +70,7 @@ class Likelihood(nn.Module):
 
     def prepare_pixels(self, pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """prepare() of the intensities k / 255 of uint8 pixels k (B, D)."""
-        return self.prepare(pixels.float().div_(255.0), generator)
+        return self.prepare(to_unit(pixels), generator)
 
 
 class Bernoulli(Likelihood):

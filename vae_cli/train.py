@@ -18,6 +18,7 @@ from vae_cli.diagnostics import gradient_diagnostics
 from vae_cli.errors import ConfigError, check_choice, check_integer, check_number
 from vae_cli.estimators import TERM_NAMES
 from vae_cli.estimators.fused_reparam import FusedReparamStep, unsupported_reason
+from vae_cli.likelihoods import to_unit
 from vae_cli.schedules import build_scheduler
 from vae_cli.summary import RunWriter
 
@@ -28,11 +29,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def to_unit(x_uint8: torch.Tensor) -> torch.Tensor:
-    """uint8 pixels 0..255 -> float intensities in [0, 1], on the tensor's device."""
-    return x_uint8.float().div_(255.0)
 
 
 def pixel_levels(*images: torch.Tensor) -> torch.Tensor:
@@ -162,16 +158,17 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
                 x = likelihood.prepare_pixels(batch, batch_gen)  # (B, D) uint8 -> targets
                 if fused_step is not None:  # gradients written into .grad, term means returned
                     sums += fused_step(x)
+                    optimizer.step()
                     extras = {}
                 else:
                     terms = estimator(model, x, beta)
                     optimizer.zero_grad(set_to_none=True)
                     terms.surrogate.backward()
                     sums += terms.stacked_means()
+                    optimizer.step()
                     extras = terms.extras
-                optimizer.step()
-                if after_step is not None:
-                    after_step(terms)
+                    if after_step is not None:  # an estimator's own update (baselines)
+                        after_step(terms)
                 step += 1
                 seen += x.shape[0]
                 count += 1

@@ -8,17 +8,14 @@ sigma (learned or fixed). Anything else trains through autograd (unsupported_rea
 Without autograd's graph the step allocates less, dispatches fewer operators, and folds the 1/B of
 the batch mean into the matrix products.
 """
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from vae_cli.estimators.reparam import Reparameterized
+from vae_cli.estimators.terms import TERM_NAMES
 from vae_cli.latents.gaussian import GaussianLatent
-from vae_cli.likelihoods import Bernoulli, Gaussian
-
-LOG_2PI = math.log(2 * math.pi)
+from vae_cli.likelihoods import LOG_2PI, Bernoulli, Gaussian
 ACTIVATIONS = (nn.ReLU, nn.Tanh)
 GAUSSIAN_SCALES = ("learned", "fixed")  # one shared sigma; per-pixel and optimal sigma train by autograd
 
@@ -38,6 +35,7 @@ def _activate(h: torch.Tensor, activation: nn.Module) -> torch.Tensor:
     return h.relu_() if type(activation) is nn.ReLU else h.tanh_()
 
 
+# ATen's own backward kernels of ReLU and tanh (what autograd runs for them): one pass each
 _threshold_backward, _tanh_backward = torch.ops.aten.threshold_backward, torch.ops.aten.tanh_backward
 
 
@@ -55,8 +53,10 @@ def unsupported_reason(model: nn.Module, estimator: nn.Module) -> str | None:
     if type(model.latent) is not GaussianLatent or model.latent.kl_mode != "analytic":
         return "it needs latent=gaussian with latent.kl=analytic"
     likelihood = model.likelihood
-    if not (type(likelihood) is Bernoulli or (type(likelihood) is Gaussian and likelihood.scale in GAUSSIAN_SCALES)):
-        return f"it needs likelihood=bernoulli, or likelihood=gaussian with likelihood.scale in {GAUSSIAN_SCALES}"
+    one_sigma_gaussian = type(likelihood) is Gaussian and likelihood.scale in GAUSSIAN_SCALES
+    if not (type(likelihood) is Bernoulli or one_sigma_gaussian):
+        return ("it needs likelihood=bernoulli, or likelihood=gaussian with likelihood.scale in "
+                f"{GAUSSIAN_SCALES}")
     if _layers(model.encoder) is None or _layers(model.decoder) is None:
         return f"it needs Linear layers with model.activation in {[a.__name__.lower() for a in ACTIVATIONS]}"
     if any(p.requires_grad for p in model.latent.parameters()):
@@ -67,8 +67,8 @@ def unsupported_reason(model: nn.Module, estimator: nn.Module) -> str | None:
 class FusedReparamStep:
     """Writes d loss / d theta into each parameter's .grad for a prepared batch x (B, D).
 
-    loss = mean_b [beta KL(q(z|x_b) || p(z)) - log p(x_b|z_b)], z = loc + exp(log_var / 2) * eps.
-    Backward, per example (then / B):
+    loss = mean_b [beta KL(q(z|x_b) || p(z)) - log p(x_b|z_b)], z = loc + exp(log_var / 2) * eps
+    (MATH.md 4; Kingma & Welling 2014, the KL from their Appendix B). Backward, per example (then / B):
         d/d logits = sigmoid(logits) - x                    (Bernoulli from logits)
         d/d mean = (mean - x) / sigma^2;  d/d log sigma = sum_d [1 - (x_d - mean_d)^2 / sigma^2]   (Gaussian)
         d/d loc = d/dz + beta loc;  d/d log_var = d/dz * eps * scale / 2 + beta (scale^2 - 1) / 2
@@ -82,67 +82,68 @@ class FusedReparamStep:
         self.decoder, self.decoder_activations = _layers(model.decoder)
         self.num_vars = model.latent.num_vars
         self.likelihood = model.likelihood
-        self.beta = float(beta)
+        self.beta = beta = float(beta)
         k = self.num_vars
-        # means = A @ [recon_sum, sum loc^2 + scale^2, sum log_var] / B + c, rows in TERM_NAMES order:
-        # kl = (sq - lv) / 2 - K/2; entropy = K (log 2 pi + 1) / 2 + lv / 2; cross_entropy = H + KL
-        # = K log(2 pi) / 2 + sq / 2 (GaussianLatent's closed forms, summed over the batch).
-        b = self.beta
+        # means = A @ [recon_sum, sum loc^2 + scale^2, sum log_var] / B + c: kl = (sq - lv) / 2 - K/2;
+        # entropy = K (log 2 pi + 1) / 2 + lv / 2; cross_entropy = H + KL = K log(2 pi) / 2 + sq / 2
+        # (GaussianLatent's closed forms, summed over the batch). Rows: (A row, c) per term.
+        rows = {"recon": ([1.0, 0.0, 0.0], 0.0),
+                "kl": ([0.0, 0.5, -0.5], -0.5 * k),
+                "entropy": ([0.0, 0.0, 0.5], 0.5 * k * (LOG_2PI + 1)),
+                "cross_entropy": ([0.0, 0.5, 0.0], 0.5 * k * LOG_2PI),
+                "elbo": ([1.0, -0.5, 0.5], 0.5 * k),  # recon - kl
+                "loss": ([-1.0, 0.5 * beta, -0.5 * beta], -0.5 * k * beta)}  # beta kl - recon
         weight = self.encoder[0].weight  # the constants in float64, rounded once to the model's dtype
-        self.term_matrix = torch.tensor([
-            [1.0, 0.0, 0.0],  # recon
-            [0.0, 0.5, -0.5],  # kl
-            [0.0, 0.0, 0.5],  # entropy
-            [0.0, 0.5, 0.0],  # cross_entropy
-            [1.0, -0.5, 0.5],  # elbo = recon - kl
-            [-1.0, 0.5 * b, -0.5 * b],  # loss = beta kl - recon
-        ], dtype=torch.float64).to(weight)
-        self.term_offset = torch.tensor([0.0, -0.5 * k, 0.5 * k * (LOG_2PI + 1), 0.5 * k * LOG_2PI, 0.5 * k,
-                                         -0.5 * k * b], dtype=torch.float64).to(weight)
+        matrix, offset = zip(*(rows[name] for name in TERM_NAMES))  # in the order Terms uses
+        self.term_matrix = torch.tensor(matrix, dtype=torch.float64).to(weight)
+        self.term_offset = torch.tensor(offset, dtype=torch.float64).to(weight)
         self.batch_weights = torch.empty(0)  # 1/B per example: bias gradients are batch means
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         batch, k, beta = x.shape[0], self.num_vars, self.beta
-        inv = 1.0 / batch
-        if self.batch_weights.shape[0] != batch:
-            self.batch_weights = torch.full((batch,), inv, dtype=x.dtype, device=x.device)
-        inputs, params = self._forward(self.encoder, self.encoder_activations, x)
-        loc, log_var = params[:, :k], params[:, k:]  # (B, K) each, as GaussianLatent.posterior splits them
+        inv_batch = 1.0 / batch
+        weights = self.batch_weights
+        if weights.shape[0] != batch or weights.dtype != x.dtype or weights.device != x.device:
+            self.batch_weights = torch.full((batch,), inv_batch, dtype=x.dtype, device=x.device)
+        inputs, latent_params = self._forward(self.encoder, self.encoder_activations, x)  # (B, 2K)
+        loc, log_var = latent_params[:, :k], latent_params[:, k:]  # (B, K) each, as GaussianLatent splits
         var = torch.exp(log_var)
         scale = torch.sqrt(var)
         eps = torch.randn(loc.shape, dtype=loc.dtype, device=loc.device)  # rsample((1,))'s draws, in order
-        z = torch.addcmul(loc, scale, eps)
-        decoder_inputs, logits = self._forward(self.decoder, self.decoder_activations, z)  # (B, D)
+        z = torch.addcmul(loc, scale, eps)  # (B, K)
+        decoder_inputs, likelihood_params = self._forward(self.decoder, self.decoder_activations, z)  # (B, D)
 
         # the terms (the KL in closed form); grad = d (B loss) / d (a layer's output), the 1/B is applied
         # in the products
-        recon, grad = self._likelihood_terms(x, logits, inv)
-        sums = torch.stack([recon, torch.addcmul(var, loc, loc).sum(), log_var.sum()])
-        means = torch.addmv(self.term_offset, self.term_matrix, sums, alpha=inv)
-        grad = self._backward(self.decoder, self.decoder_activations, decoder_inputs, grad, inv)  # (B, K): at z
+        recon, grad = self._likelihood_terms(x, likelihood_params, inv_batch)
+        sums = torch.stack([recon, torch.addcmul(var, loc, loc).sum(), log_var.sum()])  # (3,): batch sums
+        means = torch.addmv(self.term_offset, self.term_matrix, sums, alpha=inv_batch)  # (6,)
+        grad = self._backward(self.decoder, self.decoder_activations, decoder_inputs, grad, inv_batch)  # at z
         grad_params = torch.cat([torch.add(grad, loc, alpha=beta),  # at loc: d/dz + beta loc
                                  torch.addcmul(torch.sub(var, 1).mul_(0.5 * beta), grad.mul_(eps), scale,
-                                               value=0.5)], dim=1)  # at log_var
-        self._backward(self.encoder, self.encoder_activations, inputs, grad_params, inv,
+                                               value=0.5)], dim=1)  # at log_var; (B, 2K)
+        self._backward(self.encoder, self.encoder_activations, inputs, grad_params, inv_batch,
                        first_input_grad=False)
         return means
 
-    def _likelihood_terms(self, x: torch.Tensor, out: torch.Tensor, inv: float):
-        """(sum over the batch of log p(x|z), d (-B recon) / d out) for the decoder's output out (B, D);
-        for a learned Gaussian sigma, d loss / d log sigma goes into its .grad."""
-        if type(self.likelihood) is Bernoulli:  # out: logits; log p = sum_d [x l - softplus(l)]
-            recon = torch.dot(x.reshape(-1), out.reshape(-1)) - F.softplus(out).sum()
-            return recon, torch.sigmoid(out).sub_(x)
-        # Gaussian, out: the mean; log p = sum_d [-log(2 pi) / 2 - log sigma - (x_d - mean_d)^2 / (2 sigma^2)]
+    def _likelihood_terms(self, x: torch.Tensor, params: torch.Tensor, inv_batch: float):
+        """(sum over the batch of log p(x|z), d (-B recon) / d params) for the decoder's output params
+        (B, D): Bernoulli logits or the Gaussian mean. A learned Gaussian sigma gets its .grad here."""
+        if type(self.likelihood) is Bernoulli:  # log p = -sum_d BCE(l, x) = -sum_d [softplus(l) - x l]
+            # summed per pixel, not as sum(x l) - sum(softplus(l)): two large float32 sums would cancel
+            recon = -F.softplus(params).addcmul_(x, params, value=-1).sum()
+            return recon, torch.sigmoid(params).sub_(x)
+        # Gaussian, params = the mean m:
+        # log p = sum_d [-log(2 pi) / 2 - log sigma - (x_d - m_d)^2 / (2 sigma^2)]
         log_sigma = self.likelihood.log_sigma
         self.likelihood.last_log_scale = log_sigma.detach()  # as Gaussian.log_prob keeps it, for logging
-        residual = torch.sub(x, out)
+        residual = torch.sub(x, params)  # (B, D)
         squares = torch.dot(residual.reshape(-1), residual.reshape(-1))
         precision = torch.exp(-2 * log_sigma)
-        recon = -out.numel() * (0.5 * LOG_2PI + log_sigma) - 0.5 * precision * squares
+        recon = -params.numel() * (0.5 * LOG_2PI + log_sigma) - 0.5 * precision * squares
         if log_sigma.requires_grad:  # d loss / d log sigma = (B D - squares / sigma^2) / B
-            log_sigma.grad = (out.numel() - precision * squares) * inv
+            log_sigma.grad = (params.numel() - precision * squares) * inv_batch
         return recon, residual.mul_(-precision)
 
     @staticmethod
@@ -156,19 +157,21 @@ class FusedReparamStep:
                 h = _activate(h, activations[i])
         return inputs, h
 
-    def _backward(self, layers, activations, inputs, grad, inv: float, first_input_grad: bool = True):
+    def _backward(self, layers, activations, inputs, grad, inv_batch: float, first_input_grad: bool = True):
         """Backpropagate grad = d (B loss) / d (last layer output) through layers, writing d loss / d W, b
         into .grad; returns d (B loss) / d (first layer input) (None if not first_input_grad)."""
         for i in range(len(layers) - 1, -1, -1):
-            layer, inp = layers[i], inputs[i]
+            layer, layer_input = layers[i], inputs[i]
             for p in (layer.weight, layer.bias):
                 if p.grad is None:  # kept between steps (no zero_grad): every entry is overwritten
                     p.grad = torch.empty_like(p)
-            torch.addmm(layer.weight.grad, grad.t(), inp, beta=0, alpha=inv, out=layer.weight.grad)
-            torch.mv(grad.t(), self.batch_weights, out=layer.bias.grad)  # the batch mean
+            # d loss / d W = grad^T input / B (beta=0: the old .grad is not read); d loss / d b = batch mean
+            torch.addmm(layer.weight.grad, grad.t(), layer_input, beta=0, alpha=inv_batch,
+                        out=layer.weight.grad)
+            torch.mv(grad.t(), self.batch_weights, out=layer.bias.grad)
             if i == 0 and not first_input_grad:
                 return None
-            grad = torch.mm(grad, layer.weight)
+            grad = torch.mm(grad, layer.weight)  # at the layer's input
             if i > 0:
-                grad = _activation_backward(grad, inp, activations[i - 1])
+                grad = _activation_backward(grad, layer_input, activations[i - 1])
         return grad

@@ -18,7 +18,8 @@ from vae_cli.evaluation.pictures import interpolation, tile, traversal, write_em
 from vae_cli.evaluation.probe import check_sizes, probe
 from vae_cli.likelihoods import Bernoulli, ContinuousBernoulli, dequantize
 from vae_cli.summary import RunWriter
-from vae_cli.train import prepare_eval_sets, to_unit, write_pictures
+from vae_cli.likelihoods import to_unit
+from vae_cli.train import prepare_eval_sets, write_pictures
 
 log = logging.getLogger(__name__)
 
