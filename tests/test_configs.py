@@ -8,8 +8,8 @@ from hydra.utils import instantiate
 from conftest import compose_config, run_cli
 from vae_cli.build import build_estimator, build_model, build_optimizer
 from vae_cli.errors import ConfigError
-from vae_cli.likelihoods import Bernoulli
-from vae_cli.train import pixel_levels, train
+from vae_cli.likelihoods import Bernoulli, pixel_levels
+from vae_cli.train import train
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 GROUPS = sorted(p.name for p in CONFIGS.iterdir() if p.is_dir())
@@ -110,9 +110,10 @@ def test_non_binary_pixels_are_found_in_any_image_of_any_split():
     test[-1, -1] = 128  # one grey pixel, in the last test image
     levels = pixel_levels(images, images[:0], test)
     assert torch.equal(levels, torch.tensor([0, 128, 255], dtype=torch.uint8).float() / 255)
-    Bernoulli(binarize="none").check_data(pixel_levels(images, images[:0], images[:3]))  # binary: fine
+    Bernoulli(binarize="none").check_data(images, images[:0], images[:3])  # binary: fine
     with pytest.raises(ConfigError, match="binarize=dynamic"):
-        Bernoulli(binarize="none").check_data(levels)
+        Bernoulli(binarize="none").check_data(images, images[:0], test)
+    Bernoulli(binarize="dynamic").check_data(images, images[:0], test)  # binarized: any levels
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this check needs a machine without CUDA")

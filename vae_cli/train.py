@@ -31,12 +31,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def pixel_levels(*images: torch.Tensor) -> torch.Tensor:
-    """The distinct values of uint8 images (N, D), wherever they occur, as intensities in [0, 1]."""
-    counts = sum(torch.bincount(x.flatten(), minlength=256) for x in images)
-    return to_unit(counts.nonzero().flatten().to(torch.uint8))
-
-
 def prepare_eval_sets(likelihood, data, device: torch.device, seed: int):
     """(val_x, test_x, generator): validation then test images prepared once by one generator seeded
     seed + 1, so their binarization (or dequantisation noise) is fixed across epochs and vae-eval
@@ -118,7 +112,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
 
     # The data lives on the device as uint8; batches are taken by index and binarized there.
     train_x = data.train_x.to(device)
-    likelihood.check_data(pixel_levels(data.train_x, data.val_x, data.test_x))  # every image, not a sample
+    likelihood.check_data(data.train_x, data.val_x, data.test_x)  # every image, not a sample
     val_x, test_x, eval_gen = prepare_eval_sets(likelihood, data, device, cfg.seed)
     batch_gen = torch.Generator(device=device).manual_seed(cfg.seed)
     image_gen = torch.Generator(device=device).manual_seed(cfg.seed + 2)
