@@ -8,13 +8,14 @@ import torch
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import run_cli
-from vae_cli.build import build_model
+from conftest import compose_config, run_cli
+from vae_cli.build import build_data, build_model
 from vae_cli.checkpoint import load_checkpoint
 from vae_cli.summary import flatten
 from vae_cli.errors import ConfigError
 from vae_cli.estimators import TERM_NAMES
-from vae_cli.train import train
+from vae_cli.likelihoods import Bernoulli, binarize_pixels
+from vae_cli.train import prepare_eval_sets, train
 
 
 def events(run_dir: Path) -> EventAccumulator:
@@ -112,3 +113,12 @@ def test_hparams_name_the_option_each_group_ran():
               "max_steps": None}
     assert flatten(config) == {"likelihood": "Gaussian", "likelihood.scale": "learned", "optimizer": "Adam",
                                "optimizer.betas": "[0.9, 0.999]", "max_steps": "None"}
+
+
+def test_eval_sets_are_binarized_by_the_exact_pixel_method():
+    """Validation and test images go through the same binarize_pixels as training batches."""
+    data = build_data(compose_config("debug=smoke"))
+    val_x, test_x, _ = prepare_eval_sets(Bernoulli("dynamic"), data, torch.device("cpu"), seed=3)
+    generator = torch.Generator().manual_seed(4)  # seed + 1, validation first
+    assert torch.equal(val_x, binarize_pixels(data.val_x, generator))
+    assert torch.equal(test_x, binarize_pixels(data.test_x, generator))

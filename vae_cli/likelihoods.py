@@ -72,7 +72,7 @@ def binarize_pixels(pixels: torch.Tensor, generator: torch.Generator | None = No
 
 
 class Likelihood(nn.Module):
-    """What every likelihood shares: prepare_pixels for uint8 data (the training loop's batches), and
+    """What every likelihood shares: prepare_pixels for uint8 data (every image a run prepares), and
     check_data, which refuses data the likelihood is not a density or mass function on."""
 
     def check_data(self, *images: torch.Tensor) -> None:

@@ -18,7 +18,6 @@ from vae_cli.diagnostics import gradient_diagnostics
 from vae_cli.errors import ConfigError, check_choice, check_integer, check_number
 from vae_cli.estimators import TERM_NAMES
 from vae_cli.estimators.fused_reparam import FusedReparamStep, unsupported_reason
-from vae_cli.likelihoods import to_unit
 from vae_cli.schedules import build_scheduler
 from vae_cli.summary import RunWriter
 
@@ -36,8 +35,8 @@ def prepare_eval_sets(likelihood, data, device: torch.device, seed: int):
     seed + 1, so their binarization (or dequantisation noise) is fixed across epochs and vae-eval
     rebuilds the same test set."""
     generator = torch.Generator(device=device).manual_seed(seed + 1)
-    val_x = likelihood.prepare(to_unit(data.val_x.to(device)), generator)
-    test_x = likelihood.prepare(to_unit(data.test_x.to(device)), generator)
+    val_x = likelihood.prepare_pixels(data.val_x.to(device), generator)
+    test_x = likelihood.prepare_pixels(data.test_x.to(device), generator)
     return val_x, test_x, generator
 
 
@@ -118,7 +117,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     image_gen = torch.Generator(device=device).manual_seed(cfg.seed + 2)
     prior_z = model.latent.sample_prior(cfg.num_images, image_gen)  # same z every epoch
     diag = cfg.diagnostics
-    diag_x = likelihood.prepare(to_unit(train_x[:diag.batch_size]), eval_gen)  # one fixed batch
+    diag_x = likelihood.prepare_pixels(train_x[:diag.batch_size], eval_gen)  # one fixed batch
 
     writer = RunWriter(run_dir)
     writer.config(cfg)

@@ -16,6 +16,7 @@ from vae_cli.estimators.reparam import Reparameterized
 from vae_cli.estimators.terms import TERM_NAMES
 from vae_cli.latents.gaussian import GaussianLatent
 from vae_cli.likelihoods import LOG_2PI, Bernoulli, Gaussian
+
 ACTIVATIONS = (nn.ReLU, nn.Tanh)
 GAUSSIAN_SCALES = ("learned", "fixed")  # one shared sigma; per-pixel and optimal sigma train by autograd
 

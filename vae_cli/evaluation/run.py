@@ -16,9 +16,8 @@ from vae_cli.evaluation.active_units import ACTIVE_THRESHOLD, activity, latent_m
 from vae_cli.evaluation.iwae import bits_per_dim, fixed_scale, log_px_estimates
 from vae_cli.evaluation.pictures import interpolation, tile, traversal, write_embedding
 from vae_cli.evaluation.probe import check_sizes, probe
-from vae_cli.likelihoods import Bernoulli, ContinuousBernoulli, dequantize
+from vae_cli.likelihoods import Bernoulli, ContinuousBernoulli, dequantize, to_unit
 from vae_cli.summary import RunWriter
-from vae_cli.likelihoods import to_unit
 from vae_cli.train import prepare_eval_sets, write_pictures
 
 log = logging.getLogger(__name__)
@@ -73,7 +72,7 @@ def likelihood_figures(model, test_x: torch.Tensor, settings: DictConfig, genera
 def probe_figures(model, data, test_means: torch.Tensor, settings: DictConfig,
                   generator: torch.Generator, seed: int) -> dict:
     """Probe accuracies on the latent means (and, with eval.pixel_baseline, on raw pixels)."""
-    train_x = model.likelihood.prepare(to_unit(data.train_x.to(test_means.device)), generator)
+    train_x = model.likelihood.prepare_pixels(data.train_x.to(test_means.device), generator)
     train_means = latent_means(model, train_x, settings.batch_size)
     features = {"latent": (train_means.flatten(1).cpu().numpy(), test_means.flatten(1).cpu().numpy())}
     if settings.pixel_baseline:  # the same classifier on raw intensities: the data's own baseline
