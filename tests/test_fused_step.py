@@ -6,6 +6,7 @@ from conftest import compose_config
 from vae_cli.build import build_estimator, build_model
 from vae_cli.errors import ConfigError
 from vae_cli.estimators.fused_reparam import FusedReparamStep, unsupported_reason
+from vae_cli.layerwise_adam import LayerwiseAdam
 from vae_cli.train import train
 
 
@@ -77,3 +78,58 @@ def test_fused_step_refuses_what_it_does_not_compute(overrides, reason, smoke_cf
     assert reason in str(err.value) and "\n" not in str(err.value)
     train(smoke_cfg("train_step=auto", "max_steps=2", "~eval", *overrides), tmp_path / "auto")
     assert "train_step_used: autograd" in (tmp_path / "auto" / "config.yaml").read_text()
+
+
+def fused_steps(overrides, make_optimizer, layerwise: bool, num_steps=4, data_dim=30, batch=16):
+    """Parameters and optimizer state after num_steps fused steps in float32, the optimizer's update
+    taken inside the step (layerwise) or by optimizer.step() after it; halfway the lr is halved, as a
+    scheduler would."""
+    cfg = compose_config("data=synthetic", "model.latent_dim=5", "model.hidden_sizes=[20,10]", *overrides)
+    torch.manual_seed(0)
+    model = build_model(cfg, data_dim)
+    optimizer = make_optimizer(model.parameters())
+    step = FusedReparamStep(model, cfg.beta, optimizer if layerwise else None)
+    batches = torch.Generator().manual_seed(2)
+    for i in range(num_steps):
+        x = torch.rand(batch, data_dim, generator=batches)
+        if "likelihood=gaussian" not in overrides:
+            x = (x < 0.4).float()
+        if i == num_steps // 2:
+            optimizer.param_groups[0]["lr"] *= 0.5
+        step(x)
+        if not layerwise:
+            optimizer.step()
+    state = [t for p in model.parameters() for t in optimizer.state[p].values()]
+    return list(model.parameters()), state, step
+
+
+@pytest.mark.parametrize("overrides, make_optimizer", [
+    ([], lambda params: torch.optim.Adam(params, lr=1e-2, fused=True)),
+    (["model.activation=tanh", "beta=0.5"],
+     lambda params: torch.optim.Adam(params, lr=1e-2, eps=1e-4, amsgrad=True, weight_decay=0.1, fused=True)),
+    (["likelihood=gaussian"], lambda params: torch.optim.AdamW(params, lr=1e-2, betas=(0.8, 0.9), fused=True)),
+    ([], lambda params: torch.optim.Adam(params, lr=1e-2, maximize=True, fused=True)),
+])
+def test_adam_a_layer_at_a_time_is_optimizer_step_bit_for_bit(overrides, make_optimizer):
+    params, state, step = fused_steps(overrides, make_optimizer, layerwise=True)
+    reference_params, reference_state, _ = fused_steps(overrides, make_optimizer, layerwise=False)
+    assert step.layerwise is not None and step.layerwise_ready  # the path under test was taken
+    assert len(state) == len(reference_state) >= 3 * len(params)
+    for p, reference in zip(params + state, reference_params + reference_state):
+        assert torch.equal(p, reference)
+    initial = fused_steps(overrides, make_optimizer, layerwise=True, num_steps=0)[0]
+    assert all(not torch.equal(p, p0) for p, p0 in zip(params, initial))  # every parameter moved
+
+
+@pytest.mark.parametrize("make_optimizer, reason", [
+    (lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9), "Adam or AdamW"),
+    (lambda params: torch.optim.Adam(params, lr=1e-2, foreach=True), "fused=True"),
+    (lambda params: torch.optim.Adam([{"params": list(params)[:2]}, {"params": list(params)[2:]}], lr=1e-2,
+                                     fused=True), "one parameter group"),
+])
+def test_other_optimizers_step_after_the_fused_backward(make_optimizer, reason):
+    params, state, step = fused_steps([], make_optimizer, layerwise=True)
+    reference_params, reference_state, _ = fused_steps([], make_optimizer, layerwise=False)
+    assert step.layerwise is None and reason in LayerwiseAdam.unsupported_reason(step.optimizer)
+    for p, reference in zip(params + state, reference_params + reference_state):
+        assert torch.equal(p, reference)

@@ -6,7 +6,8 @@ against autograd). Written for the common case only: an MLP of Linear layers wit
 them, a Gaussian latent with the closed-form KL, and a Bernoulli likelihood or a Gaussian one with one
 sigma (learned or fixed). Anything else trains through autograd (unsupported_reason says why).
 Without autograd's graph the step allocates less, dispatches fewer operators, and folds the 1/B of
-the batch mean into the matrix products.
+the batch mean into the matrix products. Given the optimizer, it also takes the optimizer's step, for
+Adam a layer at a time as the backward pass reaches it (layerwise_adam.py).
 """
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,7 @@ from torch import nn
 from vae_cli.estimators.reparam import Reparameterized
 from vae_cli.estimators.terms import TERM_NAMES
 from vae_cli.latents.gaussian import GaussianLatent
+from vae_cli.layerwise_adam import LayerwiseAdam
 from vae_cli.likelihoods import LOG_2PI, Bernoulli, Gaussian
 
 ACTIVATIONS = (nn.ReLU, nn.Tanh)
@@ -66,7 +68,8 @@ def unsupported_reason(model: nn.Module, estimator: nn.Module) -> str | None:
 
 
 class FusedReparamStep:
-    """Writes d loss / d theta into each parameter's .grad for a prepared batch x (B, D).
+    """Writes d loss / d theta into each parameter's .grad for a prepared batch x (B, D), and, given an
+    optimizer, updates the parameters by it.
 
     loss = mean_b [beta KL(q(z|x_b) || p(z)) - log p(x_b|z_b)], z = loc + exp(log_var / 2) * eps
     (MATH.md 4; Kingma & Welling 2014, the KL from their Appendix B). Backward, per example (then / B):
@@ -76,13 +79,20 @@ class FusedReparamStep:
     Returns the batch means of the named terms in TERM_NAMES order (6,), as Terms.stacked_means does.
     """
 
-    def __init__(self, model: nn.Module, beta: float):
+    def __init__(self, model: nn.Module, beta: float, optimizer: torch.optim.Optimizer | None = None):
         reason = unsupported_reason(model, Reparameterized())
         assert reason is None, reason
         self.encoder, self.encoder_activations = _layers(model.encoder)
         self.decoder, self.decoder_activations = _layers(model.decoder)
         self.num_vars = model.latent.num_vars
         self.likelihood = model.likelihood
+        # The update: Adam a layer at a time where it applies, else optimizer.step() after the backward
+        self.optimizer = optimizer
+        usable = optimizer is not None and LayerwiseAdam.unsupported_reason(optimizer) is None
+        self.layerwise = LayerwiseAdam(optimizer) if usable else None
+        self.params = [p for layer in (*self.encoder, *self.decoder) for p in (layer.weight, layer.bias)]
+        self.learned_sigma = [p for p in model.likelihood.parameters() if p.requires_grad]
+        self.layerwise_ready = False  # until the first optimizer.step() has created Adam's state
         self.beta = beta = float(beta)
         k = self.num_vars
         # means = A @ [recon_sum, sum loc^2 + scale^2, sum log_var] / B + c: kl = (sq - lv) / 2 - K/2;
@@ -107,6 +117,9 @@ class FusedReparamStep:
         weights = self.batch_weights
         if weights.shape[0] != batch or weights.dtype != x.dtype or weights.device != x.device:
             self.batch_weights = torch.full((batch,), inv_batch, dtype=x.dtype, device=x.device)
+        if self.layerwise is not None and not self.layerwise_ready:
+            self.layerwise_ready = self.layerwise.ready(self.params + self.learned_sigma)
+        update = self.layerwise.step if self.layerwise_ready else None  # layer by layer in _backward
         inputs, latent_params = self._forward(self.encoder, self.encoder_activations, x)  # (B, 2K)
         loc, log_var = latent_params[:, :k], latent_params[:, k:]  # (B, K) each, as GaussianLatent splits
         var = torch.exp(log_var)
@@ -120,12 +133,18 @@ class FusedReparamStep:
         recon, grad = self._likelihood_terms(x, likelihood_params, inv_batch)
         sums = torch.stack([recon, torch.addcmul(var, loc, loc).sum(), log_var.sum()])  # (3,): batch sums
         means = torch.addmv(self.term_offset, self.term_matrix, sums, alpha=inv_batch)  # (6,)
-        grad = self._backward(self.decoder, self.decoder_activations, decoder_inputs, grad, inv_batch)  # at z
+        grad = self._backward(self.decoder, self.decoder_activations, decoder_inputs, grad, inv_batch,
+                              update)  # at z
         grad_params = torch.cat([torch.add(grad, loc, alpha=beta),  # at loc: d/dz + beta loc
                                  torch.addcmul(torch.sub(var, 1).mul_(0.5 * beta), grad.mul_(eps), scale,
                                                value=0.5)], dim=1)  # at log_var; (B, 2K)
-        self._backward(self.encoder, self.encoder_activations, inputs, grad_params, inv_batch,
+        self._backward(self.encoder, self.encoder_activations, inputs, grad_params, inv_batch, update,
                        first_input_grad=False)
+        if update is not None:
+            if self.learned_sigma:
+                update(self.learned_sigma)
+        elif self.optimizer is not None:
+            self.optimizer.step()
         return means
 
     def _likelihood_terms(self, x: torch.Tensor, params: torch.Tensor, inv_batch: float):
@@ -158,9 +177,11 @@ class FusedReparamStep:
                 h = _activate(h, activations[i])
         return inputs, h
 
-    def _backward(self, layers, activations, inputs, grad, inv_batch: float, first_input_grad: bool = True):
+    def _backward(self, layers, activations, inputs, grad, inv_batch: float, update=None,
+                  first_input_grad: bool = True):
         """Backpropagate grad = d (B loss) / d (last layer output) through layers, writing d loss / d W, b
-        into .grad; returns d (B loss) / d (first layer input) (None if not first_input_grad)."""
+        into .grad, and update([W, b]) once W is no longer needed; returns d (B loss) / d (first layer
+        input) (None if not first_input_grad)."""
         for i in range(len(layers) - 1, -1, -1):
             layer, layer_input = layers[i], inputs[i]
             for p in (layer.weight, layer.bias):
@@ -170,9 +191,10 @@ class FusedReparamStep:
             torch.addmm(layer.weight.grad, grad.t(), layer_input, beta=0, alpha=inv_batch,
                         out=layer.weight.grad)
             torch.mv(grad.t(), self.batch_weights, out=layer.bias.grad)
-            if i == 0 and not first_input_grad:
-                return None
-            grad = torch.mm(grad, layer.weight)  # at the layer's input
+            # at the layer's input (not needed at the data)
+            grad = torch.mm(grad, layer.weight) if i > 0 or first_input_grad else None
+            if update is not None:  # the weight has served the backward pass
+                update([layer.weight, layer.bias])
             if i > 0:
                 grad = _activation_backward(grad, layer_input, activations[i - 1])
         return grad
