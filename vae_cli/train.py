@@ -24,9 +24,9 @@ from vae_cli.summary import RunWriter
 log = logging.getLogger(__name__)
 
 
-# Training batches are gathered and prepared this many at a time: the gather and the binarizations
-# then run back to back, with their code and data in cache (~4 % faster steps of the default model on
-# 2 CPU cores). Each batch still draws from the batch generator in turn: the same targets as one by one.
+# Training batches are gathered and prepared (binarized) this many at a time, in one call: ~6 % faster
+# steps of the default model on 2 CPU cores than one batch at a time, whose calls each start with cold
+# caches after the previous step. Blocks stop at an epoch's end and at max_steps: no draws are wasted.
 PREPARE_AHEAD = 16
 
 
@@ -157,8 +157,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
                     ahead = min(PREPARE_AHEAD, steps_per_epoch - i, total_steps - step)
                     # index_select, not train_x[idx]: 6 us against 99 us for 128 rows of uint8
                     block = train_x.index_select(0, perm[i * batch_size:(i + ahead) * batch_size])
-                    batches = [likelihood.prepare_pixels(batch, batch_gen)  # (B, D) uint8 -> targets
-                               for batch in block.split(batch_size)]
+                    batches = likelihood.prepare_pixels(block, batch_gen).split(batch_size)  # uint8 -> targets
                 x = batches[i % PREPARE_AHEAD]
                 if fused_step is not None:  # gradients and the optimizer's update; term means returned
                     sums += fused_step(x)
