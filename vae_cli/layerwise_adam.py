@@ -20,6 +20,7 @@ class LayerwiseAdam:
         assert reason is None, reason
         self.optimizer = optimizer
         self.group = optimizer.param_groups[0]
+        self.one = torch.ones(())  # the step counters' increment, as a tensor (see step)
 
     @staticmethod
     def unsupported_reason(optimizer: torch.optim.Optimizer) -> str | None:
@@ -46,7 +47,11 @@ class LayerwiseAdam:
         group = self.group
         states = [self.optimizer.state[p] for p in params]
         steps = [state["step"] for state in states]
-        torch._foreach_add_(steps, 1)  # as torch.optim.adam._fused_adam does before the kernel
+        if self.one.device != steps[0].device or self.one.dtype != steps[0].dtype:
+            self.one = torch.ones_like(steps[0])
+        # += 1, as torch.optim.adam._fused_adam does before the kernel; a list of tensors takes half the
+        # time of the Python scalar 1, which is converted to a tensor for every counter
+        torch._foreach_add_(steps, [self.one] * len(steps))
         kernel = torch._fused_adamw_ if group.get("decoupled_weight_decay", False) else torch._fused_adam_
         kernel(params, [p.grad for p in params], [state["exp_avg"] for state in states],
                [state["exp_avg_sq"] for state in states],
