@@ -80,10 +80,10 @@ def test_fused_step_refuses_what_it_does_not_compute(overrides, reason, smoke_cf
     assert "train_step_used: autograd" in (tmp_path / "auto" / "config.yaml").read_text()
 
 
-def fused_steps(overrides, make_optimizer, layerwise: bool, num_steps=4, data_dim=30, batch=16):
+def fused_steps(overrides, make_optimizer, layerwise: bool, num_steps=6, data_dim=30, batch=16, between=None):
     """Parameters and optimizer state after num_steps fused steps in float32, the optimizer's update
-    taken inside the step (layerwise) or by optimizer.step() after it; halfway the lr is halved, as a
-    scheduler would."""
+    taken inside the step (layerwise) or by optimizer.step() after it. Before step 3 the lr is halved,
+    as a scheduler would; between(optimizer, i), if given, runs before each step i."""
     cfg = compose_config("data=synthetic", "model.latent_dim=5", "model.hidden_sizes=[20,10]", *overrides)
     torch.manual_seed(0)
     model = build_model(cfg, data_dim)
@@ -94,8 +94,10 @@ def fused_steps(overrides, make_optimizer, layerwise: bool, num_steps=4, data_di
         x = torch.rand(batch, data_dim, generator=batches)
         if "likelihood=gaussian" not in overrides:
             x = (x < 0.4).float()
-        if i == num_steps // 2:
+        if i == 3:
             optimizer.param_groups[0]["lr"] *= 0.5
+        if between is not None:
+            between(optimizer, i)
         step(x)
         if not layerwise:
             optimizer.step()
@@ -103,33 +105,63 @@ def fused_steps(overrides, make_optimizer, layerwise: bool, num_steps=4, data_di
     return list(model.parameters()), state, step
 
 
+def assert_same_training(layerwise_run, reference_run):
+    (params, state, _), (reference_params, reference_state, _) = layerwise_run, reference_run
+    assert len(state) == len(reference_state) >= len(params)  # each parameter has state
+    for p, reference in zip(params + state, reference_params + reference_state):
+        assert torch.equal(p, reference)
+
+
 @pytest.mark.parametrize("overrides, make_optimizer", [
     ([], lambda params: torch.optim.Adam(params, lr=1e-2, fused=True)),
     (["model.activation=tanh", "beta=0.5"],
      lambda params: torch.optim.Adam(params, lr=1e-2, eps=1e-4, amsgrad=True, weight_decay=0.1, fused=True)),
-    (["likelihood=gaussian"], lambda params: torch.optim.AdamW(params, lr=1e-2, betas=(0.8, 0.9), fused=True)),
+    (["likelihood=gaussian"],
+     lambda params: torch.optim.AdamW(params, lr=1e-2, betas=(0.8, 0.9), fused=True)),
     ([], lambda params: torch.optim.Adam(params, lr=1e-2, maximize=True, fused=True)),
 ])
-def test_adam_a_layer_at_a_time_is_optimizer_step_bit_for_bit(overrides, make_optimizer):
-    params, state, step = fused_steps(overrides, make_optimizer, layerwise=True)
-    reference_params, reference_state, _ = fused_steps(overrides, make_optimizer, layerwise=False)
-    assert step.layerwise is not None and step.layerwise_ready  # the path under test was taken
-    assert len(state) == len(reference_state) >= 3 * len(params)
-    for p, reference in zip(params + state, reference_params + reference_state):
-        assert torch.equal(p, reference)
+def test_adam_a_layer_at_a_time_is_optimizer_step_bit_for_bit(overrides, make_optimizer, monkeypatch):
+    updates = []
+    layer_step = LayerwiseAdam.step
+    monkeypatch.setattr(LayerwiseAdam, "step", lambda self, params: updates.append(len(params)) or
+                        layer_step(self, params))
+    run = fused_steps(overrides, make_optimizer, layerwise=True)
+    # the path under test was taken: steps 2-6, each of the 6 layers (then a learned sigma) on its own
+    assert updates == ([2] * 6 + [1] * ("likelihood=gaussian" in overrides)) * 5
+    assert_same_training(run, fused_steps(overrides, make_optimizer, layerwise=False))
     initial = fused_steps(overrides, make_optimizer, layerwise=True, num_steps=0)[0]
-    assert all(not torch.equal(p, p0) for p, p0 in zip(params, initial))  # every parameter moved
+    assert all(not torch.equal(p, p0) for p, p0 in zip(run[0], initial))  # every parameter moved
+
+
+def test_adam_a_layer_at_a_time_follows_a_reloaded_optimizer_and_runs_its_hooks():
+    """load_state_dict replaces the optimizer's group (here with another lr); a step hook added later
+    is run on every step (optimizer.step() takes those steps)."""
+    calls = []
+    def between(optimizer, i):
+        if i == 2:
+            state = optimizer.state_dict()
+            state["param_groups"][0]["lr"] = 0.003
+            optimizer.load_state_dict(state)
+        if i == 4:
+            optimizer.register_step_post_hook(lambda *args: calls.append(i))
+    make_optimizer = lambda params: torch.optim.Adam(params, lr=1e-2, fused=True)
+    run = fused_steps([], make_optimizer, layerwise=True, between=between)
+    assert calls == [4, 4]  # steps 5 and 6
+    reference = fused_steps([], make_optimizer, layerwise=False, between=between)
+    assert_same_training(run, reference)
+
+
+def two_groups(params: list) -> torch.optim.Optimizer:
+    return torch.optim.Adam([{"params": params[:2]}, {"params": params[2:]}], lr=1e-2, fused=True)
 
 
 @pytest.mark.parametrize("make_optimizer, reason", [
     (lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9), "Adam or AdamW"),
     (lambda params: torch.optim.Adam(params, lr=1e-2, foreach=True), "fused=True"),
-    (lambda params: torch.optim.Adam([{"params": list(params)[:2]}, {"params": list(params)[2:]}], lr=1e-2,
-                                     fused=True), "one parameter group"),
+    (lambda params: two_groups(list(params)), "one parameter group"),
 ])
 def test_other_optimizers_step_after_the_fused_backward(make_optimizer, reason):
-    params, state, step = fused_steps([], make_optimizer, layerwise=True)
-    reference_params, reference_state, _ = fused_steps([], make_optimizer, layerwise=False)
-    assert step.layerwise is None and reason in LayerwiseAdam.unsupported_reason(step.optimizer)
-    for p, reference in zip(params + state, reference_params + reference_state):
-        assert torch.equal(p, reference)
+    run = fused_steps([], make_optimizer, layerwise=True)
+    assert run[2].layerwise is None and reason in LayerwiseAdam.unsupported_reason(run[2].optimizer)
+    assert len(run[2].optimizer.param_groups[-1]["params"]) > 2  # every parameter in some group
+    assert_same_training(run, fused_steps([], make_optimizer, layerwise=False))

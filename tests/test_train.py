@@ -16,6 +16,7 @@ from vae_cli.errors import ConfigError
 from vae_cli.estimators import TERM_NAMES
 from vae_cli.likelihoods import Bernoulli, binarize_pixels
 from vae_cli import train as train_module
+from vae_cli.estimators.fused_reparam import FusedReparamStep
 from vae_cli.train import prepare_eval_sets, train
 
 
@@ -74,20 +75,28 @@ def test_same_seed_same_metrics_and_another_seed_differs(smoke_cfg, tmp_path):
     assert first["test/elbo"] != third["test/elbo"]
 
 
-def test_batches_are_prepared_in_blocks_that_stop_at_the_epoch_and_at_max_steps(smoke_cfg, tmp_path, monkeypatch):
+def test_batches_are_prepared_in_blocks_that_stop_at_the_epoch_and_at_max_steps(smoke_cfg, tmp_path,
+                                                                                monkeypatch):
     """PREPARE_AHEAD batches are binarized per call; a block never crosses an epoch's end or max_steps,
-    so no draws are spent on batches that are not trained on."""
-    rows = []
-    prepare_pixels = Bernoulli.prepare_pixels
-    def recording(self, pixels, generator=None):
-        rows.append(pixels.shape[0])
-        return prepare_pixels(self, pixels, generator)
+    so no draws are spent on batches that are not trained on; each step trains on its own batch."""
+    pixels, prepared, trained = [], [], []
+    prepare_pixels, fused_step = Bernoulli.prepare_pixels, FusedReparamStep.__call__
+    def recording_prepare(self, block, generator=None):
+        pixels.append(block)
+        prepared.append(prepare_pixels(self, block, generator))
+        return prepared[-1]
     monkeypatch.setattr(train_module, "PREPARE_AHEAD", 3)
-    monkeypatch.setattr(Bernoulli, "prepare_pixels", recording)
+    monkeypatch.setattr(Bernoulli, "prepare_pixels", recording_prepare)
+    monkeypatch.setattr(FusedReparamStep, "__call__", lambda self, x: trained.append(x) or fused_step(self, x))
     metrics = train(smoke_cfg("max_steps=19", "~eval"), tmp_path)  # 14 steps of 32 images an epoch
-    assert metrics["step"] == 19
-    assert rows[:3] == [51, 128, 16]  # validation, test, the diagnostics batch: prepared once, before training
-    assert rows[3:] == [96, 96, 96, 96, 64, 96, 64]  # blocks of 3 batches: 14 in epoch 1, 5 of epoch 2
+    assert metrics["step"] == 19 and len(trained) == 19
+    # validation, test, the diagnostics batch: prepared once, before training
+    assert [len(block) for block in pixels[:3]] == [51, 128, 16]
+    # blocks of 3 batches: 14 in epoch 1, 5 of epoch 2
+    assert [len(block) for block in pixels[3:]] == [96, 96, 96, 96, 64, 96, 64]
+    assert torch.equal(torch.cat(trained), torch.cat(prepared[3:]))  # in order, each batch once
+    epoch_1 = torch.cat(pixels[3:8])
+    assert len(epoch_1.unique(dim=0)) == 14 * 32  # distinct training images (the synthetic set has no repeats)
 
 
 def test_checkpoint_is_atomic_and_bad_checkpoints_are_clear_errors(smoke_cfg, tmp_path):

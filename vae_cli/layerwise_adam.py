@@ -1,5 +1,6 @@
 """Adam's update applied a layer at a time inside the hand-written backward, while the layer is in cache."""
 import torch
+from torch.optim import optimizer as torch_optimizer  # for its global step hooks
 
 
 class LayerwiseAdam:
@@ -11,8 +12,8 @@ class LayerwiseAdam:
     backward: bit for bit, since step() calls the same kernel, torch._fused_adam_ (or _fused_adamw_),
     on the same tensors. What it buys: the layer's weight, gradient and moments are read while still
     in cache (for the 784-400-20 MLP, ~0.15 ms of a ~4 ms step on 2 CPU cores). The first step goes
-    through optimizer.step(), which creates the state; step() here reads the group's lr each time, so
-    LR schedules apply as usual.
+    through optimizer.step(), which creates the state, and so does any step that ready() refuses;
+    step() here reads the group's lr each time, so LR schedules apply as usual.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer):
@@ -34,16 +35,24 @@ class LayerwiseAdam:
             return "it needs fused=True (the default here), capturable=False, differentiable=False"
         if any(isinstance(v, torch.Tensor) for v in (group["lr"], *group["betas"])):
             return "it needs lr and betas as numbers"
-        if optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks:
-            return "it does not run step hooks"
         return None
 
     def ready(self, params: list[torch.Tensor]) -> bool:
-        """True once optimizer.step() has created the state of every one of params."""
-        return all(p in self.optimizer.state for p in params)
+        """True when step() may stand in for optimizer.step() this time: the optimizer still qualifies
+        (load_state_dict replaces its group; step hooks, which step() does not run, may come at any
+        time) and optimizer.step() has created the state of every one of params."""
+        optimizer = self.optimizer
+        if optimizer.param_groups[0] is not self.group:  # replaced: check the new settings
+            supported = self.unsupported_reason(optimizer) is None
+            self.group = optimizer.param_groups[0] if supported else None
+        hooks = (optimizer._optimizer_step_pre_hooks, optimizer._optimizer_step_post_hooks,
+                 getattr(torch_optimizer, "_global_optimizer_pre_hooks", None),
+                 getattr(torch_optimizer, "_global_optimizer_post_hooks", None))
+        return self.group is not None and not any(hooks) and all(p in optimizer.state for p in params)
 
     def step(self, params: list[torch.Tensor]) -> None:
-        """Update params (each with its .grad written) exactly as optimizer.step() would."""
+        """Update params (each with its .grad written) exactly as optimizer.step() would; only after
+        ready(params) said True."""
         group = self.group
         states = [self.optimizer.state[p] for p in params]
         steps = [state["step"] for state in states]

@@ -60,6 +60,7 @@ def binarize_pixels(pixels: torch.Tensor, generator: torch.Generator | None = No
     with a float u is exact to 2^-24; and a byte costs an eighth of a 64-bit draw where a float u costs
     a 32-bit draw and a conversion.
     """
+    assert pixels.dtype == torch.uint8 and pixels.device.type == "cpu", "binarize_pixels: uint8 on the CPU"
     flat = pixels.reshape(-1)
     r = random_bytes(flat.numel(), generator, flat.device)
     x = torch.lt(r, flat, out=torch.empty(flat.shape, device=flat.device))

@@ -92,7 +92,6 @@ class FusedReparamStep:
         self.layerwise = LayerwiseAdam(optimizer) if usable else None
         self.params = [p for layer in (*self.encoder, *self.decoder) for p in (layer.weight, layer.bias)]
         self.learned_sigma = [p for p in model.likelihood.parameters() if p.requires_grad]
-        self.layerwise_ready = False  # until the first optimizer.step() has created Adam's state
         self.beta = beta = float(beta)
         k = self.num_vars
         # means = A @ [recon_sum, sum loc^2 + scale^2, sum log_var] / B + c: kl = (sq - lv) / 2 - K/2;
@@ -117,9 +116,8 @@ class FusedReparamStep:
         weights = self.batch_weights
         if weights.shape[0] != batch or weights.dtype != x.dtype or weights.device != x.device:
             self.batch_weights = torch.full((batch,), inv_batch, dtype=x.dtype, device=x.device)
-        if self.layerwise is not None and not self.layerwise_ready:
-            self.layerwise_ready = self.layerwise.ready(self.params + self.learned_sigma)
-        update = self.layerwise.step if self.layerwise_ready else None  # layer by layer in _backward
+        layerwise = self.layerwise is not None and self.layerwise.ready(self.params + self.learned_sigma)
+        update = self.layerwise.step if layerwise else None  # layer by layer in _backward; else step()
         inputs, latent_params = self._forward(self.encoder, self.encoder_activations, x)  # (B, 2K)
         loc, log_var = latent_params[:, :k], latent_params[:, k:]  # (B, K) each, as GaussianLatent splits
         var = torch.exp(log_var)
