@@ -90,8 +90,10 @@ class FusedReparamStep:
         self.optimizer = optimizer
         usable = optimizer is not None and LayerwiseAdam.unsupported_reason(optimizer) is None
         self.layerwise = LayerwiseAdam(optimizer) if usable else None
-        self.params = [p for layer in (*self.encoder, *self.decoder) for p in (layer.weight, layer.bias)]
         self.learned_sigma = [p for p in model.likelihood.parameters() if p.requires_grad]
+        # every parameter the step gives a gradient
+        self.updated = [p for layer in (*self.encoder, *self.decoder) for p in (layer.weight, layer.bias)]
+        self.updated += self.learned_sigma
         self.beta = beta = float(beta)
         k = self.num_vars
         # means = A @ [recon_sum, sum loc^2 + scale^2, sum log_var] / B + c: kl = (sq - lv) / 2 - K/2;
@@ -116,7 +118,7 @@ class FusedReparamStep:
         weights = self.batch_weights
         if weights.shape[0] != batch or weights.dtype != x.dtype or weights.device != x.device:
             self.batch_weights = torch.full((batch,), inv_batch, dtype=x.dtype, device=x.device)
-        layerwise = self.layerwise is not None and self.layerwise.ready(self.params + self.learned_sigma)
+        layerwise = self.layerwise is not None and self.layerwise.ready(self.updated)
         update = self.layerwise.step if layerwise else None  # layer by layer in _backward; else step()
         inputs, latent_params = self._forward(self.encoder, self.encoder_activations, x)  # (B, 2K)
         loc, log_var = latent_params[:, :k], latent_params[:, k:]  # (B, K) each, as GaussianLatent splits
