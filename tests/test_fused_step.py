@@ -7,12 +7,14 @@ from vae_cli.build import build_estimator, build_model
 from vae_cli.errors import ConfigError
 from vae_cli.estimators.fused_reparam import FusedReparamStep, unsupported_reason
 from vae_cli.layerwise_adam import LayerwiseAdam
+from vae_cli.likelihoods import feature_major
 from vae_cli.train import train
 
 
-def autograd_and_fused(overrides, data_dim=30, batch=16):
+def autograd_and_fused(overrides, data_dim=30, batch=16, transposed=False):
     """Gradients and term means of one step on one batch, by autograd and by the fused step, in float64
-    and with the same eps (both draw it from the global generator after the same seed)."""
+    and with the same eps (both draw it from the global generator after the same seed); transposed: the
+    fused step is given x stored feature-major."""
     cfg = compose_config("data=synthetic", "model.latent_dim=5", *overrides)
     torch.manual_seed(0)
     model = build_model(cfg, data_dim).double()
@@ -28,7 +30,7 @@ def autograd_and_fused(overrides, data_dim=30, batch=16):
     for p in model.parameters():
         p.grad = torch.full_like(p, float("nan"))  # the fused step must overwrite every entry
     torch.manual_seed(1)
-    means = FusedReparamStep(model, cfg.beta)(x)
+    means = FusedReparamStep(model, cfg.beta)(feature_major(x) if transposed else x)
     return reference, reference_means, {name: p.grad for name, p in model.named_parameters()}, means
 
 
@@ -39,8 +41,9 @@ def autograd_and_fused(overrides, data_dim=30, batch=16):
     ["likelihood=gaussian", "likelihood.sigma=0.3"],  # learned sigma: its gradient too
     ["likelihood=gaussian", "likelihood.scale=fixed", "likelihood.sigma=0.2", "model.activation=tanh"],
 ])
-def test_fused_gradient_and_terms_equal_autograd(overrides):
-    reference, reference_means, grads, means = autograd_and_fused(overrides)
+@pytest.mark.parametrize("transposed", [False, True], ids=["x_rows", "x_feature_major"])
+def test_fused_gradient_and_terms_equal_autograd(overrides, transposed):
+    reference, reference_means, grads, means = autograd_and_fused(overrides, transposed=transposed)
     assert grads.keys() == reference.keys()
     for name, grad in grads.items():
         assert torch.allclose(grad, reference[name], rtol=1e-10, atol=1e-14), name

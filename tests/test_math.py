@@ -90,7 +90,8 @@ def test_pixel_binarization_decides_a_byte_of_255_by_a_32_bit_draw(monkeypatch):
 
 def test_dynamic_binarization_of_pixels_on_the_cpu_is_the_byte_method(monkeypatch):
     calls = []
-    monkeypatch.setattr(likelihoods, "binarize_pixels", lambda pixels, generator: calls.append(pixels) or pixels)
+    monkeypatch.setattr(likelihoods, "binarize_pixels",
+                        lambda pixels, generator, transposed: calls.append(pixels) or pixels)
     pixels = torch.tensor([[0, 128, 255]], dtype=torch.uint8)
     Bernoulli("dynamic").prepare_pixels(pixels)
     assert len(calls) == 1 and calls[0] is pixels
@@ -100,6 +101,18 @@ def test_pixel_preparation_of_other_likelihoods_is_prepare_of_intensities():
     pixels = torch.tensor([[0, 128, 255]], dtype=torch.uint8)
     assert torch.equal(Bernoulli("threshold").prepare_pixels(pixels), torch.tensor([[0.0, 1.0, 1.0]]))
     assert torch.equal(Gaussian(dequantize=False).prepare_pixels(pixels), pixels / 255.0)
+
+
+@pytest.mark.parametrize("likelihood", [Bernoulli("dynamic"), Bernoulli("threshold"), Gaussian()])
+def test_transposed_pixel_preparation_is_the_same_draws_stored_feature_major(likelihood):
+    """transposed=True (the fused step's layout) changes the storage only: the same values, from the
+    same random draws in the same order, whichever likelihood prepares them."""
+    pixels = torch.randint(0, 256, (3, 32, 50), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    rows = likelihood.prepare_pixels(pixels, torch.Generator().manual_seed(1))
+    columns = likelihood.prepare_pixels(pixels, torch.Generator().manual_seed(1), transposed=True)
+    assert torch.equal(rows, columns) and rows.is_contiguous()
+    assert columns.transpose(1, 2).is_contiguous() and columns.dtype == torch.float32
+    assert 0.45 < rows.mean() < 0.55  # not trivially equal (uniform levels: mean 1/2)
 
 
 def test_continuous_bernoulli_normaliser_closed_form():

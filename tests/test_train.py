@@ -81,9 +81,9 @@ def test_batches_are_prepared_in_blocks_that_stop_at_the_epoch_and_at_max_steps(
     so no draws are spent on batches that are not trained on; each step trains on its own batch."""
     pixels, prepared, trained = [], [], []
     prepare_pixels, fused_step = Bernoulli.prepare_pixels, FusedReparamStep.__call__
-    def recording_prepare(self, block, generator=None):
+    def recording_prepare(self, block, generator=None, transposed=False):
         pixels.append(block)
-        prepared.append(prepare_pixels(self, block, generator))
+        prepared.append(prepare_pixels(self, block, generator, transposed))
         return prepared[-1]
     monkeypatch.setattr(train_module, "PREPARE_AHEAD", 3)
     monkeypatch.setattr(Bernoulli, "prepare_pixels", recording_prepare)
@@ -92,10 +92,11 @@ def test_batches_are_prepared_in_blocks_that_stop_at_the_epoch_and_at_max_steps(
     assert metrics["step"] == 19 and len(trained) == 19
     # validation, test, the diagnostics batch: prepared once, before training
     assert [len(block) for block in pixels[:3]] == [51, 128, 16]
-    # blocks of 3 batches: 14 in epoch 1, 5 of epoch 2
-    assert [len(block) for block in pixels[3:]] == [96, 96, 96, 96, 64, 96, 64]
-    assert torch.equal(torch.cat(trained), torch.cat(prepared[3:]))  # in order, each batch once
-    epoch_1 = torch.cat(pixels[3:8])
+    # blocks of 3 batches of 32: 14 in epoch 1, 5 of epoch 2
+    assert [tuple(block.shape[:2]) for block in pixels[3:]] == [(3, 32)] * 4 + [(2, 32), (3, 32), (2, 32)]
+    assert torch.equal(torch.stack(trained), torch.cat(prepared[3:]))  # in order, each batch once
+    assert all(x.t().is_contiguous() for x in trained)  # feature-major, the fused step's layout
+    epoch_1 = torch.cat(pixels[3:8]).flatten(0, 1)
     assert len(epoch_1.unique(dim=0)) == 14 * 32  # distinct training images (the synthetic set has no repeats)
 
 
