@@ -72,8 +72,8 @@ def unsupported_reason(model: nn.Module, estimator: nn.Module) -> str | None:
 
 
 class FusedReparamStep:
-    """Writes d loss / d theta into each parameter's .grad for a prepared batch x (B, D), and, given an
-    optimizer, updates the parameters by it.
+    """Writes d loss / d theta into each parameter's .grad for a prepared batch x (B, D), row-major or
+    feature-major (feature_major_x: the faster), and, given an optimizer, updates the parameters by it.
 
     loss = mean_b [beta KL(q(z|x_b) || p(z)) - log p(x_b|z_b)], z = loc + exp(log_var / 2) * eps
     (MATH.md 4; Kingma & Welling 2014, the KL from their Appendix B). Backward, per example (then / B):
