@@ -103,14 +103,17 @@ def test_pixel_preparation_of_other_likelihoods_is_prepare_of_intensities():
     assert torch.equal(Gaussian(dequantize=False).prepare_pixels(pixels), pixels / 255.0)
 
 
-@pytest.mark.parametrize("likelihood", [Bernoulli("dynamic"), Bernoulli("threshold"), Gaussian()])
+@pytest.mark.parametrize("likelihood", [Bernoulli("dynamic"), Bernoulli("threshold"), Bernoulli("none"),
+                                        ContinuousBernoulli(), Gaussian()])
 def test_transposed_pixel_preparation_is_the_same_draws_stored_feature_major(likelihood):
     """transposed=True (the fused step's layout) changes the storage only: the same values, from the
-    same random draws in the same order, whichever likelihood prepares them."""
+    same random draws in the same order, whichever likelihood prepares them; and a block of batches
+    (A, B, D) gets what its rows (A B, D) get."""
     pixels = torch.randint(0, 256, (3, 32, 50), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     rows = likelihood.prepare_pixels(pixels, torch.Generator().manual_seed(1))
     columns = likelihood.prepare_pixels(pixels, torch.Generator().manual_seed(1), transposed=True)
-    assert torch.equal(rows, columns) and rows.is_contiguous()
+    flat = likelihood.prepare_pixels(pixels.view(96, 50), torch.Generator().manual_seed(1))
+    assert torch.equal(rows, columns) and torch.equal(rows, flat.view(3, 32, 50)) and rows.is_contiguous()
     assert columns.transpose(1, 2).is_contiguous() and columns.dtype == torch.float32
     assert 0.45 < rows.mean() < 0.55  # not trivially equal (uniform levels: mean 1/2)
 

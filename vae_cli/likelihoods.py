@@ -71,7 +71,7 @@ def binarize_pixels(pixels: torch.Tensor, generator: torch.Generator | None = No
     assert pixels.dtype == torch.uint8 and pixels.device.type == "cpu", "binarize_pixels: uint8 on the CPU"
     flat = pixels.reshape(-1)
     r = random_bytes(flat.numel(), generator, flat.device)
-    bits = torch.lt(r, flat, out=torch.empty(flat.shape, dtype=torch.uint8))  # 0 or 1
+    bits = torch.lt(r, flat, out=torch.empty(flat.shape, dtype=torch.uint8, device=flat.device))  # 0 or 1
     # The ~400 redrawn pixels of a batch of 128 images are indexed in numpy, on views of the same
     # memory: ~1 us an operation on so few elements, where torch's nonzero and indexing take 5-50 us.
     bits_np, pixels_np = bits.numpy(), flat.numpy()

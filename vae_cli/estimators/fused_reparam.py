@@ -20,10 +20,6 @@ from vae_cli.layerwise_adam import LayerwiseAdam
 from vae_cli.likelihoods import LOG_2PI, Bernoulli, Gaussian
 
 ACTIVATIONS = (nn.ReLU, nn.Tanh)
-# Feature-major: the step keeps activations and their gradients as (B, n) views of (n, B) storage,
-# computed as W h^T + b. MKL writes these products 6-14% faster here than the row-major h W^T + b
-# (128 x 784 x 400 on the 2-core CPU: 403-408 against 428-466 us each). x may come in either layout
-# (the same numbers); see FusedReparamStep.feature_major_x for the faster one.
 GAUSSIAN_SCALES = ("learned", "fixed")  # one shared sigma; per-pixel and optimal sigma train by autograd
 
 
@@ -91,9 +87,10 @@ class FusedReparamStep:
         self.num_vars = model.latent.num_vars
         self.likelihood = model.likelihood
         # The layout of x that trains faster, for train() to prepare. Bernoulli: feature-major, like the
-        # logits it meets in two elementwise passes (binarize_pixels transposes the bits as bytes, ~15 us
-        # a batch); a row-major x costs up to ~50 us a step more. Gaussian: row-major: x is read once, and
-        # transposing floats (~35 us a batch) costs more than it saves.
+        # logits it meets in two elementwise passes, where a row-major x costs up to ~50 us a step
+        # (dynamic binarization on the CPU transposes the bits as bytes, ~15 us a batch; other targets
+        # are transposed as floats, ~35 us). Gaussian: row-major: x is read once, and transposing floats
+        # costs more than it saves.
         self.feature_major_x = type(self.likelihood) is Bernoulli
         # The update: Adam a layer at a time where it applies, else optimizer.step() after the backward
         self.optimizer = optimizer
@@ -177,8 +174,13 @@ class FusedReparamStep:
 
     @staticmethod
     def _forward(layers, activations, h: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """(each Linear's input, kept for its weight gradient; the last layer's output), each (B, n) a
-        view of feature-major (n, B) storage."""
+        """(each Linear's input, kept for its weight gradient; the last layer's output).
+
+        Feature-major: activations (and in _backward their gradients) are (B, n) views of (n, B)
+        storage, computed as W h^T + b. MKL writes these products 6-14% faster here than the row-major
+        h W^T + b (128 x 784 x 400 on the 2-core CPU: 403-408 against 428-466 us each). x may come in
+        either layout: the same numbers up to float rounding (bit for bit for Bernoulli).
+        """
         inputs = []
         for i, layer in enumerate(layers):
             inputs.append(h)
