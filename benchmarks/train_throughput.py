@@ -4,8 +4,9 @@ All paths train the default model (784-400-20 MLP, Bernoulli likelihood, dynamic
 1e-3, batch 128) on 60,000 28x28 images: Fashion-MNIST when installed, else synthetic images of that
 shape. vae-cli's path is train(cfg) itself (data as one uint8 tensor on the device, batches gathered
 by index and binarized there 16 at a time, the hand-written gradient of estimators/fused_reparam.py
-with feature-major products and fused Adam applied a layer at a time); the conventional path is a torch Dataset returning one
-example at a time, a shuffling DataLoader, and a transfer per batch (as in pytorch/examples' vae).
+with feature-major products and fused Adam applied a layer at a time); the conventional path is a
+torch Dataset returning one example at a time, a shuffling DataLoader, and a transfer per batch (as in
+pytorch/examples' vae).
 For reference, two more: train(cfg) with train_step=autograd (what the hand-written gradient buys),
 and the step written by hand with autograd on the same tensors (the model's layers, the
 log-likelihood from logits, the closed-form KL, fused Adam): the floor of an eager autograd loop.

@@ -203,8 +203,7 @@ class FusedReparamStep:
             torch.addmm(layer.weight.grad, grad.t(), layer_input, beta=0, alpha=inv_batch,
                         out=layer.weight.grad)
             torch.mv(grad.t(), self.batch_weights, out=layer.bias.grad)
-            # at the layer's input (not needed at the data)
-            # (W^T grad^T)^T = grad W, feature-major like the activations
+            # at the layer's input (not needed at the data): (W^T grad^T)^T = grad W, feature-major
             grad = torch.mm(layer.weight.t(), grad.t()).t() if i > 0 or first_input_grad else None
             if update is not None:  # the weight has served the backward pass
                 update([layer.weight, layer.bias])
