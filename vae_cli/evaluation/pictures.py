@@ -1,9 +1,11 @@
-"""Latent pictures: traversals of the most active latents, interpolations, and the embedding projector."""
+"""Pictures: image grids (TensorBoard and PNG files), latent traversals, interpolations, the projector."""
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from vae_cli.latents import CategoricalLatent
 
@@ -11,6 +13,8 @@ NUM_ROWS = 8  # latents traversed, and pairs of test examples interpolated
 NUM_STEPS = 9  # columns of a Gaussian traversal and points of an interpolation (endpoints included)
 QUANTILES = (0.02, 0.98)  # a Gaussian latent is swept over this range of its test latent means
 MAX_EMBEDDING_POINTS = 10_000  # test points in the projector (its sprite holds one image per point)
+GRID_COLUMNS = 8  # images per row of a saved grid, as TensorBoard's add_images tiles a batch
+PNG_CHANNELS = (1, 3)  # grey or RGB: uint8 arrays (H, W) and (H, W, 3) are Pillow's modes L and RGB
 
 
 def tile(images: torch.Tensor, pad: int = 1) -> torch.Tensor:
@@ -21,6 +25,31 @@ def tile(images: torch.Tensor, pad: int = 1) -> torch.Tensor:
     body = padded.permute(2, 0, 3, 1, 4).reshape(channels, rows * (height + pad), steps * (width + pad))
     canvas[:, :-pad, :-pad] = body
     return canvas.unsqueeze(0)
+
+
+def grid(images: torch.Tensor, nrow: int = GRID_COLUMNS, pad: int = 1) -> torch.Tensor:
+    """(N, C, H, W) -> one image (1, C, H', W'): rows of min(nrow, N) images in order, on white lines
+    (tile); a last row that is not full is completed with white images."""
+    count, channels, height, width = images.shape
+    columns = min(nrow, count)
+    rows = -(-count // columns)  # ceil
+    blank = torch.ones(rows * columns - count, channels, height, width)
+    filled = torch.cat([images.detach().float().cpu(), blank])  # (R*S, C, H, W)
+    return tile(filled.view(rows, columns, channels, height, width), pad)
+
+
+def save_png(images: torch.Tensor, path, nrow: int = GRID_COLUMNS) -> Path:
+    """Write images (N, C, H, W) in [0, 1] as one PNG grid of nrow columns (grid); a single image
+    (1, C, H, W), e.g. one tile() made, is written as it is. C is 1 (grey) or 3 (RGB); values are
+    clamped to [0, 1] and rounded to the nearest of 256 levels. Returns the path."""
+    if images.dim() != 4 or images.shape[1] not in PNG_CHANNELS:
+        raise ValueError(f"save_png takes images (N, C, H, W) with C = 1 or 3, not {tuple(images.shape)}")
+    image = grid(images, nrow)[0] if images.shape[0] > 1 else images[0].detach().float().cpu()  # (C, H, W)
+    levels = image.clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()  # (H, W, C)
+    path = Path(path)
+    Image.fromarray(np.ascontiguousarray(levels[..., 0] if levels.shape[-1] == 1 else levels)).save(
+        path, format="PNG")
+    return path
 
 
 @torch.inference_mode()
