@@ -1,0 +1,155 @@
+"""The sweep summary (vae_cli/sweep.py) on job folders written as vae-train documents them: .hydra/
+overrides.yaml, status.json, metrics.json; the vae-sweep command and the SweepSummary callback."""
+import csv
+import json
+import shutil
+import subprocess
+import time
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from vae_cli.sweep import SweepSummary, summarize
+
+
+def make_job(sweep, name, overrides, state, value=None, direction="maximize", error=None, step=40):
+    """A job folder as vae-train leaves it (metrics.json only when finished)."""
+    folder = sweep / name
+    (folder / ".hydra").mkdir(parents=True, exist_ok=True)
+    (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    status = {"state": state, "step": step, "total_steps": 40, "epoch": 2, "error": error,
+              "wall_seconds": 3.5, "objective": {"metric": "val/elbo", "direction": direction, "value": value}}
+    (folder / "status.json").write_text(json.dumps(status))
+    if state == "finished":
+        metrics = {"val/elbo": value, "val/elbo_stderr": 0.5, "test/elbo": value - 1.0, "test/elbo_stderr": 0.6,
+                   "test/L_K": value + 2.0, "test/L_K_stderr": 0.7, "step": step}
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+    return folder
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    """Five jobs over beta and lr: three finished, one failed, one still running."""
+    root = tmp_path / "sweep"
+    make_job(root, "0", ["beta=0.5", "optimizer.lr=0.001"], "finished", -150.25)
+    make_job(root, "1", ["beta=1", "optimizer.lr=0.01"], "finished", -140.5)
+    make_job(root, "2", ["beta=-1", "optimizer.lr=0.001"], "failed",
+             error="beta=-1 is not accepted: the KL weight must be >= 0")
+    make_job(root, "3", ["beta=2", "optimizer.lr=0.0001"], "running", step=12)
+    make_job(root, "10", ["beta=4", "optimizer.lr=0.001"], "finished", -160.0)
+    return root
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_summary_rows_sorted_by_objective_failed_and_unfinished_last(sweep):
+    summary = summarize(sweep)
+    rows = read_csv(sweep / "summary.csv")
+    assert [r["job"] for r in rows] == ["1", "0", "10", "3", "2"]
+    assert [r["state"] for r in rows] == ["finished", "finished", "finished", "running", "failed"]
+    assert [float(r["objective"]) for r in rows[:3]] == [-140.5, -150.25, -160.0]
+    best = rows[0]
+    assert (best["beta"], best["optimizer.lr"], best["overrides"]) == ("1", "0.01", "beta=1 optimizer.lr=0.01")
+    assert float(best["test/elbo"]) == -141.5 and float(best["test/L_K_stderr"]) == 0.7
+    assert (best["step"], best["total_steps"], best["wall_seconds"]) == ("40", "40", "3.5")
+    assert rows[4]["error"].startswith("beta=-1 is not accepted")
+    assert summary.best.name == "1"
+    table = (sweep / "summary.md").read_text()
+    lines = [line for line in table.splitlines() if line.startswith("| ")]
+    assert lines[0].startswith("| job | beta | optimizer.lr | state | objective |")
+    assert lines[1].startswith("| 1 | 1 | 0.01 | finished | -140.50 | -140.50 ± 0.50 | -141.50 ± 0.60 |")
+    assert "failed: beta=-1 is not accepted" in lines[5]
+    png = (sweep / "summary.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_minimize_puts_the_smallest_first_and_unswept_keys_are_no_columns(tmp_path):
+    for i, value in enumerate([3.0, 1.0, 2.0]):
+        make_job(tmp_path, str(i), [f"seed={i}", "debug=smoke"], "finished", value, direction="minimize")
+    summarize(tmp_path, plot=False)
+    rows = read_csv(tmp_path / "summary.csv")
+    assert [r["job"] for r in rows] == ["1", "2", "0"]
+    assert "seed" in rows[0] and "debug" not in rows[0]  # debug=smoke is the same in every job
+    assert not (tmp_path / "summary.png").exists()
+
+
+def vae_sweep(*args, timeout=120):
+    exe = shutil.which("vae-sweep")
+    assert exe, "vae-sweep is not on PATH: install the package (pip install -e '.[test]')"
+    return subprocess.run([exe, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+def test_vae_sweep_names_the_best_job_and_exits_1_naming_the_failed_one(sweep):
+    result = vae_sweep(sweep)
+    assert result.returncode == 1, result.stderr
+    assert "best: job 1 (beta=1 optimizer.lr=0.01): val/elbo = -140.5000 (maximize)" in result.stdout
+    assert "5 jobs: 3 finished, 1 running, 1 failed" in result.stdout
+    errors = result.stderr.strip().splitlines()
+    assert errors == ["error: 1 of 5 jobs failed: job 2 (beta=-1 optimizer.lr=0.001): beta=-1 is not "
+                      "accepted: the KL weight must be >= 0"]
+    assert len(read_csv(sweep / "summary.csv")) == 5
+
+
+def test_vae_sweep_on_a_running_sweep_exits_0(sweep):
+    shutil.rmtree(sweep / "2")
+    result = vae_sweep(sweep, "--no-plot")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "" and "best: job 1" in result.stdout
+    assert not (sweep / "summary.png").exists()
+
+
+def test_vae_sweep_refuses_a_folder_without_jobs(tmp_path):
+    result = vae_sweep(tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and "no job folders" in result.stderr
+    assert vae_sweep(tmp_path / "absent").returncode == 2
+
+
+def multirun_config(sweep_dir, storage=None):
+    hydra = {"sweep": {"dir": str(sweep_dir)}, "sweeper": {"storage": storage}}
+    return OmegaConf.create({"hydra": hydra})
+
+
+def test_callback_fails_only_for_jobs_this_command_ran(tmp_path, capsys):
+    """An old failed job (a study's or a re-run's) is listed but not blamed; a new one is, with exit 1."""
+    root = tmp_path / "sweep"
+    make_job(root, "0", ["beta=1"], "finished", -140.0)
+    make_job(root, "1", ["beta=-1"], "failed", error="beta=-1 is not accepted")
+    config = multirun_config(root)
+    callback = SweepSummary(plot=False)
+    callback.on_multirun_start(config=config)
+    time.sleep(0.05)
+    make_job(root, "2", ["beta=2"], "finished", -150.0)
+    callback.on_multirun_end(config=config)  # no SystemExit: job 1 was not run by this command
+    out = capsys.readouterr().out
+    assert "3 jobs: 2 finished, 1 failed" in out and "best: job 0 (beta=1)" in out
+
+    callback.on_multirun_start(config=config)
+    time.sleep(0.05)
+    make_job(root, "3", ["beta=-2"], "failed", error="beta=-2 is not accepted")
+    make_job(root, "4", ["beta=3"], "finished", -145.0)
+    with pytest.raises(SystemExit) as stop:
+        callback.on_multirun_end(config=config)
+    assert stop.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: 1 of 2 jobs failed: job 3 (beta=-2): beta=-2 is not accepted"]
+    assert [r["job"] for r in read_csv(root / "summary.csv")] == ["0", "4", "2", "1", "3"]
+
+
+def test_callback_with_an_optuna_sqlite_study_summarizes_its_folder(tmp_path, capsys):
+    """Storage sqlite:///DIR/optuna.db: DIR is created before the study is, and the summary covers every
+    command's jobs under it."""
+    study = tmp_path / "outputs" / "study"
+    config = multirun_config(study / "second", storage=f"sqlite:///{study}/optuna.db")
+    callback = SweepSummary(plot=False)
+    callback.on_multirun_start(config=config)
+    assert study.is_dir()
+    make_job(study / "first", "0", ["beta=1.5"], "finished", -141.0)
+    make_job(study / "second", "4", ["beta=0.7"], "finished", -139.0)
+    callback.on_multirun_end(config=config)
+    assert [r["job"] for r in read_csv(study / "summary.csv")] == ["second/4", "first/0"]
+    assert "best: job second/4 (beta=0.7)" in capsys.readouterr().out

@@ -1,0 +1,339 @@
+"""The sweep summary: one row per job of a multirun folder (summary.csv, summary.md, summary.png), written
+by the Hydra callback SweepSummary at the end of every multirun and by `vae-sweep SWEEP_FOLDER` on demand."""
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from hydra.experimental.callback import Callback
+from omegaconf import OmegaConf
+
+# The figures of metrics.json shown for every job (each with its _stderr where the run wrote one).
+FIGURES = ("val/elbo", "test/elbo", "test/L_K")
+# Order of the states in the summary: finished jobs first (by objective), then the rest.
+STATE_RANK = {"finished": 0, "running": 1, "interrupted": 2, "failed": 3}
+DEFAULT_OBJECTIVE = ("val/elbo", "maximize")
+
+
+@dataclass
+class Job:
+    """One job folder of a sweep: its overrides and what status.json and metrics.json say."""
+
+    name: str  # the folder relative to the sweep folder, e.g. "3"
+    folder: Path
+    overrides: list[str]
+    status: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    objective: tuple[str, str] = DEFAULT_OBJECTIVE  # (metric, direction)
+
+    @property
+    def state(self) -> str:
+        return self.status.get("state") or "no status.json"
+
+    @property
+    def value(self) -> float | None:
+        """The objective's value: status.json's, else the metric in metrics.json; None when not finite."""
+        value = (self.status.get("objective") or {}).get("value")
+        if value is None:
+            value = self.metrics.get(self.objective[0])
+        return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+    def swept(self) -> dict[str, str]:
+        """key -> value of each override (`key=value`, `+key=value`, `~key`)."""
+        pairs = {}
+        for override in self.overrides:
+            key, _, value = override.partition("=")
+            pairs[key.lstrip("+~")] = value
+        return pairs
+
+
+def read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):  # absent, or being replaced by a running job
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def objective_of(folder: Path, status: dict) -> tuple[str, str]:
+    """(metric, direction): status.json's, else the job's composed config's `objective`, else val/elbo."""
+    given = status.get("objective") or {}
+    if not given.get("metric"):
+        try:
+            config = yaml.safe_load((folder / ".hydra" / "config.yaml").read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            config = {}
+        given = config.get("objective") if isinstance(config.get("objective"), dict) else {}
+    return given.get("metric") or DEFAULT_OBJECTIVE[0], given.get("direction") or DEFAULT_OBJECTIVE[1]
+
+
+def natural(name: str) -> tuple:
+    """Sort key putting job 10 after job 9."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in Path(name).parts)
+
+
+def find_jobs(sweep_dir: Path) -> list[Job]:
+    """Every job folder (one holding .hydra/overrides.yaml) under sweep_dir, in job order."""
+    jobs = []
+    for overrides_file in sweep_dir.rglob(".hydra/overrides.yaml"):
+        folder = overrides_file.parent.parent
+        if folder == sweep_dir or ".submitit" in folder.parts:
+            continue
+        try:
+            overrides = [str(o) for o in yaml.safe_load(overrides_file.read_text()) or []]
+        except (OSError, yaml.YAMLError):
+            overrides = []
+        status = read_json(folder / "status.json")
+        jobs.append(Job(str(folder.relative_to(sweep_dir)), folder, overrides, status,
+                        read_json(folder / "metrics.json"), objective_of(folder, status)))
+    return sorted(jobs, key=lambda job: natural(job.name))
+
+
+def swept_keys(jobs: list[Job]) -> list[str]:
+    """The override keys whose value differs between jobs (every override key when none differs)."""
+    values: dict[str, set] = {}
+    for job in jobs:
+        for key, value in job.swept().items():
+            values.setdefault(key, set()).add(value)
+    differing = [key for key, seen in values.items()
+                 if len(seen) > 1 or any(key not in job.swept() for job in jobs)]
+    return differing or list(values)
+
+
+def ranked(jobs: list[Job]) -> list[Job]:
+    """Finished jobs by objective (best first, by its direction), then running, interrupted, failed."""
+    def key(job: Job):
+        value = job.value
+        sign = -1 if job.objective[1] == "maximize" else 1
+        rank = STATE_RANK.get(job.state, len(STATE_RANK))
+        return (rank, value is None, sign * value if value is not None else 0.0, natural(job.name))
+    return sorted(jobs, key=key)
+
+
+def row(job: Job, keys: list[str]) -> dict:
+    """The job's summary row: overrides, swept values, state, objective, figures, steps, wall time."""
+    swept = job.swept()
+    out = {"job": job.name, "overrides": " ".join(job.overrides)}
+    out.update({key: swept.get(key, "") for key in keys})
+    out.update(state=job.state, objective=job.value, objective_metric=job.objective[0],
+               direction=job.objective[1])
+    for name in FIGURES:
+        out[name] = job.metrics.get(name)
+        out[f"{name}_stderr"] = job.metrics.get(f"{name}_stderr")
+    out.update(step=job.status.get("step"), total_steps=job.status.get("total_steps"),
+               wall_seconds=job.status.get("wall_seconds"), error=job.status.get("error") or "",
+               folder=str(job.folder))
+    return out
+
+
+def number(value, digits: int = 2) -> str:
+    if value is None or value == "":
+        return ""
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def markdown(rows: list[dict], keys: list[str], title: str) -> str:
+    """summary.md: the table people read (objective with its stderr, figures, steps, wall time)."""
+    head = ["job", *keys, "state", "objective", *FIGURES, "steps", "wall (s)", "folder"]
+    lines = [f"# {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        figures = [number(r[n]) + (f" ± {number(r[n + '_stderr'])}" if r[n + "_stderr"] is not None else "")
+                   for n in FIGURES]
+        state = r["state"] + (f": {r['error']}" if r["error"] else "")
+        steps = f"{number(r['step'])}/{number(r['total_steps'])}" if r["step"] is not None else ""
+        cells = [r["job"], *(r[k] for k in keys), state, number(r["objective"]), *figures, steps,
+                 number(r["wall_seconds"], 1), r["folder"]]
+        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Readers (a vae-sweep on a running sweep, an editor) never see half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+@dataclass
+class Summary:
+    """What summarize() found and wrote: the jobs best first, the swept keys, the files."""
+
+    sweep_dir: Path
+    jobs: list[Job]
+    keys: list[str]
+    files: list[Path]
+
+    @property
+    def best(self) -> Job | None:
+        return self.jobs[0] if self.jobs and self.jobs[0].state == "finished" and self.jobs[0].value is not None \
+            else None
+
+    def failed(self, among: list[Job] | None = None) -> list[Job]:
+        return [job for job in (self.jobs if among is None else among) if job.state == "failed"]
+
+    def report(self) -> str:
+        """The lines for the terminal: where the summary is, the count of each state, the best job."""
+        counts: dict[str, int] = {}
+        for job in self.jobs:
+            counts[job.state] = counts.get(job.state, 0) + 1
+        states = ", ".join(f"{n} {state}" for state, n in counts.items())  # in the table's order
+        lines = [f"sweep summary: {self.files[1] if len(self.files) > 1 else self.sweep_dir} "
+                 f"({len(self.jobs)} jobs: {states})"]
+        best = self.best
+        if best is not None:
+            metric, direction = best.objective
+            lines.append(f"best: job {best.name} ({' '.join(best.overrides) or 'no overrides'}): "
+                         f"{metric} = {best.value:.4f} ({direction}), {best.folder}")
+        return "\n".join(lines)
+
+
+def summarize(sweep_dir: str | Path, plot: bool = True) -> Summary:
+    """Read every job folder of sweep_dir; write summary.csv, summary.md and (plot=True) summary.png."""
+    sweep_dir = Path(sweep_dir)
+    jobs = ranked(find_jobs(sweep_dir))
+    keys = swept_keys(jobs)
+    rows = [row(job, keys) for job in jobs]
+    metric, direction = jobs[0].objective if jobs else DEFAULT_OBJECTIVE
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["job"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    files = [sweep_dir / "summary.csv", sweep_dir / "summary.md"]
+    write_atomic(files[0], buffer.getvalue())
+    title = f"Sweep {sweep_dir}: objective {metric} ({direction}), best first"
+    write_atomic(files[1], markdown(rows, keys, title))
+    summary = Summary(sweep_dir, jobs, keys, files)
+    if plot and any(job.value is not None for job in jobs):
+        files.append(plot_objective(summary, sweep_dir / "summary.png"))
+    return summary
+
+
+def as_number(value: str) -> float | None:
+    """A swept value as a number (1e-3, 20), or None (relu, [400], true)."""
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return None
+    ok = isinstance(parsed, (int, float)) and not isinstance(parsed, bool) and math.isfinite(parsed)
+    return float(parsed) if ok else None
+
+
+def plot_objective(summary: Summary, path: Path) -> Path:
+    """summary.png: the objective (with its stderr) against each swept key, one panel a key; the best
+    job in red. Numbers on a numeric axis (logarithmic when they span 10x or more), others as categories."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # imported only when a figure is drawn
+    from matplotlib.figure import Figure
+
+    done = [job for job in summary.jobs if job.value is not None]
+    keys = summary.keys or ["job"]
+    figure = Figure(figsize=(4.2 * len(keys), 3.4), layout="constrained")
+    FigureCanvasAgg(figure)
+    metric, direction = done[0].objective
+    for i, key in enumerate(keys):
+        axes = figure.add_subplot(1, len(keys), i + 1)
+        labels = [job.swept().get(key, "") if key != "job" else job.name for job in done]
+        numbers = [as_number(label) for label in labels]
+        if all(n is not None for n in numbers):
+            x = numbers
+            if min(x) > 0 and max(x) >= 10 * min(x):
+                axes.set_xscale("log")
+        else:
+            categories = sorted(set(labels), key=natural)
+            x = [categories.index(label) for label in labels]
+            axes.set_xticks(range(len(categories)), categories, rotation=30, ha="right")
+        y = [job.value for job in done]
+        err = [job.metrics.get(f"{metric}_stderr") or 0.0 for job in done]
+        axes.errorbar(x, y, yerr=err, fmt="o", color="tab:blue", capsize=2)
+        axes.plot(x[0], y[0], "o", color="tab:red", zorder=3, label=f"best: job {done[0].name}")
+        axes.set_xlabel(key)
+        axes.set_ylabel(f"{metric} ({direction})" if i == 0 else "")
+        axes.grid(alpha=0.3)
+    figure.axes[0].legend(loc="best", fontsize="small")
+    figure.suptitle(f"{summary.sweep_dir}: {len(done)} jobs with an objective")
+    figure.savefig(path, dpi=100)
+    return path
+
+
+def failure_line(failed: list[Job], total: int) -> str:
+    """One line naming the failed jobs, their overrides and errors."""
+    named = "; ".join(f"job {job.name} ({' '.join(job.overrides)}): {job.status.get('error') or job.state}"
+                      for job in failed)
+    return f"error: {len(failed)} of {total} jobs failed: {named}"
+
+
+class SweepSummary(Callback):
+    """Hydra callback (configs/train.yaml, hydra.callbacks): at the end of a multirun, write the summary,
+    name the best job, and when a job launched by this command failed, print one line naming it and exit
+    with status 1 (the other jobs ran to their end; fail_fast=true stops the sweep at the first instead)."""
+
+    def __init__(self, plot: bool = True) -> None:
+        self.plot = plot
+        self.before: dict[Path, float] = {}
+
+    @staticmethod
+    def _launched(sweep_dir: Path) -> dict[Path, float]:
+        # Hydra writes a job's .hydra/overrides.yaml each time it launches it: a new file or a new
+        # mtime marks the jobs this command ran (a re-run's or a resumed study's old jobs keep theirs).
+        if not sweep_dir.is_dir():
+            return {}
+        return {path: path.stat().st_mtime for path in sweep_dir.rglob(".hydra/overrides.yaml")}
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        self.before = self._launched(study_dir(config) or sweep_dir)
+        if study_dir(config) is not None:
+            study_dir(config).mkdir(parents=True, exist_ok=True)  # SQLite creates the file, not its folder
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        # An Optuna study in SQLite: the summary covers its folder, every command's trials.
+        folder = study_dir(config) or Path(str(config.hydra.sweep.dir))
+        if not folder.is_dir():
+            return
+        summary = summarize(folder, plot=self.plot)
+        print(summary.report(), flush=True)
+        launched = {path.parent.parent for path, mtime in self._launched(folder).items()
+                    if self.before.get(path) != mtime}
+        ran = [job for job in summary.jobs if job.folder in launched]
+        failed = [job for job in ran if job.state != "finished"]
+        if failed:
+            print(failure_line(failed, len(ran)), file=sys.stderr, flush=True)
+            sys.exit(1)  # SystemExit passes Hydra's error reporting: no traceback
+
+
+def study_dir(config) -> Path | None:
+    """The folder of the sweeper's SQLite storage (sqlite:///PATH), for an Optuna study; else None."""
+    storage = OmegaConf.select(config, "hydra.sweeper.storage", default=None)
+    if not isinstance(storage, str) or not storage.startswith("sqlite:///"):
+        return None
+    return Path(storage[len("sqlite:///"):]).parent
+
+
+def main(argv: list[str] | None = None) -> None:
+    """vae-sweep SWEEP_FOLDER: write and show the summary of a sweep, finished, running or run elsewhere."""
+    parser = argparse.ArgumentParser(
+        prog="vae-sweep", description="Summarize a vae-train multirun folder: summary.csv, summary.md and "
+        "summary.png (objective against each swept key), best job first. Exit status 1 when a job failed.")
+    parser.add_argument("sweep_dir", metavar="SWEEP_FOLDER", type=Path,
+                        help="the multirun folder, e.g. outputs/multirun/2026-12-01/10-00-00")
+    parser.add_argument("--no-plot", action="store_true", help="skip summary.png (no matplotlib import)")
+    args = parser.parse_args(argv)
+    if not args.sweep_dir.is_dir():
+        print(f"error: {args.sweep_dir} is not a folder; give a sweep folder, e.g. outputs/multirun/<date>/<time>",
+              file=sys.stderr)
+        sys.exit(2)
+    summary = summarize(args.sweep_dir, plot=not args.no_plot)
+    if not summary.jobs:
+        print(f"error: {args.sweep_dir} holds no job folders (none has .hydra/overrides.yaml); give the "
+              "sweep folder that vae-train -m printed", file=sys.stderr)
+        sys.exit(2)
+    print(summary.report())
+    failed = summary.failed()
+    if failed:
+        print(failure_line(failed, len(summary.jobs)), file=sys.stderr)
+        sys.exit(1)
