@@ -91,7 +91,7 @@ def test_pixel_binarization_decides_a_byte_of_255_by_a_32_bit_draw(monkeypatch):
 def test_dynamic_binarization_of_pixels_on_the_cpu_is_the_byte_method(monkeypatch):
     calls = []
     monkeypatch.setattr(likelihoods, "binarize_pixels",
-                        lambda pixels, generator, transposed: calls.append(pixels) or pixels)
+                        lambda pixels, generator: calls.append(pixels) or pixels)
     pixels = torch.tensor([[0, 128, 255]], dtype=torch.uint8)
     Bernoulli("dynamic").prepare_pixels(pixels)
     assert len(calls) == 1 and calls[0] is pixels
@@ -105,17 +105,14 @@ def test_pixel_preparation_of_other_likelihoods_is_prepare_of_intensities():
 
 @pytest.mark.parametrize("likelihood", [Bernoulli("dynamic"), Bernoulli("threshold"), Bernoulli("none"),
                                         ContinuousBernoulli(), Gaussian()])
-def test_transposed_pixel_preparation_is_the_same_draws_stored_feature_major(likelihood):
-    """transposed=True (the fused step's layout) changes the storage only: the same values, from the
-    same random draws in the same order, whichever likelihood prepares them; and a block of batches
-    (A, B, D) gets what its rows (A B, D) get."""
+def test_a_block_of_batches_is_prepared_as_its_rows(likelihood):
+    """A block of batches (A, B, D), as the training loop prepares them, gets what its rows (A B, D) get:
+    the same random draws in the same order, whichever likelihood prepares them."""
     pixels = torch.randint(0, 256, (3, 32, 50), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    rows = likelihood.prepare_pixels(pixels, torch.Generator().manual_seed(1))
-    columns = likelihood.prepare_pixels(pixels, torch.Generator().manual_seed(1), transposed=True)
+    block = likelihood.prepare_pixels(pixels, torch.Generator().manual_seed(1))
     flat = likelihood.prepare_pixels(pixels.view(96, 50), torch.Generator().manual_seed(1))
-    assert torch.equal(rows, columns) and torch.equal(rows, flat.view(3, 32, 50)) and rows.is_contiguous()
-    assert columns.transpose(1, 2).is_contiguous() and columns.dtype == torch.float32
-    assert 0.45 < rows.mean() < 0.55  # not trivially equal (uniform levels: mean 1/2)
+    assert torch.equal(block, flat.view(3, 32, 50)) and block.is_contiguous() and block.dtype == torch.float32
+    assert 0.45 < block.mean() < 0.55  # not trivially equal (uniform levels: mean 1/2)
 
 
 def test_continuous_bernoulli_normaliser_closed_form():
@@ -152,6 +149,77 @@ def test_optimal_sigma_maximises_the_likelihood_given_the_mean():
     for factor in (0.8, 0.95, 1.05, 1.25):
         sigma = float((x - params[..., 0]).pow(2).mean().sqrt()) * factor
         assert Gaussian(scale="fixed", sigma=sigma).double().log_prob(params, x).sum() < best
+
+
+def test_optimal_sigma_is_fitted_on_training_batches_and_frozen_in_eval_mode():
+    """Training mode: each batch is scored with its own sigma*^2 = MSE, and log_sigma holds half the log
+    of the running fit m_n = m_(n-1) + max(1/n, FIT_MOMENTUM) (MSE_n - m_(n-1)) (m_1 = MSE_1: the mean of
+    the fits for the first 1/FIT_MOMENTUM batches). Eval mode: every example is scored with that frozen
+    sigma, whatever its batch, and nothing is refitted; the fit travels in the state_dict."""
+    lik = Gaussian(scale="optimal", sigma=0.7).double()
+    generator = torch.Generator().manual_seed(0)
+    params = torch.randn(1, 8, 6, 1, generator=generator, dtype=torch.float64)  # (S, B, D, P)
+    running = None
+    for n in range(1, 41):
+        x = params[..., 0] + torch.randn(8, 6, generator=generator, dtype=torch.float64) * (0.1 + 0.01 * n)
+        mse = (x - params[..., 0]).pow(2).mean()
+        expected = Normal(params[..., 0], mse.sqrt()).log_prob(x).sum(-1)
+        assert torch.allclose(lik.log_prob(params, x), expected, atol=1e-10)  # the batch's own sigma
+        running = mse if running is None else running + max(1 / n, Gaussian.FIT_MOMENTUM) * (mse - running)
+        assert lik.log_sigma.item() == pytest.approx(0.5 * math.log(running), rel=1e-12)
+        assert int(lik.fitted_batches) == n
+    assert running.sqrt().item() == pytest.approx(0.1 + 0.01 * 32, rel=0.25)  # the recent batches' scale
+    lik.eval()
+    frozen = lik.log_sigma.clone()
+    x = params[..., 0] + 3.0 * torch.randn(8, 6, generator=generator, dtype=torch.float64)  # far off the fit
+    scores = lik.log_prob(params, x)
+    assert torch.allclose(scores, Normal(params[..., 0], frozen.exp()).log_prob(x).sum(-1), atol=1e-10)
+    assert torch.allclose(lik.log_prob(params[:, :1], x[:, :1]), scores[:, :1], rtol=1e-14)  # batch of one
+    assert torch.equal(lik.log_sigma, frozen) and int(lik.fitted_batches) == 40  # not refitted
+    reloaded = Gaussian(scale="optimal").double().eval()
+    reloaded.load_state_dict(lik.state_dict())
+    assert torch.equal(reloaded.log_prob(params, x), scores)
+
+
+def test_validation_elbo_of_optimal_sigma_does_not_depend_on_the_evaluation_batch_size(monkeypatch):
+    """The leak of a sigma fitted to the scored batch (issue 14): one model, its validation ELBO
+    computed at batch sizes 1 and 1000. z is the posterior mean (no sampling noise), so only sigma
+    could make the two differ: they do (by 0.3 nats of 12 dimensions here) with the batch-fitted sigma of
+    training mode, and not at all with the sigma frozen from training batches (eval mode)."""
+    from conftest import compose_config
+    from vae_cli.build import build_model
+    from vae_cli.estimators.train_step import AutogradStep
+    from vae_cli.latents.gaussian import DiagonalGaussian
+
+    cfg = compose_config("data=synthetic", "likelihood=gaussian", "likelihood.scale=optimal",
+                         "model.hidden_sizes=[16]", "model.latent_dim=3")
+    torch.manual_seed(0)
+    model = build_model(cfg, 12).double()
+    estimator = Reparameterized()
+    generator = torch.Generator().manual_seed(1)
+    prototypes = torch.rand(4, 12, generator=generator, dtype=torch.float64)
+    def images(n):  # noisy copies of four prototypes in [0, 1]
+        pick = torch.randint(0, 4, (n,), generator=generator)
+        return (prototypes[pick] + 0.05 * torch.randn(n, 12, generator=generator, dtype=torch.float64)).clamp(0, 1)
+    step = AutogradStep(model, estimator, torch.optim.Adam(model.parameters(), lr=1e-2), beta=1.0)
+    model.train()
+    for _ in range(60):
+        step(images(32))
+    val_x = images(1000)
+    monkeypatch.setattr(DiagonalGaussian, "rsample", lambda self, shape=(): self.loc.expand(*shape, *self.loc.shape))
+
+    def val_elbo(batch_size):
+        with torch.no_grad():
+            return torch.cat([estimator(model, val_x[i:i + batch_size]).elbo
+                              for i in range(0, len(val_x), batch_size)]).mean().item()
+
+    fitted = model.likelihood.log_sigma.clone()
+    assert int(model.likelihood.fitted_batches) == 60
+    model.eval()
+    assert val_elbo(1) == pytest.approx(val_elbo(1000), rel=1e-12)
+    assert torch.equal(model.likelihood.log_sigma, fitted)  # validation did not fit sigma
+    model.train()  # the leak, for contrast: sigma fitted to each scored batch
+    assert val_elbo(1) - val_elbo(1000) > 0.1  # a sigma fitted to one example flatters it
 
 
 def test_per_pixel_log_scale_is_softly_clipped_below():

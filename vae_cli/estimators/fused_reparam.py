@@ -1,13 +1,14 @@
-"""The reparameterized ELBO step with its gradient written out by hand: the training fast path.
+"""The reparameterized ELBO step with its gradient written out by hand: the CPU training fast path.
 
 Same estimator as Reparameterized (one sample, analytic KL), same random draws in the same order, so
 the two give the same parameters up to float rounding (tests/test_fused_step.py checks the gradients
-against autograd). Written for the common case only: an MLP of Linear layers with ReLU or tanh between
-them, a Gaussian latent with the closed-form KL, and a Bernoulli likelihood or a Gaussian one with one
-sigma (learned or fixed). Anything else trains through autograd (unsupported_reason says why).
-Without autograd's graph the step allocates less, dispatches fewer operators, and folds the 1/B of
-the batch mean into the matrix products. Given the optimizer, it also takes the optimizer's step, for
-Adam a layer at a time as the backward pass reaches it (layerwise_adam.py).
+against autograd, and whole steps against AutogradStep). Written for the common case only: an MLP of
+Linear layers with ReLU or tanh between them, a Gaussian latent with the closed-form KL, and a
+Bernoulli likelihood or a Gaussian one with one sigma (learned or fixed). Anything else trains through
+autograd (unsupported_reason says why); train_step.make_train_step chooses between the two.
+What it buys (benchmarks/README.md, "Training step"): no autograd graph, so fewer allocations and
+operator dispatches, the 1/B of the batch mean folded into the matrix products, and activations
+computed feature-major (W h^T + b), which MKL computes faster here. Public torch operators only.
 """
 import torch
 import torch.nn.functional as F
@@ -16,7 +17,6 @@ from torch import nn
 from vae_cli.estimators.reparam import Reparameterized
 from vae_cli.estimators.terms import TERM_NAMES
 from vae_cli.latents.gaussian import GaussianLatent
-from vae_cli.layerwise_adam import LayerwiseAdam
 from vae_cli.likelihoods import LOG_2PI, Bernoulli, Gaussian
 
 ACTIVATIONS = (nn.ReLU, nn.Tanh)
@@ -38,15 +38,11 @@ def _activate(h: torch.Tensor, activation: nn.Module) -> torch.Tensor:
     return h.relu_() if type(activation) is nn.ReLU else h.tanh_()
 
 
-# ATen's own backward kernels of ReLU and tanh (what autograd runs for them): one pass each
-_threshold_backward, _tanh_backward = torch.ops.aten.threshold_backward, torch.ops.aten.tanh_backward
-
-
 def _activation_backward(grad: torch.Tensor, output: torch.Tensor, activation: nn.Module) -> torch.Tensor:
-    """d loss / d pre-activation from d loss / d output, using the activation's output only."""
+    """d loss / d pre-activation from d loss / d output (grad, overwritten), using the output only."""
     if type(activation) is nn.ReLU:
-        return _threshold_backward(grad, output, 0)  # grad where output > 0, else 0
-    return _tanh_backward(grad, output)  # grad * (1 - output^2)
+        return grad.masked_fill_(output <= 0, 0.0)  # grad where output > 0, else 0
+    return torch.addcmul(grad, grad * output, output, value=-1)  # grad (1 - output^2)
 
 
 def unsupported_reason(model: nn.Module, estimator: nn.Module) -> str | None:
@@ -68,38 +64,33 @@ def unsupported_reason(model: nn.Module, estimator: nn.Module) -> str | None:
 
 
 class FusedReparamStep:
-    """Writes d loss / d theta into each parameter's .grad for a prepared batch x (B, D), row-major or
-    feature-major (feature_major_x: the faster), and, given an optimizer, updates the parameters by it.
+    """One training step of the reparameterized ELBO, its gradient written by hand (no autograd).
 
     loss = mean_b [beta KL(q(z|x_b) || p(z)) - log p(x_b|z_b)], z = loc + exp(log_var / 2) * eps
-    (MATH.md 4; Kingma & Welling 2014, the KL from their Appendix B). Backward, per example (then / B):
+    (docs/ on the reparameterized estimator; Kingma & Welling 2014, the KL from their Appendix B).
+    Backward, per example (then / B):
         d/d logits = sigmoid(logits) - x                    (Bernoulli from logits)
         d/d mean = (mean - x) / sigma^2;  d/d log sigma = sum_d [1 - (x_d - mean_d)^2 / sigma^2]   (Gaussian)
         d/d loc = d/dz + beta loc;  d/d log_var = d/dz * eps * scale / 2 + beta (scale^2 - 1) / 2
-    Returns the batch means of the named terms in TERM_NAMES order (6,), as Terms.stacked_means does.
+    step(x) writes d loss / d theta into each parameter's .grad, clips the gradient norm if asked
+    (torch.nn.utils.clip_grad_norm_), and calls optimizer.step(); it returns the batch means of the
+    named terms in TERM_NAMES order (6,), as Terms.stacked_means does. Same interface as AutogradStep
+    (train_step.py).
     """
 
-    def __init__(self, model: nn.Module, beta: float, optimizer: torch.optim.Optimizer | None = None):
+    name = "fused"
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, beta: float,
+                 clip_grad_norm: float | None = None):
         reason = unsupported_reason(model, Reparameterized())
         assert reason is None, reason
         self.encoder, self.encoder_activations = _layers(model.encoder)
         self.decoder, self.decoder_activations = _layers(model.decoder)
         self.num_vars = model.latent.num_vars
         self.likelihood = model.likelihood
-        # The layout of x that trains faster, for train() to prepare. Bernoulli: feature-major, like the
-        # logits it meets in two elementwise passes, where a row-major x costs up to ~50 us a step
-        # (dynamic binarization on the CPU transposes the bits as bytes, ~15 us a batch; other targets
-        # are transposed as floats, ~35 us). Gaussian: row-major: x is read once, and transposing floats
-        # costs more than it saves.
-        self.feature_major_x = type(self.likelihood) is Bernoulli
-        # The update: Adam a layer at a time where it applies, else optimizer.step() after the backward
         self.optimizer = optimizer
-        usable = optimizer is not None and LayerwiseAdam.unsupported_reason(optimizer) is None
-        self.layerwise = LayerwiseAdam(optimizer) if usable else None
-        self.learned_sigma = [p for p in model.likelihood.parameters() if p.requires_grad]
-        # every parameter the step gives a gradient
-        self.updated = [p for layer in (*self.encoder, *self.decoder) for p in (layer.weight, layer.bias)]
-        self.updated += self.learned_sigma
+        self.clip_grad_norm = clip_grad_norm
+        self.grad_norm = None  # the last step's total gradient norm before clipping (when clipping)
         self.beta = beta = float(beta)
         k = self.num_vars
         # means = A @ [recon_sum, sum loc^2 + scale^2, sum log_var] / B + c: kl = (sq - lv) / 2 - K/2;
@@ -117,15 +108,27 @@ class FusedReparamStep:
         self.term_offset = torch.tensor(offset, dtype=torch.float64).to(weight)
         self.batch_weights = torch.empty(0)  # 1/B per example: bias gradients are batch means
 
-    @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Gradients, clipping, optimizer.step() on a prepared batch x (B, D); the 6 term means."""
+        means = self.gradients(x)
+        if self.clip_grad_norm is not None:
+            self.grad_norm = nn.utils.clip_grad_norm_(
+                [p for group in self.optimizer.param_groups for p in group["params"]], self.clip_grad_norm)
+        self.optimizer.step()
+        return means
+
+    def extras(self) -> dict:
+        """Estimator diagnostics: none for this estimator; the gradient norm when clipping."""
+        return {} if self.grad_norm is None else {"grad_norm": self.grad_norm}
+
+    @torch.no_grad()
+    def gradients(self, x: torch.Tensor) -> torch.Tensor:
+        """Write d loss / d theta into each parameter's .grad (every entry overwritten); the 6 term means."""
         batch, k, beta = x.shape[0], self.num_vars, self.beta
         inv_batch = 1.0 / batch
         weights = self.batch_weights
         if weights.shape[0] != batch or weights.dtype != x.dtype or weights.device != x.device:
             self.batch_weights = torch.full((batch,), inv_batch, dtype=x.dtype, device=x.device)
-        layerwise = self.layerwise is not None and self.layerwise.ready(self.updated)
-        update = self.layerwise.step if layerwise else None  # layer by layer in _backward; else step()
         inputs, latent_params = self._forward(self.encoder, self.encoder_activations, x)  # (B, 2K)
         loc, log_var = latent_params[:, :k], latent_params[:, k:]  # (B, K) each, as GaussianLatent splits
         var = torch.exp(log_var)
@@ -139,18 +142,12 @@ class FusedReparamStep:
         recon, grad = self._likelihood_terms(x, likelihood_params, inv_batch)
         sums = torch.stack([recon, torch.addcmul(var, loc, loc).sum(), log_var.sum()])  # (3,): batch sums
         means = torch.addmv(self.term_offset, self.term_matrix, sums, alpha=inv_batch)  # (6,)
-        grad = self._backward(self.decoder, self.decoder_activations, decoder_inputs, grad, inv_batch,
-                              update)  # at z
+        grad = self._backward(self.decoder, self.decoder_activations, decoder_inputs, grad, inv_batch)  # at z
         grad_params = torch.cat([torch.add(grad, loc, alpha=beta),  # at loc: d/dz + beta loc
                                  torch.addcmul(torch.sub(var, 1).mul_(0.5 * beta), grad.mul_(eps), scale,
                                                value=0.5)], dim=1)  # at log_var; (B, 2K)
-        self._backward(self.encoder, self.encoder_activations, inputs, grad_params, inv_batch, update,
+        self._backward(self.encoder, self.encoder_activations, inputs, grad_params, inv_batch,
                        first_input_grad=False)
-        if update is not None:
-            if self.learned_sigma:
-                update(self.learned_sigma)
-        elif self.optimizer is not None:
-            self.optimizer.step()
         return means
 
     def _likelihood_terms(self, x: torch.Tensor, params: torch.Tensor, inv_batch: float):
@@ -177,9 +174,8 @@ class FusedReparamStep:
         """(each Linear's input, kept for its weight gradient; the last layer's output).
 
         Feature-major: activations (and in _backward their gradients) are (B, n) views of (n, B)
-        storage, computed as W h^T + b. MKL writes these products 6-14% faster here than the row-major
-        h W^T + b (128 x 784 x 400 on the 2-core CPU: 403-408 against 428-466 us each). x may come in
-        either layout: the same numbers up to float rounding (bit for bit for Bernoulli).
+        storage, computed as W h^T + b, which MKL computes faster here than the row-major h W^T + b
+        (benchmarks/README.md). The same numbers up to float rounding.
         """
         inputs = []
         for i, layer in enumerate(layers):
@@ -189,11 +185,9 @@ class FusedReparamStep:
                 h = _activate(h, activations[i])
         return inputs, h
 
-    def _backward(self, layers, activations, inputs, grad, inv_batch: float, update=None,
-                  first_input_grad: bool = True):
+    def _backward(self, layers, activations, inputs, grad, inv_batch: float, first_input_grad: bool = True):
         """Backpropagate grad = d (B loss) / d (last layer output) through layers, writing d loss / d W, b
-        into .grad, and update([W, b]) once W is no longer needed; returns d (B loss) / d (first layer
-        input) (None if not first_input_grad)."""
+        into .grad; returns d (B loss) / d (first layer input) (None if not first_input_grad)."""
         for i in range(len(layers) - 1, -1, -1):
             layer, layer_input = layers[i], inputs[i]
             for p in (layer.weight, layer.bias):
@@ -205,8 +199,6 @@ class FusedReparamStep:
             torch.mv(grad.t(), self.batch_weights, out=layer.bias.grad)
             # at the layer's input (not needed at the data): (W^T grad^T)^T = grad W, feature-major
             grad = torch.mm(layer.weight.t(), grad.t()).t() if i > 0 or first_input_grad else None
-            if update is not None:  # the weight has served the backward pass
-                update([layer.weight, layer.bias])
             if i > 0:
                 grad = _activation_backward(grad, layer_input, activations[i - 1])
         return grad
