@@ -4,7 +4,7 @@ import inspect
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vae_cli.data import ImageData
 from vae_cli.errors import ConfigError
@@ -49,10 +49,13 @@ def build_estimator(cfg: DictConfig, model: torch.nn.Module, data: ImageData | N
 
 def build_optimizer(cfg: DictConfig, params, device: torch.device) -> torch.optim.Optimizer:
     """cfg.optimizer is a partial (_partial_: true); fused kernels are used where torch has them."""
-    make = instantiate(cfg.optimizer)
+    node = cfg.optimizer.copy()
+    with open_dict(node):
+        node.pop("clip_grad_norm", None)  # the training step's business (train_step.py), not the optimizer's
+    make = instantiate(node)
     kwargs = {}
     signature = inspect.signature(make.func)
-    chosen = OmegaConf.to_container(cfg.optimizer)
+    chosen = OmegaConf.to_container(node)
     if "fused" in signature.parameters and "fused" not in chosen and "foreach" not in chosen:
         kwargs["fused"] = device.type in ("cpu", "cuda", "mps")
     try:

@@ -1,6 +1,9 @@
-"""Checkpoints: written atomically, loaded with weights_only, holding the config to rebuild the model."""
+"""Checkpoints that cannot corrupt: written to a temporary file, fsynced, renamed; loaded with weights_only."""
+import json
 import os
+import pickle
 import tempfile
+import zipfile
 from pathlib import Path
 
 import torch
@@ -10,22 +13,51 @@ from vae_cli.errors import ConfigError
 REQUIRED_KEYS = ("model", "config", "step")
 
 
-def save_checkpoint(path: Path, state: dict) -> None:
-    """Write to a temporary file in the same folder, then rename: a crash never leaves half a file."""
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in folder durable (POSIX: the directory entry lives in the folder's own inode)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # not every file system lets a folder be opened; the rename itself is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write) -> None:
+    """write(file) into a temporary file beside path, fsync it, then rename it over path.
+
+    A failure anywhere (a full disk, an exception inside write, a kill) leaves path as it was: the
+    previous version stays complete and loadable, and the temporary file is removed.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a checkpoint is an ordinary file
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; these are ordinary files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_folder(path.parent)
+
+
+def write_json(path: Path, value) -> None:
+    """A JSON file written atomically (status.json, metrics.json)."""
+    atomic_write(path, lambda f: f.write((json.dumps(value, indent=2) + "\n").encode()))
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """torch.save(state) to path atomically: a crash or a full disk never leaves half a checkpoint."""
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: Path, map_location="cpu") -> dict:
@@ -38,10 +70,16 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
                           "(it holds checkpoint.pt) or the path of a checkpoint.pt file")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises several types for truncated or foreign files
+    except pickle.UnpicklingError as err:  # weights_only refuses anything but tensors and containers
+        if "Unsupported global" in str(err):
+            raise ConfigError(f"checkpoint {path} carries pickled Python objects, which vae-cli does not "
+                              "load (they can run code); point at a checkpoint written by vae-train") from err
+        raise ConfigError(f"checkpoint {path} is not a torch checkpoint (corrupt or foreign); rerun the "
+                          "training or point at another run") from err
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"checkpoint {path} could not be read ({first}); it is corrupt or not "
-                          "written by vae-train: rerun the training or point at another run") from err
+        raise ConfigError(f"checkpoint {path} could not be read ({first}); it is truncated, corrupt or "
+                          "not written by vae-train: rerun the training or point at another run") from err
     missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
         raise ConfigError(f"checkpoint {path} lacks {', '.join(missing)}: not a vae-train checkpoint; "

@@ -1,27 +1,149 @@
-"""Console entry points: `vae-train` composes the Hydra config and calls train(cfg)."""
+"""Console entry point `vae-train`: compose the Hydra config, call train(cfg), turn failures into one line."""
+import io
+import math
+import os
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
 
 from vae_cli.errors import ConfigError
+from vae_cli.interrupts import Interrupted, exit_status
 
 # configs/ at the top of the repository is installed as the package vae_cli.configs (pyproject.toml).
 CONFIG_PATH = "pkg://vae_cli.configs"
+EXIT_BAD_INPUT, EXIT_DIVERGED = 2, 3
 
 
-def fail(err: ConfigError) -> None:
-    print(f"error: {err}", file=sys.stderr)
-    sys.exit(2)
+def fail(err: Exception, status: int = EXIT_BAD_INPUT) -> None:
+    print(f"error: {err}", file=sys.stderr, flush=True)
+    sys.exit(status)
+
+
+class HeldStderr(io.TextIOBase):
+    """Holds what is written to stderr until the task starts: Hydra reports a bad override in several
+    lines (and a hint about HYDRA_FULL_ERROR); main() prints it as one `error:` line instead."""
+
+    def __init__(self, real):
+        self.real, self.parts, self.released = real, [], False
+
+    def write(self, text: str) -> int:
+        if self.released:
+            return self.real.write(text)
+        self.parts.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        self.real.flush()
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self.real.write("".join(self.parts))
+            sys.stderr = self.real
+
+    def one_line(self) -> str:
+        lines = [line.strip() for line in "".join(self.parts).splitlines()]
+        return "; ".join(line for line in lines if line and "HYDRA_FULL_ERROR" not in line)
+
+
+def main() -> None:
+    """vae-train [resume=RUN_FOLDER] [key=value ...] [-m]: see `vae-train --help`."""
+    args = sys.argv[1:]
+    resume = [a.split("=", 1)[1] for a in args if a.startswith("resume=")]
+    if resume and resume[0] not in ("", "null"):  # Hydra's run folder is the one being resumed
+        sys.argv += [f"hydra.run.dir={resume[0]}"]
+    held = HeldStderr(sys.stderr)
+    sys.stderr = held
+    try:
+        hydra_main()
+    except SystemExit as done:
+        if not held.released and done.code not in (0, None) and not os.environ.get("HYDRA_FULL_ERROR"):
+            sys.stderr = held.real
+            print(f"error: {held.one_line()}", file=sys.stderr, flush=True)
+            sys.exit(EXIT_BAD_INPUT)
+        raise
+    finally:
+        held.release()
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
-def main(cfg: DictConfig) -> float:
-    from vae_cli.train import train  # imported here so that --help and bad overrides answer fast
+def hydra_main(cfg: DictConfig) -> float:
+    if isinstance(sys.stderr, HeldStderr):
+        sys.stderr.release()
+    from vae_cli.loop import Diverged, Stopped  # imported here so that --help and bad overrides answer fast
+    from vae_cli.run_state import Status, run_files
+    from vae_cli.train import train
 
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
     try:
-        metrics = train(cfg, HydraConfig.get().runtime.output_dir)
-    except ConfigError as err:
-        fail(err)
-    return metrics["test/elbo"]
+        if cfg.get("resume"):
+            cfg = resumed_config(cfg, Path(cfg.resume), list(hydra_cfg.overrides.task))
+        metrics = train(cfg, run_dir, on_start=lambda plan: save_hydra_files(run_dir, cfg, plan.action == "fresh"))
+    except (ConfigError, Diverged) as err:
+        status = EXIT_DIVERGED if isinstance(err, Diverged) else EXIT_BAD_INPUT
+        if isinstance(err, ConfigError) and not run_files(run_dir) and run_dir.is_dir():
+            save_hydra_files(run_dir, cfg, rewrite=False)  # a sweep's summary names the job's overrides
+            Status(run_dir, state="failed", error=str(err), resume_command=None).update()
+        if multirun and not cfg.get("fail_fast"):  # recorded in status.json; the other jobs go on
+            print(f"error: job {hydra_cfg.job.num} ({run_dir}): {err}", file=sys.stderr, flush=True)
+            return math.nan
+        fail(err, status)
+    except Stopped as stop:
+        print(stop, file=sys.stderr, flush=True)
+        sys.exit(exit_status(stop.signum))
+    except Interrupted as stop:
+        print(f"stopped by {stop} before training or during the evaluation (no step lost); resume with: "
+              f"vae-train resume={run_dir.resolve()}", file=sys.stderr, flush=True)
+        sys.exit(exit_status(stop.signum))
+    value = metrics.get(cfg.objective.metric)
+    return float(value) if value is not None else math.nan
+
+
+def save_hydra_files(run_dir: Path, cfg: DictConfig, rewrite: bool) -> None:
+    """What Hydra writes into .hydra/ (configs/train.yaml turns that off so that a refused command leaves
+    an existing run's record alone): the composed config, Hydra's own, the overrides."""
+    folder = run_dir / ".hydra"
+    if folder.is_dir() and not rewrite:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    hydra_cfg = HydraConfig.get()
+    OmegaConf.save(cfg, folder / "config.yaml")
+    OmegaConf.save(OmegaConf.create({"hydra": OmegaConf.to_container(hydra_cfg)}), folder / "hydra.yaml")
+    OmegaConf.save(OmegaConf.create(list(hydra_cfg.overrides.task)), folder / "overrides.yaml")
+
+
+def resumed_config(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> DictConfig:
+    """The config stored in run_dir, with the command line's changes to resumable keys (epochs, device,
+    ...); a change to anything the run computes (model, data, ...) is refused with one line."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from vae_cli.checkpoint import load_checkpoint
+    from vae_cli.run_state import RECORDED, RESUMABLE
+
+    if not (run_dir / "checkpoint.pt").is_file():
+        raise ConfigError(f"resume={run_dir}: no checkpoint.pt there, so nothing to resume; pass the folder "
+                          "of a run started by vae-train (outputs/<date>/<time>)")
+    stored = OmegaConf.create({k: v for k, v in load_checkpoint(run_dir)["config"].items() if k not in RECORDED})
+    refused = []
+    for override in OverridesParser.create().parse_overrides(overrides):
+        key = override.key_or_group.split("@")[0].lstrip("+~")
+        if key in ("resume", "hydra") or key.startswith("hydra."):
+            continue
+        new = OmegaConf.select(cfg, key, default=None)
+        if key.split(".")[0] in RESUMABLE:
+            OmegaConf.update(stored, key, new, force_add=True)
+        elif OmegaConf.select(stored, key, default=None) != new:
+            refused.append(override.input_line)
+    if refused:
+        raise ConfigError(f"resume={run_dir}: {', '.join(refused)} would change what the run computes; a "
+                          f"resumed run keeps its model, data and training settings (only "
+                          f"{', '.join(RESUMABLE[:6])}, ... may change); start a new run instead")
+    OmegaConf.update(stored, "resume", str(run_dir), force_add=True)
+    OmegaConf.set_struct(stored, True)
+    return stored

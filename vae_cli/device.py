@@ -1,7 +1,9 @@
-"""Resolve the `device` config value to a torch.device, with a clear error for one that is absent."""
+"""Resolve `device` to a torch.device (a clear error for one that is absent) and `threads` to a count."""
+import os
+
 import torch
 
-from vae_cli.errors import ConfigError, check_choice
+from vae_cli.errors import ConfigError, check_choice, check_integer
 
 
 def mps_available() -> bool:
@@ -22,3 +24,30 @@ def resolve_device(name: str) -> torch.device:
     if kind == "mps" and not mps_available():
         raise ConfigError(f"device={name!r} but MPS is not available here; use device=auto or device=cpu")
     return torch.device(name)
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def resolve_threads(value) -> int:
+    """torch's intra-op threads: an integer as given, or auto = this process's share of the cores.
+
+    auto takes, in order: OMP_NUM_THREADS if set (the user's or a launcher's choice), Slurm's
+    SLURM_CPUS_PER_TASK, the cores of the CPU affinity divided by VAE_CLI_PARALLEL_JOBS (set by the local
+    launchers' configs to their number of parallel jobs). Processes sharing cores with torch's default
+    threads run many times slower: on a shared machine, give each process its own cores.
+    """
+    if value != "auto":
+        return check_integer("threads", value, 1, "or auto: this process's share of the cores")
+    for name in ("OMP_NUM_THREADS", "SLURM_CPUS_PER_TASK"):
+        given = os.environ.get(name, "")
+        if given.isdigit() and int(given) > 0:
+            return int(given)
+    jobs = os.environ.get("VAE_CLI_PARALLEL_JOBS", "")
+    share = available_cores() // int(jobs) if jobs.isdigit() and int(jobs) > 0 else available_cores()
+    return max(1, share)

@@ -3,8 +3,6 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.tensorboard import SummaryWriter
-from torch.utils.tensorboard.summary import hparams
 
 
 def flatten(cfg: dict, prefix: str = "") -> dict:
@@ -33,8 +31,12 @@ def flatten(cfg: dict, prefix: str = "") -> dict:
 class RunWriter:
     """A SummaryWriter on the run folder, with the few kinds of record vae-cli writes."""
 
-    def __init__(self, run_dir: Path):
-        self.writer = SummaryWriter(log_dir=str(run_dir))
+    def __init__(self, run_dir: Path, purge_step: int | None = None):
+        """purge_step: a resumed run's first new step; TensorBoard hides the events an earlier attempt
+        wrote at that step and after (they were not in the checkpoint), so each step shows once."""
+        from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415 - ~1 s to import: not at start-up
+
+        self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
 
     def scalars(self, prefix: str, values: dict, step: int) -> None:
         for name, value in values.items():
@@ -53,6 +55,8 @@ class RunWriter:
 
     def hparams(self, config: dict, metrics: dict) -> None:
         """An HParams entry in this run's own folder (add_hparams would open a second run)."""
+        from torch.utils.tensorboard.summary import hparams  # noqa: PLC0415
+
         exp, ssi, sei = hparams(flatten(config), {k: float(v) for k, v in metrics.items()})
         for summary in (exp, ssi, sei):
             self.writer.file_writer.add_summary(summary)

@@ -1,6 +1,5 @@
 """Importance-weighted estimates of log p(x) (Burda et al. 2016), in chunks with logsumexp (MATH.md 5)."""
 import math
-from contextlib import contextmanager
 
 import torch
 from tqdm.auto import tqdm
@@ -51,32 +50,3 @@ def log_px_estimates(model, x: torch.Tensor, num_samples: int, chunk_size: int, 
 def bits_per_dim(log_px: float, data_dim: int) -> float:
     """-log p(x) / (D ln 2) + 8: nats of a density on [0,1]^D to bits per 256-level pixel (MATH.md 3)."""
     return -log_px / (data_dim * math.log(2)) + 8
-
-
-@contextmanager
-def fixed_scale(likelihood, model, x: torch.Tensor, batch_size: int):
-    """For likelihood.scale=optimal, evaluate with one sigma for every example and sample.
-
-    Training uses sigma*^2 = the batch mean squared error (Rybkin et al. 2021), which makes the density
-    of an example depend on its batch and, here, on K. Evaluation fixes sigma*^2 at the mean squared
-    error over the whole set x of one posterior draw per example (training's definition, on the test
-    set), so log p(x) is one density. Yields that sigma (None for other scales, left untouched).
-    """
-    if getattr(likelihood, "scale", None) != "optimal":
-        yield None
-        return
-    with torch.inference_mode():
-        sq_err = 0.0
-        for start in range(0, x.shape[0], batch_size):
-            batch = x[start:start + batch_size]
-            z = model.latent.sample(model.posterior(batch), 1)  # (1, B, K)
-            sq_err += float((batch - likelihood.mean(model.decode(z))).pow(2).sum())
-        log_sigma = max(0.5 * math.log(sq_err / x.numel()), likelihood.min_log_scale)
-    saved = likelihood.log_sigma.clone()
-    likelihood.scale = "fixed"
-    likelihood.log_sigma.fill_(log_sigma)
-    try:
-        yield math.exp(log_sigma)
-    finally:
-        likelihood.scale = "optimal"
-        likelihood.log_sigma.copy_(saved)

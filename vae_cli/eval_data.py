@@ -1,0 +1,79 @@
+"""What training and vae-eval share: the fixed evaluation sets, term averages with their standard error,
+and the picture grids. Evaluation data and draws come from eval_seed, never from the training seed."""
+import math
+
+import torch
+
+from vae_cli.estimators import TERM_NAMES
+
+# Offsets from eval_seed, one stream each, so that no figure depends on how another was drawn.
+TEST_STREAM, VAL_STREAM, VAL_DRAWS, TEST_DRAWS, EVAL_DRAWS = range(5)
+
+
+def prepare_eval_sets(likelihood, data, device: torch.device, eval_seed: int):
+    """(val_x, test_x): the validation and test images prepared once (binarized or dequantised) on the
+    CPU by generators of their own, seeded from eval_seed, then moved to device.
+
+    So every run with the same eval_seed, whatever its training seed, device or validation size, is
+    scored on the same test set, and vae-eval rebuilds exactly the set training scored.
+    """
+    def prepare(pixels, stream):
+        generator = torch.Generator().manual_seed(eval_seed * 16 + stream)
+        return likelihood.prepare_pixels(pixels, generator).to(device)
+
+    return prepare(data.val_x, VAL_STREAM), prepare(data.test_x, TEST_STREAM)
+
+
+def seeded(seed: int, device: torch.device):
+    """A forked RNG seeded with seed: the caller's random stream is left as it was (resume stays exact)."""
+    forked = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+
+    class Seeded:
+        def __enter__(self):
+            forked.__enter__()
+            torch.manual_seed(seed)
+
+        def __exit__(self, *exc):
+            return forked.__exit__(*exc)
+
+    return Seeded()
+
+
+@torch.no_grad()
+def average_terms(model, estimator, x: torch.Tensor, batch_size: int, beta: float, seed: int) -> dict:
+    """Per-example means of the named terms over a prepared set x (N, D), and elbo_stderr, the Monte
+    Carlo standard error of the mean ELBO (std over examples / sqrt N: each example's one draw of z is
+    independent); {} when N = 0. Draws come from seed, on a forked RNG."""
+    if x.shape[0] == 0:
+        return {}
+    sums = {name: torch.zeros((), dtype=torch.float64, device=x.device) for name in TERM_NAMES}
+    elbo = []
+    with seeded(seed, x.device):
+        for start in range(0, x.shape[0], batch_size):
+            terms = estimator(model, x[start:start + batch_size], beta)
+            for name in TERM_NAMES:
+                sums[name] += getattr(terms, name).double().sum()
+            elbo.append(terms.elbo.double())
+    figures = {name: (total / x.shape[0]).item() for name, total in sums.items()}
+    figures["elbo_stderr"] = standard_error(torch.cat(elbo))
+    return figures
+
+
+def standard_error(values: torch.Tensor) -> float:
+    """Standard error of the mean of independent values (N,): std / sqrt(N); 0 for N = 1."""
+    if values.numel() < 2:
+        return 0.0
+    return (values.double().std() / math.sqrt(values.numel())).item()
+
+
+@torch.no_grad()
+def picture_grids(model, x: torch.Tensor, prior_z: torch.Tensor, shape) -> dict[str, torch.Tensor]:
+    """{"reconstructions": test examples beside their reconstructions (2N, C, H, W), "samples": decoded
+    prior samples (M, C, H, W)}, intensities in [0, 1]."""
+    recon = model.reconstruct(x)
+    pairs = torch.stack([x, recon], dim=1).flatten(0, 1)  # (2N, D): original, reconstruction, ...
+    samples = model.likelihood.mean(model.decode(prior_z))
+    return {"reconstructions": pairs.view(-1, *shape), "samples": samples.view(-1, *shape)}
+
+
+PICTURE_TAGS = {"reconstructions": "test/reconstructions", "samples": "samples/prior"}

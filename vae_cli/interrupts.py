@@ -1,0 +1,69 @@
+"""Stop signals (Ctrl-C, a scheduler's SIGTERM, Slurm's SIGUSR1/2) turned into a checkpoint and a clean exit."""
+import os
+import signal
+import sys
+
+# What shells and schedulers send. SIGUSR1/SIGUSR2: what Slurm (--signal) and submitit send before a time
+# limit or a preemption. The exit status is 128 + the signal's number, as a shell reports a killed job.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2")
+                     if hasattr(signal, name))
+
+
+class Interrupted(Exception):
+    """Raised where no step boundary is near (setup, evaluation): nothing needs saving there."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def exit_status(signum: int) -> int:
+    return 128 + int(signum)
+
+
+class StopSignals:
+    """While active, a stop signal is recorded, not acted on: the training loop asks `pending` at each step
+    boundary, writes a checkpoint and leaves. Outside the training loop (`immediate`), the signal raises
+    Interrupted at once. A second SIGINT exits at once (status 130), whatever the loop is doing.
+
+    The handlers that were installed before (submitit installs its own for SIGUSR2 and SIGTERM, to requeue
+    a preempted job) are restored on exit, and `forward` hands the signal on to them once the checkpoint
+    is written, so a scheduler's requeueing still happens.
+    """
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.immediate = True
+        self.previous: dict = {}
+
+    def __enter__(self) -> "StopSignals":
+        for signum in STOP_SIGNALS:
+            try:
+                self.previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread (e.g. a launcher's worker thread): leave signals alone
+                break
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        self.previous = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum == signal.SIGINT and signum == signal.SIGINT:
+            print("\nsecond Ctrl-C: stopped at once, without a new checkpoint", file=sys.stderr, flush=True)
+            os._exit(exit_status(signum))
+        self.signum = signum
+        if self.immediate:
+            raise Interrupted(signum)
+
+    @property
+    def pending(self) -> bool:
+        return self.signum is not None
+
+    def forward(self) -> None:
+        """Call the handler that was installed before ours for the recorded signal, if it was a Python one
+        (submitit's requeue); it may exit the process itself."""
+        handler = self.previous.get(self.signum)
+        if callable(handler) and handler is not signal.default_int_handler:
+            handler(self.signum, None)

@@ -1,0 +1,281 @@
+"""The training loop of one run: epochs of steps, validation and model selection, checkpoints that resume
+at any step boundary, and the end-of-run evaluation of the best model."""
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from vae_cli.checkpoint import save_checkpoint
+from vae_cli.diagnostics import gradient_diagnostics
+from vae_cli.estimators import TERM_NAMES
+from vae_cli.eval_data import (PICTURE_TAGS, TEST_DRAWS, VAL_DRAWS, average_terms, picture_grids,
+                               prepare_eval_sets)
+from vae_cli.run_state import BEST, CHECKPOINT, resume_command
+from vae_cli.summary import RunWriter
+from vae_cli.training_state import capture, load_best_weights, restore_loop
+
+log = logging.getLogger("vae_cli.train")
+
+# Training batches are gathered and prepared (binarized) this many at a time, in one call: ~5 % faster
+# steps of the default model on 2 CPU cores than one batch at a time, whose calls each start with cold
+# caches after the previous step. Blocks stop at an epoch's end and at the last step: no draws are wasted.
+PREPARE_AHEAD = 16
+
+
+class Diverged(Exception):
+    """A non-finite loss, term or gradient: the run stops; its last good checkpoint stays as it was."""
+
+
+class Stopped(Exception):
+    """A stop signal arrived; a checkpoint was written at the step boundary that followed it."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
+
+
+def seconds_since_process_start() -> float:
+    """From the kernel's record of this process's start (Linux); elsewhere since this module's import."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.perf_counter() - IMPORTED_AT
+
+
+IMPORTED_AT = time.perf_counter()
+
+
+class Loop:
+    """Holds the run's position (step; epoch; index, the steps done in the current epoch; the epoch's
+    permutation; the batch generator's state where the current block of batches was drawn), the running
+    sums of the logged terms and the model selection, so that checkpoint.pt captures all of it and a
+    resumed run takes exactly the steps the uninterrupted run would have taken."""
+
+    def __init__(self, cfg, run_dir: Path, data, model, estimator, optimizer, scheduler, train_step, device,
+                 state: dict | None):
+        self.cfg, self.run_dir, self.data, self.device = cfg, run_dir, data, device
+        self.model, self.estimator, self.optimizer, self.scheduler = model, estimator, optimizer, scheduler
+        self.train_step, self.likelihood = train_step, model.likelihood
+        self.train_x = data.train_x.to(device)  # uint8; batches are taken by index and prepared on the device
+        self.val_x, self.test_x = prepare_eval_sets(model.likelihood, data, device, cfg.eval_seed)
+        self.batch_gen = torch.Generator(device=device).manual_seed(cfg.seed)
+        image_gen = torch.Generator(device=device).manual_seed(cfg.seed + 2)
+        self.prior_z = model.latent.sample_prior(cfg.num_images, image_gen)  # same z every epoch
+        diag_gen = torch.Generator().manual_seed(cfg.seed + 1)
+        self.diag_x = model.likelihood.prepare_pixels(data.train_x[:cfg.diagnostics.batch_size], diag_gen).to(device)
+        self.batch_size = cfg.batch_size
+        self.steps_per_epoch = self.train_x.shape[0] // cfg.batch_size  # the last partial batch is dropped
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        if cfg.max_steps is not None:
+            self.total_steps = min(self.total_steps, cfg.max_steps)
+        self.step, self.epoch, self.index, self.perm, self.block_state, self.batches = 0, 0, 0, None, None, None
+        self.sums, self.count = torch.zeros(len(TERM_NAMES), device=device), 0
+        self.best = {"elbo": -math.inf, "step": None, "epoch": None, "val": {}}
+        self.bad_epochs, self.stopped_early, self.training_done = 0, False, False
+        self.images_per_sec, self.seen, self.epoch_start = None, 0, time.perf_counter()
+        if state is not None:
+            restore_loop(self, state)
+        # A resumed run's events continue its own: TensorBoard hides what an earlier attempt logged after
+        # the checkpoint's step, so each step shows once.
+        self.writer = RunWriter(run_dir, purge_step=self.step + 1 if state is not None else None)
+        if state is None:
+            self.writer.config(cfg)
+            self.writer.text("data/source", data.source)
+
+    # --- training -------------------------------------------------------------------------------------
+    def run(self, signals, status, start: float) -> None:
+        cfg = self.cfg
+        every = cfg.checkpoint.every_minutes * 60
+        next_save = time.monotonic() + every if every > 0 else math.inf
+        # Plain Python values for the hot loop: an OmegaConf attribute read costs microseconds each.
+        log_every, diag_every = cfg.log_every, cfg.diagnostics.every
+        check_every_step = self.device.type == "cpu"  # a finiteness check syncs a GPU: there, per log
+        signals.immediate = False  # from here, a signal is acted on at the next step boundary
+        self.model.train()
+        first = True
+        with logging_redirect_tqdm(), tqdm(total=self.total_steps, initial=self.step, desc="train",
+                                           disable=None, dynamic_ncols=True) as bar:
+            while self.step < self.total_steps and not self.stopped_early:
+                x = self.next_batch()
+                means = self.train_step(x)
+                if first:
+                    log.info("first training step after %.2f s from process start", seconds_since_process_start())
+                    first = False
+                self.sums += means
+                self.count += 1
+                self.step += 1
+                self.index += 1
+                self.seen += x.shape[0]
+                if check_every_step or self.step % log_every == 0:
+                    self.check_finite(means)
+                if self.step % log_every == 0 or self.step == self.total_steps:
+                    self.log_window(self.epoch)
+                    bar.set_postfix(epoch=self.epoch + 1)
+                if diag_every and self.step % diag_every == 0:
+                    self.writer.scalars("diagnostics", gradient_diagnostics(
+                        self.model, self.estimator, self.diag_x, cfg.diagnostics.num_estimates, cfg.beta), self.step)
+                bar.update(1)
+                if self.index == self.steps_per_epoch or self.step == self.total_steps:
+                    self.end_epoch()
+                    status.update(time.perf_counter() - start, step=self.step, epoch=self.epoch,
+                                  images_per_sec=self.images_per_sec)
+                    next_save = time.monotonic() + every if every > 0 else math.inf
+                elif signals.pending or time.monotonic() >= next_save:
+                    self.save()
+                    status.update(time.perf_counter() - start, step=self.step, epoch=self.epoch)
+                    next_save = time.monotonic() + every if every > 0 else math.inf
+                if signals.pending:
+                    name = {2: "SIGINT", 15: "SIGTERM"}.get(signals.signum, f"signal {signals.signum}")
+                    raise Stopped(signals.signum, (
+                        f"stopped by {name} at step {self.step} of {self.total_steps} (epoch {self.epoch + 1}); "
+                        f"checkpoint written; resume with: {resume_command(self.run_dir)}"))
+
+    def next_batch(self) -> torch.Tensor:
+        """The next training batch: a new permutation at an epoch's start; blocks of PREPARE_AHEAD batches
+        gathered and prepared in one call, drawn from batch_gen whose state before the block is kept
+        (block_state), so a checkpoint taken inside a block re-draws the same block on resume."""
+        if self.index == 0:
+            self.perm = torch.randperm(self.train_x.shape[0], generator=self.batch_gen, device=self.device)
+            self.seen, self.epoch_start = 0, time.perf_counter()
+        ahead_max = PREPARE_AHEAD
+        offset = self.index % ahead_max
+        if offset == 0 or self.batches is None:
+            first = self.index - offset  # the block's first batch in the epoch
+            self.block_state = self.batch_gen.get_state()
+            ahead = min(ahead_max, self.steps_per_epoch - first, self.total_steps - (self.step - offset))
+            rows = self.perm[first * self.batch_size:(first + ahead) * self.batch_size]
+            block = self.train_x.index_select(0, rows)  # 6 us against 99 us for train_x[rows], 128 uint8 rows
+            self.batches = self.likelihood.prepare_pixels(block.view(ahead, self.batch_size, -1), self.batch_gen)
+        return self.batches[offset]
+
+    def check_finite(self, means: torch.Tensor) -> None:
+        grad_norm = getattr(self.train_step, "grad_norm", None)
+        bad = [name for name, ok in zip(TERM_NAMES, torch.isfinite(means).tolist()) if not ok]
+        if grad_norm is not None and not bool(torch.isfinite(grad_norm)):
+            bad.append("gradient norm")
+        if bad:
+            last = self.run_dir / CHECKPOINT
+            saved = (f"the last good checkpoint is {last} (step {self.saved_step})" if last.is_file()
+                     else "no checkpoint was written before it")
+            lr = self.cfg.optimizer.lr
+            raise Diverged(
+                f"training diverged at step {self.step} (epoch {self.epoch + 1}): non-finite {', '.join(bad)}; "
+                f"{saved}; lower optimizer.lr (now {lr}) or set optimizer.clip_grad_norm, e.g. 10")
+
+    saved_step = 0
+
+    def log_window(self, epoch: int) -> None:
+        means = dict(zip(TERM_NAMES, (self.sums / max(self.count, 1)).tolist()))
+        self.writer.scalars("train", means, self.step)
+        extras = self.train_step.extras()
+        self.writer.scalars("train", {k: float(v) for k, v in extras.items()}, self.step)
+        if hasattr(self.likelihood, "last_sigma") and self.likelihood.scale != "fixed":
+            self.writer.scalars("train", {"sigma": self.likelihood.last_sigma.item()}, self.step)
+        self.sums.zero_()
+        self.count = 0
+
+    def end_epoch(self) -> None:
+        """Validation, model selection, early stopping, pictures and checkpoint.pt, after an epoch (or the
+        last step)."""
+        cfg = self.cfg
+        if self.seen:
+            self.images_per_sec = self.seen / (time.perf_counter() - self.epoch_start)
+            self.writer.scalars("train", {"images_per_sec": self.images_per_sec}, self.step)
+        self.writer.scalars("train", {"epoch": self.epoch + 1, "lr": self.scheduler.get_last_lr()[0]}, self.step)
+        self.scheduler.step()  # once per epoch (configs/scheduler/)
+        val = self.validate()
+        self.epoch, self.index, self.batches = self.epoch + 1, 0, None
+        patience = cfg.early_stopping.patience
+        if not val or val["elbo"] > self.best["elbo"]:  # no validation split: the last model is the best
+            self.best = {"elbo": val.get("elbo", -math.inf), "step": self.step, "epoch": self.epoch, "val": val}
+            self.bad_epochs = 0
+            self.check_parameters()
+            save_checkpoint(self.run_dir / BEST, {"model": self.model.state_dict(), "step": self.step,
+                                                  "epoch": self.epoch, "val": val,
+                                                  "config": OmegaConf.to_container(cfg, resolve=True)})
+        else:
+            self.bad_epochs += 1
+            if patience is not None and self.bad_epochs >= patience:
+                self.stopped_early = True
+                log.info("early stopping after epoch %d: no better validation ELBO for %d epochs (best %.3f at "
+                         "epoch %d)", self.epoch, patience, self.best["elbo"], self.best["epoch"])
+        self.training_done = self.step >= self.total_steps or self.stopped_early
+        self.write_pictures(self.step)
+        self.save()
+        log.info("epoch %d step %d: val elbo %.3f, %.0f images/s", self.epoch, self.step,
+                 val.get("elbo", float("nan")), self.images_per_sec or float("nan"))
+
+    def validate(self) -> dict:
+        cfg = self.cfg
+        self.model.eval()
+        val = average_terms(self.model, self.estimator, self.val_x, cfg.eval_batch_size, cfg.beta,
+                            seed=cfg.eval_seed * 16 + VAL_DRAWS)  # the same draws every epoch
+        self.model.train()
+        if val and not all(math.isfinite(v) for v in val.values()):
+            raise Diverged(
+                f"validation terms are not finite after epoch {self.epoch + 1} (step {self.step}); lower "
+                f"optimizer.lr (now {cfg.optimizer.lr}) or set optimizer.clip_grad_norm, e.g. 10")
+        self.writer.scalars("val", val, self.step)
+        return val
+
+    def check_parameters(self) -> None:
+        """A checkpoint is never written from non-finite weights: the last good one stays."""
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            self.check_finite(torch.full((len(TERM_NAMES),), math.nan))
+
+    def save(self) -> None:
+        self.check_parameters()
+        save_checkpoint(self.run_dir / CHECKPOINT, capture(self))
+        self.saved_step = self.step
+
+    def write_pictures(self, step: int) -> dict:
+        grids = picture_grids(self.model, self.test_x[:self.cfg.num_images // 2], self.prior_z,
+                              self.data.image_shape)
+        for name, images in grids.items():
+            self.writer.images(PICTURE_TAGS[name], images, step)
+        return grids
+
+    # --- the end of the run ----------------------------------------------------------------------------
+    def finish(self, signals) -> dict:
+        """Test figures and the light evaluation of the best-validation model; TensorBoard and PNG files.
+        Deterministic (draws from eval_seed), so a run interrupted here and resumed ends identically."""
+        cfg = self.cfg
+        signals.immediate = True  # nothing to checkpoint any more: a signal stops the evaluation at once
+        used = load_best_weights(self.run_dir / BEST, self.model, self.best, self.step)
+        self.model.eval()
+        test = average_terms(self.model, self.estimator, self.test_x, cfg.eval_batch_size, cfg.beta,
+                             seed=cfg.eval_seed * 16 + TEST_DRAWS)
+        metrics = {f"test/{k}": v for k, v in test.items()}
+        metrics.update({f"val/{k}": v for k, v in self.best["val"].items()})
+        metrics.update({"step": self.step, "epoch": self.epoch, "best/step": self.best["step"],
+                        "best/epoch": self.best["epoch"]})
+        evaluation = None
+        if cfg.get("eval") is not None:  # L_K, posterior gap, active units, probe, pictures (configs/eval/)
+            from vae_cli.evaluation import evaluate  # noqa: PLC0415 - heavy, and only at the end
+
+            evaluation = evaluate(self.model, self.data, self.test_x, cfg.eval, cfg.eval_seed)
+            metrics.update(evaluation.figures)
+        signals.immediate = False  # the final writes finish whatever arrives now
+        self.writer.scalars("test", test, self.step)
+        if evaluation is not None:
+            evaluation.write(self.writer, self.step)
+        grids = self.write_pictures(self.step)
+        from vae_cli.evaluation.pictures import save_png  # noqa: PLC0415
+
+        for name, images in grids.items():
+            save_png(images, self.run_dir / f"{name}.png")
+        config = OmegaConf.to_container(cfg, resolve=True) | {"model_used": used}
+        OmegaConf.save(OmegaConf.create(config), self.run_dir / "config.yaml")
+        self.writer.hparams(config, {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        self.writer.close()
+        return metrics

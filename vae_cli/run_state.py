@@ -1,0 +1,165 @@
+"""A run folder as a unit: what it holds (nothing, an unfinished run, a finished one), status.json, and
+whether a new command may resume it."""
+import datetime
+import os
+import shutil
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from vae_cli.checkpoint import load_checkpoint, write_json
+from vae_cli.errors import ConfigError
+
+CHECKPOINT, BEST, METRICS, STATUS = "checkpoint.pt", "best.pt", "metrics.json", "status.json"
+# What a run writes into its folder besides Hydra's .hydra/ and log file (removed by overwrite=true).
+RUN_FILES = (CHECKPOINT, BEST, METRICS, STATUS, "eval.json", "config.yaml", "reconstructions.png",
+             "samples.png", "projector_config.pbtxt")
+RUN_GLOBS = ("events.out.tfevents.*", "[0-9][0-9][0-9][0-9][0-9]")  # TensorBoard events, projector folders
+
+# Keys a resumed run may change: how long it runs and how it reports, never what it computes.
+RESUMABLE = ("epochs", "max_steps", "device", "log_every", "eval_batch_size", "checkpoint", "early_stopping",
+             "threads", "eval", "objective", "fail_fast", "resume", "overwrite", "diagnostics", "num_images")
+# Facts train() records in the stored config (what the run really used), not settings.
+RECORDED = ("data_source", "device_used", "train_step_used", "threads_used")
+
+
+def now() -> str:
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def resume_command(run_dir: Path) -> str:
+    return f"vae-train resume={Path(run_dir).resolve()}"
+
+
+class Status:
+    """status.json: what the folder is (running, finished, interrupted, failed), written atomically."""
+
+    def __init__(self, run_dir: Path, **fields):
+        self.path = Path(run_dir) / STATUS
+        previous = read_status(run_dir) or {}
+        self.fields = {"state": "running", "step": 0, "total_steps": None, "epoch": 0, "error": None,
+                       "resume_command": resume_command(run_dir), "started_at": previous.get("started_at", now()),
+                       "wall_seconds": float(previous.get("wall_seconds", 0.0)), "images_per_sec": None,
+                       "threads": None, "objective": None, "pid": os.getpid(), "host": socket.gethostname(),
+                       "attempts": int(previous.get("attempts", 0)) + 1} | fields
+        self.wall_before = self.fields["wall_seconds"]
+
+    def update(self, wall_seconds: float | None = None, **fields) -> None:
+        """Merge fields and write; wall_seconds counts this attempt's seconds on top of earlier attempts'."""
+        self.fields.update(fields, updated_at=now())
+        if wall_seconds is not None:
+            self.fields["wall_seconds"] = round(self.wall_before + wall_seconds, 3)
+        write_json(self.path, self.fields)
+
+
+def read_status(run_dir: Path) -> dict | None:
+    import json
+
+    path = Path(run_dir) / STATUS
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def settings(cfg: DictConfig | dict) -> dict:
+    """The resolved settings of a config, without the recorded facts (plain containers)."""
+    plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    return {k: v for k, v in plain.items() if k not in RECORDED}
+
+
+def differences(stored: dict, current: dict, allowed=RESUMABLE) -> list[str]:
+    """'key: old -> new' for every setting that differs, outside the allowed (resumable) keys."""
+    def flat(tree, prefix=""):
+        out = {}
+        for key, value in tree.items():
+            if isinstance(value, dict) and value:
+                out.update(flat(value, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    old, new = flat(stored), flat(current)
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        if key.split(".")[0] in allowed or old.get(key, "<absent>") == new.get(key, "<absent>"):
+            continue
+        changed.append(f"{key}: {old.get(key, '<absent>')} -> {new.get(key, '<absent>')}")
+    return changed
+
+
+def run_files(run_dir: Path) -> list[Path]:
+    """The files (and projector folders) an earlier run left in run_dir."""
+    found = [run_dir / name for name in RUN_FILES if (run_dir / name).exists()]
+    for pattern in RUN_GLOBS:
+        found += sorted(run_dir.glob(pattern))
+    return found
+
+
+def remove_run_files(run_dir: Path) -> None:
+    for path in run_files(run_dir):
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+@dataclass
+class Plan:
+    """What train() does with a run folder: start afresh, resume from `state`, or report a finished run."""
+
+    action: str  # "fresh" | "resume" | "finished"
+    state: dict | None = None  # the last checkpoint, for resume
+    metrics: dict | None = None  # for finished
+
+
+def plan_run(run_dir: Path, cfg: DictConfig) -> Plan:
+    """Decide from the folder's files, reading only: nothing is written or removed here (see apply_plan).
+
+    - no run files: a fresh run;
+    - a checkpoint of the same settings (resumable keys aside): resume it; if metrics.json is there too,
+      the run is finished, and is reported unless epochs (or max_steps) now asks for more steps;
+    - a failed run, or files without a checkpoint (a run that died before its first epoch): started
+      afresh when the settings are the same;
+    - anything else is another run's: refused, unless overwrite=true.
+    """
+    run_dir = Path(run_dir)
+    found = run_files(run_dir)
+    if not found or cfg.get("overwrite"):
+        return Plan("fresh")
+    status = read_status(run_dir) or {}
+    checkpoint = run_dir / CHECKPOINT
+    state = load_checkpoint(checkpoint) if checkpoint.is_file() else None
+    stored = state["config"] if state is not None else _stored_config(run_dir)
+    changed = differences(settings(stored), settings(cfg)) if stored is not None else ["(no readable config)"]
+    if changed:
+        listed = "; ".join(changed[:4]) + ("; ..." if len(changed) > 4 else "")
+        raise ConfigError(f"{run_dir} holds another run's files, with other settings ({listed}); resume it "
+                          f"as it was with `{resume_command(run_dir)}`, choose another folder "
+                          "(hydra.run.dir=...), or start afresh there with overwrite=true (deletes its files)")
+    if state is None or status.get("state") == "failed":
+        return Plan("fresh")
+    metrics_path = run_dir / METRICS
+    if metrics_path.is_file():
+        import json
+
+        metrics = json.loads(metrics_path.read_text())
+        if state.get("training_done") and not wants_more_steps(state, cfg):
+            return Plan("finished", metrics=metrics)
+    return Plan("resume", state=state)
+
+
+def wants_more_steps(state: dict, cfg: DictConfig) -> bool:
+    """True when cfg's epochs / max_steps reach past where the finished run stopped (extending it)."""
+    stopped_early = state.get("stopped_early", False)
+    steps = state["steps_per_epoch"] * cfg.epochs
+    if cfg.max_steps is not None:
+        steps = min(steps, cfg.max_steps)
+    return not stopped_early and steps > state["step"]
+
+
+def _stored_config(run_dir: Path) -> dict | None:
+    path = run_dir / "config.yaml"
+    try:
+        return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except Exception:  # noqa: BLE001 - absent or unreadable: the caller refuses with one line
+        return None
