@@ -10,7 +10,8 @@ from conftest import compose_config, run_cli
 from vae_cli.eval_cli import main
 from vae_cli.train import train
 
-TEST_TAGS = {"test/log_px", "test/elbo_L1", "test/posterior_gap", "test/active_units"}
+TEST_TAGS = {"test/L_K", "test/elbo_L1", "test/posterior_gap", "test/active_units"}
+STDERR_TAGS = {"test/L_K_stderr", "test/elbo_L1_stderr", "test/posterior_gap_stderr"}
 LATENT_PROBE_TAGS = {f"probe/latent_{n}" for n in ("n10", "n100", "all")}
 PROBE_TAGS = LATENT_PROBE_TAGS | {tag.replace("latent", "pixels") for tag in LATENT_PROBE_TAGS}
 IMAGE_TAGS = {"latents/traversal", "latents/interpolations", "test/reconstructions", "samples/prior"}
@@ -38,14 +39,16 @@ def smoke_run(tmp_path_factory):
 
 def test_vae_train_ends_with_the_light_evaluation(smoke_run):
     run_dir, metrics, subfolders = smoke_run
-    assert TEST_TAGS | LATENT_PROBE_TAGS <= set(metrics) and not (PROBE_TAGS - LATENT_PROBE_TAGS) & set(metrics)
+    assert TEST_TAGS | STDERR_TAGS | LATENT_PROBE_TAGS <= set(metrics)
+    assert not (PROBE_TAGS - LATENT_PROBE_TAGS) & set(metrics)
     assert "test/bits_per_dim" not in metrics  # Bernoulli on binarized pixels: nats only
-    assert metrics["test/log_px"] >= metrics["test/elbo_L1"]  # L_K >= L_1 on the same draws
-    assert metrics["test/posterior_gap"] == pytest.approx(metrics["test/log_px"] - metrics["test/elbo_L1"],
+    assert metrics["test/L_K"] >= metrics["test/elbo_L1"]  # L_K >= L_1 on the same draws
+    assert metrics["test/posterior_gap"] == pytest.approx(metrics["test/L_K"] - metrics["test/elbo_L1"],
                                                           abs=1e-5)
+    assert 0 < metrics["test/L_K_stderr"] < 1  # std over 128 test images / sqrt(128)
     acc = events(run_dir)
     assert TEST_TAGS | LATENT_PROBE_TAGS <= set(acc.Tags()["scalars"])
-    assert acc.Scalars("test/log_px")[0].value == pytest.approx(metrics["test/log_px"], rel=1e-6)
+    assert acc.Scalars("test/L_K")[0].value == pytest.approx(metrics["test/L_K"], rel=1e-6)
     assert [e.value for e in acc.Scalars("train/lr")] == pytest.approx([1e-3, 1e-3 * 10 ** (-1 / 7)])
     assert subfolders == []  # no projector subfolder: eval=light leaves it to vae-eval
 
@@ -53,24 +56,30 @@ def test_vae_train_ends_with_the_light_evaluation(smoke_run):
 def test_vae_eval_light_reproduces_the_figures_of_training(smoke_run):
     run_dir, metrics, _ = smoke_run
     main([str(run_dir), "eval=light"])  # same test set, model, K and seed: the same numbers
-    figures = json.loads((run_dir / "eval.json").read_text())["figures"]
-    assert figures == pytest.approx({k: metrics[k] for k in figures}, rel=1e-6)
+    report = json.loads((run_dir / "eval.json").read_text())
+    assert report["figures"] == pytest.approx({k: metrics[k] for k in report["figures"]}, rel=1e-6)
+    assert report["model_used"].startswith("best")
 
 
 def test_vae_eval_writes_every_promised_tag_and_key(smoke_run):
     run_dir, metrics, _ = smoke_run
     main([str(run_dir), "eval.num_samples=300", "eval.chunk_size=64"])
     report = json.loads((run_dir / "eval.json").read_text())
-    assert set(report) == {"figures", "notes", "step", "data_source", "device", "settings",
+    assert set(report) == {"figures", "notes", "step", "model_used", "data_source", "device", "settings",
                            "images_x_samples_per_sec"}
     figures = report["figures"]
-    assert set(figures) == TEST_TAGS | PROBE_TAGS and report["settings"]["num_samples"] == 300
+    assert set(figures) == TEST_TAGS | STDERR_TAGS | PROBE_TAGS and report["settings"]["num_samples"] == 300
     assert "bits/dim not reported" in report["notes"][0] and report["step"] == metrics["step"]
-    assert figures["test/log_px"] >= figures["test/elbo_L1"]
+    assert any("LOWER bound" in note for note in report["notes"])  # what L_K and the gap measure
+    assert figures["test/L_K"] >= figures["test/elbo_L1"]
     assert 0 <= figures["test/active_units"] <= 4 and all(0 <= figures[t] <= 1 for t in PROBE_TAGS)
     acc = events(run_dir)
-    assert TEST_TAGS | PROBE_TAGS <= set(acc.Tags()["scalars"]) and IMAGE_TAGS <= set(acc.Tags()["images"])
-    assert acc.Scalars("test/log_px")[-1].step == metrics["step"]
+    scalars = set(acc.Tags()["scalars"])
+    # vae-eval's figures have tags of their own: training's test/L_K (K = 100) keeps its one value
+    assert {f"vae-eval/{tag}" for tag in TEST_TAGS | PROBE_TAGS} <= scalars
+    assert [e.value for e in acc.Scalars("test/L_K")] == [pytest.approx(metrics["test/L_K"], rel=1e-6)]
+    assert {f"vae-eval/{tag}" for tag in IMAGE_TAGS} <= set(acc.Tags()["images"])
+    assert acc.Scalars("vae-eval/test/L_K")[-1].step == metrics["step"]
     projector = run_dir / f"{metrics['step']:05d}" / "test_latent_means"
     labels = (projector / "metadata.tsv").read_text().split()
     assert len(labels) == 128 and set(labels) == {"0", "1", "2", "3"}  # the synthetic test set
@@ -84,10 +93,10 @@ def test_vae_eval_writes_every_promised_tag_and_key(smoke_run):
 def test_light_evaluation_of_other_likelihoods_and_latents(overrides, continuous, tmp_path):
     metrics = train(compose_config("debug=smoke", "epochs=1", *overrides), tmp_path)
     assert TEST_TAGS <= set(metrics) and ("test/bits_per_dim" in metrics) == continuous
-    if continuous:  # bits/dim = -log p(x) / (D ln 2) + 8, D = 64
-        assert metrics["test/bits_per_dim"] == pytest.approx(-metrics["test/log_px"] / (64 * 0.6931471805599453)
+    if continuous:  # bits/dim = -L_K / (D ln 2) + 8, D = 64
+        assert metrics["test/bits_per_dim"] == pytest.approx(-metrics["test/L_K"] / (64 * 0.6931471805599453)
                                                              + 8)
-    assert metrics["test/log_px"] >= metrics["test/elbo_L1"]
+    assert metrics["test/L_K"] >= metrics["test/elbo_L1"]
 
 
 def test_missing_folder_and_bad_override_are_one_line_errors(smoke_run, tmp_path, capsys):
@@ -107,7 +116,7 @@ def test_installed_vae_eval_runs_and_rejects_a_corrupt_checkpoint(smoke_run, tmp
     result = run_cli(str(run_dir), "eval=light", "eval.probe_sizes=[10]", "eval.pixel_baseline=true",
                      cwd=tmp_path, exe=vae_eval_exe())
     assert result.returncode == 0, result.stderr
-    assert set(json.loads((run_dir / "eval.json").read_text())["figures"]) == TEST_TAGS | {
+    assert set(json.loads((run_dir / "eval.json").read_text())["figures"]) == TEST_TAGS | STDERR_TAGS | {
         "probe/latent_n10", "probe/pixels_n10"}
     broken = tmp_path / "broken"
     broken.mkdir()

@@ -1,6 +1,7 @@
 """Runs that survive: stopped at any step (by a real signal) and resumed, a run ends bit for bit as the
 uninterrupted one; TensorBoard shows each step once; finished runs are reported, not retrained."""
 import json
+import math
 import os
 import signal
 from pathlib import Path
@@ -116,3 +117,116 @@ def test_stopped_and_resumed_run_is_bit_identical(name, stop_step, references, t
     train(smoke(*CONFIGS[name], "~eval"), tmp_path)
     assert_same_run(reference, tmp_path)
     assert read_status(tmp_path)["attempts"] == 2
+
+
+def test_stopped_during_the_evaluation_and_resumed_is_bit_identical(references, tmp_path, monkeypatch):
+    """A stop while L_K is being computed: training is done and checkpointed, so the resumed run only
+    evaluates again, with the same draws (eval_seed), and ends with the same metrics.json."""
+    reference = references("bernoulli")
+    real = evaluation_run.log_px_estimates
+
+    def interrupted(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation_run, "log_px_estimates", interrupted)
+    with pytest.raises(Interrupted):
+        train(smoke(*CONFIGS["bernoulli"]), tmp_path)
+    assert read_status(tmp_path)["state"] == "interrupted" and not (tmp_path / "metrics.json").exists()
+    monkeypatch.undo()
+    train(smoke(*CONFIGS["bernoulli"]), tmp_path)
+    assert_same_run(reference, tmp_path)
+
+
+def test_a_finished_run_is_reported_not_retrained_and_epochs_extend_it(references, tmp_path):
+    finished = references("bernoulli", "~eval")
+    run_dir = tmp_path / "run"
+    import shutil
+
+    shutil.copytree(finished, run_dir)
+    before = {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()}
+    metrics = train(smoke("~eval"), run_dir)
+    assert metrics == json.loads((finished / "metrics.json").read_text())
+    assert {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()} == before  # nothing rewritten
+    extended = train(smoke("~eval", "epochs=3"), run_dir)
+    assert extended["step"] == 42 and extended["epoch"] == 3
+    assert read_status(run_dir)["state"] == "finished"
+    # the same as a 3-epoch run from the start
+    straight = train(smoke("~eval", "epochs=3"), tmp_path / "straight")
+    assert extended == straight
+
+
+def test_another_runs_folder_is_refused_unless_overwrite(references, tmp_path):
+    import shutil
+
+    shutil.copytree(references("bernoulli", "~eval"), tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"another run's files.*beta: 1.0 -> 2\).*overwrite=true"):
+        train(smoke("~eval", "beta=2"), tmp_path / "run")
+    metrics = train(smoke("~eval", "beta=2", "overwrite=true"), tmp_path / "run")
+    assert metrics["test/loss"] != pytest.approx(-metrics["test/elbo"])  # beta = 2 trained and reported
+    assert len(list((tmp_path / "run").glob("events.out.tfevents.*"))) == 1  # the old events are gone
+
+
+def test_best_validation_model_is_evaluated_and_early_stopping(tmp_path, monkeypatch):
+    """Validation ELBOs scripted per epoch: best.pt holds the best epoch's weights, the test figures come
+    from it, and patience 2 stops two epochs after it."""
+    scripted = iter([-50.0, -40.0, -45.0, -46.0, -30.0])
+    real = loop_module.average_terms
+
+    def validation(model, estimator, x, batch_size, beta, seed):
+        figures = real(model, estimator, x, batch_size, beta, seed)
+        if x.shape[0] == 51:  # the validation split of the smoke data
+            figures["elbo"] = next(scripted)
+        return figures
+
+    monkeypatch.setattr(loop_module, "average_terms", validation)
+    kept = {}
+    save = loop_module.save_checkpoint
+    monkeypatch.setattr(loop_module, "save_checkpoint", lambda path, state: (
+        kept.__setitem__((path.name, state["epoch"]), {k: v.clone() for k, v in state["model"].items()}),
+        save(path, state))[1])
+    metrics = train(smoke("~eval", "epochs=5", "early_stopping.patience=2"), tmp_path)
+    assert (metrics["epoch"], metrics["best/epoch"], metrics["val/elbo"]) == (4, 2, -40.0)
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert best["epoch"] == 2 and all(torch.equal(best["model"][k], kept[("best.pt", 2)][k]) for k in best["model"])
+    from omegaconf import OmegaConf
+
+    assert OmegaConf.load(tmp_path / "config.yaml").model_used.startswith("best (epoch 2")
+    # the test figures are the best model's: recompute them from best.pt's weights
+    from vae_cli.build import build_data, build_estimator, build_model
+    from vae_cli.eval_data import TEST_DRAWS, prepare_eval_sets
+
+    cfg = smoke("~eval")
+    data = build_data(cfg)
+    model = build_model(cfg, data.data_dim)
+    model.load_state_dict(best["model"])
+    estimator = build_estimator(cfg, model, data)
+    test_x = prepare_eval_sets(model.likelihood, data, torch.device("cpu"), 0)[1]
+    model.eval()
+    test = real(model, estimator, test_x, 256, 1.0, seed=TEST_DRAWS)
+    assert test["elbo"] == metrics["test/elbo"]
+
+
+def test_non_finite_values_stop_the_run_and_keep_the_last_good_checkpoint(tmp_path, monkeypatch):
+    real = loop_module.Loop.next_batch
+
+    def poisoned(self):  # NaN pixels from step 20 on (the second epoch): the terms go non-finite
+        x = real(self)
+        return x * math.nan if self.step >= 19 else x
+
+    monkeypatch.setattr(loop_module.Loop, "next_batch", poisoned)
+    with pytest.raises(loop_module.Diverged, match=r"step 20 .*non-finite recon.*checkpoint.pt \(step 14\).*lower optimizer.lr"):
+        train(smoke("~eval"), tmp_path)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 14 and all(torch.isfinite(v).all() for v in state["model"].values())
+    status = read_status(tmp_path)
+    assert status["state"] == "failed" and "diverged" in status["error"]
+
+
+def test_gradient_clipping_is_applied_and_logged(tmp_path):
+    metrics = train(smoke("~eval", "optimizer.clip_grad_norm=0.5", "train_step=autograd"), tmp_path)
+    acc = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0})
+    acc.Reload()
+    norms = [e.value for e in acc.Scalars("train/grad_norm")]
+    assert norms and all(math.isfinite(n) for n in norms) and max(norms) > 0.5  # clipped from above 0.5
+    assert math.isfinite(metrics["test/elbo"])

@@ -56,6 +56,9 @@ def build_optimizer(cfg: DictConfig, params, device: torch.device) -> torch.opti
     kwargs = {}
     signature = inspect.signature(make.func)
     chosen = OmegaConf.to_container(node)
+    lr = chosen.get("lr")
+    if isinstance(lr, (int, float)) and not isinstance(lr, bool) and not lr > 0:  # torch accepts lr = 0
+        raise ConfigError(f"optimizer.lr={lr!r} must be > 0, e.g. optimizer.lr=1e-3")
     if "fused" in signature.parameters and "fused" not in chosen and "foreach" not in chosen:
         kwargs["fused"] = device.type in ("cpu", "cuda", "mps")
     try:

@@ -47,7 +47,12 @@ class HeldStderr(io.TextIOBase):
 
     def one_line(self) -> str:
         lines = [line.strip() for line in "".join(self.parts).splitlines()]
-        return "; ".join(line for line in lines if line and "HYDRA_FULL_ERROR" not in line)
+        lines = [line for line in lines if line and "HYDRA_FULL_ERROR" not in line]
+        if any(line.startswith("Traceback") for line in lines):  # an OSError before the run: its last line
+            last = lines[-1]
+            hint = " (the run folder, hydra.run.dir, cannot be created or written there)" if "Error" in last else ""
+            return last + hint
+        return "; ".join(lines)
 
 
 def main() -> None:
@@ -62,8 +67,9 @@ def main() -> None:
         hydra_main()
     except SystemExit as done:
         if not held.released and done.code not in (0, None) and not os.environ.get("HYDRA_FULL_ERROR"):
-            sys.stderr = held.real
-            print(f"error: {held.one_line()}", file=sys.stderr, flush=True)
+            message, held.parts = held.one_line(), []
+            held.release()
+            print(f"error: {message}", file=sys.stderr, flush=True)
             sys.exit(EXIT_BAD_INPUT)
         raise
     finally:

@@ -48,6 +48,11 @@ def resolve_threads(value) -> int:
         given = os.environ.get(name, "")
         if given.isdigit() and int(given) > 0:
             return int(given)
-    jobs = os.environ.get("VAE_CLI_PARALLEL_JOBS", "")
-    share = available_cores() // int(jobs) if jobs.isdigit() and int(jobs) > 0 else available_cores()
-    return max(1, share)
+    cores, jobs = available_cores(), os.environ.get("VAE_CLI_PARALLEL_JOBS", "")
+    try:
+        jobs = int(jobs)
+    except ValueError:
+        return cores
+    if jobs < 0:  # joblib's convention: -1 all cores, -2 all but one, ...
+        jobs = max(1, cores + 1 + jobs)
+    return max(1, cores // max(jobs, 1))

@@ -32,6 +32,7 @@ INTEGER_SETTINGS = {
     "diagnostics.num_estimates": (2, False, "a variance needs two estimates; turn diagnostics off with "
                                             "diagnostics.every=0"),
     "early_stopping.patience": (1, True, "epochs without a better validation ELBO; null: off"),
+    "model.latent_dim": (1, False, "latent variables"),
 }
 
 
@@ -47,6 +48,10 @@ def check_settings(cfg: DictConfig) -> None:
     if clip is not None and not check_number("optimizer.clip_grad_norm", clip) > 0:
         raise ConfigError(f"optimizer.clip_grad_norm={clip!r} must be > 0, or null: no clipping")
     check_choice("train_step", cfg.train_step, ("auto", "fused", "autograd"))
+    check_choice("objective.direction", cfg.objective.direction, ("maximize", "minimize"))
+    if not str(cfg.objective.metric).startswith("val/"):
+        raise ConfigError(f"objective.metric={cfg.objective.metric!r} is not a validation figure: the test "
+                          "set must never choose anything; use e.g. objective.metric=val/elbo")
 
 
 def seed_everything(seed: int) -> None:
@@ -133,13 +138,8 @@ def train(cfg: DictConfig, run_dir: str | Path, on_start=None) -> dict:
 
 def objective_value(cfg: DictConfig, metrics: dict) -> dict:
     """The figure a sweep optimises (cfg.objective), never a test figure."""
-    metric, direction = cfg.objective.metric, cfg.objective.direction
-    check_choice("objective.direction", direction, ("maximize", "minimize"))
-    if str(metric).startswith("test/"):
-        raise ConfigError(f"objective.metric={metric!r} is a test figure: the test set must never choose "
-                          "anything; use a validation figure, e.g. objective.metric=val/elbo")
-    value = metrics.get(metric)
-    return {"metric": metric, "direction": direction, "value": value}
+    metric = cfg.objective.metric
+    return {"metric": metric, "direction": cfg.objective.direction, "value": metrics.get(metric)}
 
 
 def summary_line(metrics: dict) -> str:

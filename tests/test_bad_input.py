@@ -1,0 +1,157 @@
+"""Bad input, as a user meets it on the command line: one `error:` line naming what is wrong and how to
+fix it, a non-zero exit, no traceback, no events or checkpoint for a run that never started, and the files
+of an existing run untouched."""
+import gzip
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import run_cli
+
+SMOKE = ("debug=smoke", "~eval")
+
+
+def one_error_line(result) -> str:
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def idx_folder(root: Path, corrupt: str) -> Path:
+    """A data.root folder holding Fashion-MNIST-shaped IDX files, one of them truncated or corrupt."""
+    folder = root / corrupt
+    folder.mkdir()
+    header = (2051).to_bytes(4, "big") + (3).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
+    files = {"train-images-idx3-ubyte": header + bytes(3 * 784),
+             "t10k-images-idx3-ubyte": header + bytes(3 * 784)}
+    labels = (2049).to_bytes(4, "big") + (3).to_bytes(4, "big") + bytes(3)
+    files |= {"train-labels-idx1-ubyte": labels, "t10k-labels-idx1-ubyte": labels}
+    if corrupt == "truncated":
+        files["train-images-idx3-ubyte"] = files["train-images-idx3-ubyte"][:-100]
+    elif corrupt == "bad_magic":
+        files["t10k-labels-idx1-ubyte"] = b"\x00\x00\x09\x99" + labels[4:]
+    elif corrupt == "bad_gzip":
+        files["train-labels-idx1-ubyte.gz"] = gzip.compress(labels)[:-6]
+        del files["train-labels-idx1-ubyte"]
+    for name, content in files.items():
+        (folder / name).write_bytes(content)
+    return folder
+
+
+# (command-line overrides, words the error line must contain). Each runs in a fresh folder.
+FRESH_CASES = [
+    (("epoch=3",), ["epoch", "not in struct", "+epoch=3"]),  # unknown key
+    (("epochs=abc",), ["epochs='abc'", "integer"]),  # wrong type
+    (("optimizer.lr=0",), ["optimizer.lr=0", "> 0"]),
+    (("optimizer.lr=-1",), ["optimizer.lr=-1", "> 0"]),
+    (("model.latent_dim=0",), ["model.latent_dim=0", ">= 1"]),
+    (("batch_size=0",), ["batch_size=0", ">= 1"]),
+    (("batch_size=100000",), ["batch_size=100000", "larger than the training split", "461"]),
+    (("epochs=0",), ["epochs=0", ">= 1"]),
+    (("beta=-1",), ["beta=-1", ">= 0"]),
+    (("estimator.num_samples=0",), ["estimator.num_samples=0", ">= 1"]),
+    (("checkpoint.every_minutes=-1",), ["checkpoint.every_minutes=-1"]),
+    (("early_stopping.patience=0",), ["early_stopping.patience=0"]),
+    (("optimizer.clip_grad_norm=0",), ["optimizer.clip_grad_norm=0", "> 0"]),
+    (("likelihood=gaussian", "likelihood.scale=optimal", "estimator=reinforce", "estimator.num_samples=2"),
+     ["reinforce", "optimal"]),
+    (("latent=categorical", "estimator=exact"), ["estimator=exact", "configurations", "max_configurations"]),
+    (("estimator=gumbel_softmax",), ["gumbel_softmax", "latent=categorical"]),
+    (("objective.metric=test/elbo",), ["objective.metric='test/elbo'", "validation figure"]),
+    (("data=fashion_mnist", "data.root=/nonexistent/folder"), ["data.root", "/nonexistent/folder"]),
+]
+DATA_CASES = [("truncated", ["train-images-idx3-ubyte", "truncated"]),
+              ("bad_magic", ["t10k-labels-idx1-ubyte", "magic"]),
+              ("bad_gzip", ["train-labels-idx1-ubyte.gz", "cannot read"])]
+
+
+def assert_nothing_started(run_dir: Path) -> None:
+    left = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else set()
+    assert not {name for name in left if name.startswith("events.out") or name.endswith(".pt")}, left
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overrides,words", FRESH_CASES, ids=[" ".join(c[0]) for c in FRESH_CASES])
+def test_bad_value_is_one_line_exit_2_and_starts_nothing(overrides, words, tmp_path):
+    result = run_cli(*SMOKE, *overrides, "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    line = one_error_line(result)
+    assert all(word in line for word in words), line
+    assert_nothing_started(tmp_path / "run")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("corrupt,words", DATA_CASES, ids=[c[0] for c in DATA_CASES])
+def test_corrupt_data_file_is_named(corrupt, words, tmp_path):
+    folder = idx_folder(tmp_path, corrupt)
+    result = run_cli(*SMOKE, "data=fashion_mnist", f"data.root={folder}", "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    line = one_error_line(result)
+    assert all(word in line for word in words), line
+    assert_nothing_started(tmp_path / "run")
+
+
+def test_unwritable_run_folder(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    result = run_cli(*SMOKE, f"hydra.run.dir={tmp_path / 'a_file' / 'run'}", cwd=tmp_path)
+    assert result.returncode == 2
+    line = one_error_line(result)
+    assert "a_file" in line and "hydra.run.dir" in line
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished smoke run made by the installed vae-train, copied afresh for each test."""
+    root = tmp_path_factory.mktemp("finished")
+    result = run_cli(*SMOKE, "hydra.run.dir=run", cwd=root)
+    assert result.returncode == 0, result.stderr
+    return root / "run"
+
+
+def snapshot(run_dir: Path) -> dict:
+    """Every file's bytes and modification time (Hydra's log is only ever appended to)."""
+    return {p.relative_to(run_dir): (p.read_bytes(), p.stat().st_mtime_ns) for p in run_dir.rglob("*")
+            if p.is_file() and p.suffix != ".log"}
+
+
+def corrupt_checkpoint(run_dir: Path, how: str) -> None:
+    path = run_dir / "checkpoint.pt"
+    if how == "truncated":
+        path.write_bytes(path.read_bytes()[:1000])
+    elif how == "foreign":
+        torch.save({"weights": torch.zeros(3)}, path)
+    elif how == "pickled":
+        torch.save({"model": Path("/x"), "config": {}, "step": 1}, path)  # a Python object, not a tensor
+
+
+EXISTING_CASES = [
+    ("same command, another seed", ("seed=5",), None, ["another run's files", "seed: 0 -> 5", "overwrite=true"]),
+    ("resume with another model", ("resume=RUN", "model.latent_dim=3"), None, ["model.latent_dim=3", "resume"]),
+    ("resume with another likelihood", ("resume=RUN", "likelihood=gaussian"), None, ["likelihood=gaussian"]),
+    ("truncated checkpoint", (), "truncated", ["checkpoint.pt", "truncated"]),
+    ("foreign checkpoint", (), "foreign", ["checkpoint.pt", "lacks model"]),
+    ("pickled object", (), "pickled", ["checkpoint.pt", "pickled"]),
+    ("resume of a folder without a run", ("resume=EMPTY",), None, ["no checkpoint.pt"]),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,overrides,corrupt,words", EXISTING_CASES, ids=[c[0] for c in EXISTING_CASES])
+def test_bad_command_on_an_existing_run_changes_nothing(name, overrides, corrupt, words, finished_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    (tmp_path / "empty").mkdir()
+    if corrupt:
+        corrupt_checkpoint(run_dir, corrupt)
+    before = snapshot(run_dir)
+    args = [a.replace("RUN", str(run_dir)).replace("EMPTY", str(tmp_path / "empty")) for a in overrides]
+    if not any(a.startswith("resume=") for a in args):
+        args.append("hydra.run.dir=run")
+    result = run_cli(*SMOKE, *args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    line = one_error_line(result)
+    assert all(word in line for word in words), line
+    assert snapshot(run_dir) == before
