@@ -277,16 +277,22 @@ class SweepSummary(Callback):
         self.before: dict[Path, float] = {}
 
     @staticmethod
-    def _launched(sweep_dir: Path) -> dict[Path, float]:
-        # Hydra writes a job's .hydra/overrides.yaml each time it launches it: a new file or a new
-        # mtime marks the jobs this command ran (a re-run's or a resumed study's old jobs keep theirs).
+    def _stamps(sweep_dir: Path) -> dict[Path, float]:
+        # A job this command ran has a new or rewritten status.json (vae-train writes it as it starts,
+        # runs and ends) or .hydra/overrides.yaml; an earlier command's jobs (a re-run's finished jobs,
+        # a continued study's trials) keep theirs.
         if not sweep_dir.is_dir():
             return {}
-        return {path: path.stat().st_mtime for path in sweep_dir.rglob(".hydra/overrides.yaml")}
+        files = [*sweep_dir.rglob(".hydra/overrides.yaml"), *sweep_dir.rglob("status.json")]
+        return {path: path.stat().st_mtime_ns for path in files}
+
+    def _launched(self, sweep_dir: Path) -> set[Path]:
+        return {path.parent.parent if path.name == "overrides.yaml" else path.parent
+                for path, stamp in self._stamps(sweep_dir).items() if self.before.get(path) != stamp}
 
     def on_multirun_start(self, config, **kwargs) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
-        self.before = self._launched(study_dir(config) or sweep_dir)
+        self.before = self._stamps(study_dir(config) or sweep_dir)
         if study_dir(config) is not None:
             study_dir(config).mkdir(parents=True, exist_ok=True)  # SQLite creates the file, not its folder
 
@@ -297,8 +303,7 @@ class SweepSummary(Callback):
             return
         summary = summarize(folder, plot=self.plot)
         print(summary.report(), flush=True)
-        launched = {path.parent.parent for path, mtime in self._launched(folder).items()
-                    if self.before.get(path) != mtime}
+        launched = self._launched(folder)
         ran = [job for job in summary.jobs if job.folder in launched]
         failed = [job for job in ran if job.state != "finished"]
         if failed:

@@ -1,0 +1,169 @@
+"""Real sweeps of `vae-train -m debug=smoke ...` on this machine: parallel processes (joblib), a job with a
+bad value, a killed and re-run sweep, an Optuna study continued by the same command. Each under a timeout."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import vae_train_exe
+from services import python_env
+
+pytestmark = pytest.mark.slow
+SMOKE = ("debug=smoke", "diagnostics.every=0")  # diagnostics off: seconds a job on a busy machine
+
+
+def vae_train(*args: str, cwd: Path, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([vae_train_exe(), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=python_env(**env))
+
+
+def status(folder: Path) -> dict:
+    return json.loads((folder / "status.json").read_text())
+
+
+def summary_rows(folder: Path) -> list[dict]:
+    with open(folder / "summary.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def assert_sorted_best_first(rows: list[dict]) -> None:
+    values = [float(r["objective"]) for r in rows]
+    assert all(r["direction"] == "maximize" for r in rows)
+    assert values == sorted(values, reverse=True), values
+
+
+def test_parallel_sweep_runs_two_jobs_at_once(tmp_path):
+    """hydra/launcher=parallel, n_jobs=2: 4 jobs in two worker processes, each with one thread."""
+    result = vae_train("-m", *SMOKE, "epochs=40", "seed=0,1,2,3", "hydra/launcher=parallel",
+                       "hydra.launcher.n_jobs=2", "hydra.sweep.dir=sweep", cwd=tmp_path, OMP_NUM_THREADS="")
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = [tmp_path / "sweep" / str(i) for i in range(4)]
+    statuses = [status(job) for job in jobs]
+    assert [s["state"] for s in statuses] == ["finished"] * 4
+    assert all(s["threads"] == max(1, len(os.sched_getaffinity(0)) // 2) for s in statuses)
+    assert len({s["pid"] for s in statuses}) == 2, "two worker processes, each running two jobs"
+    # Each job's span: .hydra/overrides.yaml written as it starts, status.json last written as it ends.
+    spans = [((job / ".hydra" / "overrides.yaml").stat().st_mtime, (job / "status.json").stat().st_mtime)
+             for job in jobs]
+    assert any(a[0] < b[1] and b[0] < a[1] for i, a in enumerate(spans) for b in spans[i + 1:]), spans
+    rows = summary_rows(tmp_path / "sweep")
+    assert sorted(r["job"] for r in rows) == ["0", "1", "2", "3"] and {r["state"] for r in rows} == {"finished"}
+    assert_sorted_best_first(rows)
+    assert f"best: job {rows[0]['job']} (" in result.stdout
+
+
+def test_a_bad_value_fails_its_job_only_and_the_sweep_reports_it(tmp_path):
+    result = vae_train("-m", *SMOKE, "beta=1,-1,0.5", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: 1 of 3 jobs failed: job 1 (") and "beta=-1" in last, last
+    sweep = tmp_path / "sweep"
+    assert [status(sweep / str(i))["state"] for i in range(3)] == ["finished", "failed", "finished"]
+    assert "beta" in status(sweep / "1")["error"]
+    rows = summary_rows(sweep)
+    assert [r["state"] for r in rows] == ["finished", "finished", "failed"] and rows[2]["job"] == "1"
+
+
+class StatusWatcher:
+    """Polls a job's status.json every 20 ms in a thread: (attempts, state, step) as they were written."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.seen, self.stop = folder, [], threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        while not self.stop.is_set():
+            try:
+                s = status(self.folder)
+                entry = (s.get("attempts"), s["state"], s["step"])
+                if not self.seen or self.seen[-1] != entry:
+                    self.seen.append(entry)
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.02)
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(timeout=5)
+        return self.seen
+
+
+RUN_FILES = ("checkpoint.pt", "best.pt", "metrics.json", "status.json", "config.yaml")
+
+
+def run_files(folder: Path) -> dict[str, tuple[int, bytes]]:
+    paths = [folder / name for name in RUN_FILES] + sorted(folder.glob("events.out.tfevents.*"))
+    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in paths}
+
+
+def test_killed_sweep_rerun_skips_finished_resumes_interrupted_runs_the_rest(tmp_path):
+    command = [vae_train_exe(), "-m", *SMOKE, "epochs=12", "seed=0,1,2", "hydra.sweep.dir=sweep"]
+    sweep = tmp_path / "sweep"
+    first = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True, env=python_env())
+    try:
+        deadline = time.monotonic() + 240
+        while True:  # job 1 training: status.json says running at a step past 0
+            assert first.poll() is None, f"the sweep ended before job 1 trained: {first.stderr.read()[-2000:]}"
+            assert time.monotonic() < deadline, "job 1 never started training"
+            try:
+                if (sweep / "1" / "status.json").exists() and status(sweep / "1")["step"] > 0:
+                    break
+            except (ValueError, KeyError):
+                pass
+            time.sleep(0.02)
+        first.send_signal(signal.SIGTERM)
+        _, err = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 143, err[-2000:]
+    stopped = status(sweep / "1")
+    assert stopped["state"] == "interrupted" and stopped["step"] > 0, stopped
+    assert not (sweep / "2").exists()
+    job0 = run_files(sweep / "0")
+
+    watcher = StatusWatcher(sweep / "1")
+    second = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=python_env())
+    seen = watcher.close()
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert run_files(sweep / "0") == job0, "the finished job's files were rewritten"
+    resumed = status(sweep / "1")
+    assert resumed["state"] == "finished" and resumed["attempts"] == 2
+    second_attempt = [step for attempts, _, step in seen if attempts == 2]
+    assert second_attempt and min(second_attempt) >= stopped["step"], (stopped["step"], seen)
+    assert status(sweep / "2")["state"] == "finished" and status(sweep / "2")["attempts"] == 1
+    rows = summary_rows(sweep)
+    assert sorted(r["job"] for r in rows) == ["0", "1", "2"] and {r["state"] for r in rows} == {"finished"}
+
+
+def test_optuna_study_continues_with_the_same_command(tmp_path):
+    """hparams_search=optuna_mlp, 4 trials, then the same command: 8 trials in the SQLite study, and the
+    summary in the study's folder lists all 8."""
+    import optuna
+
+    command = ("-m", "hparams_search=optuna_mlp", *SMOKE, "epochs=1", "hydra.sweeper.n_trials=4")
+    first = vae_train(*command, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    time.sleep(1.1)  # each command's folder is named by the second it started
+    second = vae_train(*command, cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    study_dir = tmp_path / "outputs" / "optuna_mlp"
+    study = optuna.load_study(study_name="optuna_mlp", storage=f"sqlite:///{study_dir}/optuna.db")
+    assert len(study.trials) == 8
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    rows = summary_rows(study_dir)
+    assert len(rows) == 8 and {r["state"] for r in rows} == {"finished"}
+    assert len({r["job"].split("/")[0] for r in rows}) == 2, "one folder per command"
+    assert_sorted_best_first(rows)
+    assert float(rows[0]["objective"]) == pytest.approx(study.best_value)
+    swept = {key for key in rows[0] if key in ("optimizer.lr", "beta", "model.latent_dim", "model.hidden_sizes")}
+    assert len(swept) == 4
+    assert f"best: job {rows[0]['job']}" in second.stdout
