@@ -69,3 +69,30 @@ def test_a_second_ctrl_c_exits_at_once():
     result = subprocess.run([sys.executable, "-c", SECOND_CTRL_C], capture_output=True, text=True, timeout=60)
     assert result.returncode == 130 and "not reached" not in result.stdout
     assert "second Ctrl-C" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_sigkill_loses_at_most_the_checkpoint_interval(tmp_path):
+    """checkpoint.every_minutes writes checkpoint.pt inside epochs too: killed outright (no handler runs),
+    the run resumes from the last one and still ends with the uninterrupted run's metrics."""
+    args = (*ARGS[:-1], "checkpoint.every_minutes=0.002")  # every ~0.1 s
+    reference = run_cli(*args, "hydra.run.dir=reference", cwd=tmp_path)
+    assert reference.returncode == 0, reference.stderr
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen([vae_train_exe(), *args, f"hydra.run.dir={run_dir}"], cwd=tmp_path,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, step = time.monotonic() + 300, 0
+        while step <= 112 or step % 112 == 0:  # until a checkpoint inside epoch 2 or 3
+            assert process.poll() is None and time.monotonic() < deadline
+            status = json.loads((run_dir / "status.json").read_text()) if (run_dir / "status.json").exists() else {}
+            step = status.get("step", 0)
+            time.sleep(0.01)
+        process.kill()
+        process.wait(timeout=60)
+    finally:
+        process.kill()
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "running"  # nothing could record it
+    resumed = run_cli(*args, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert (run_dir / "metrics.json").read_bytes() == (tmp_path / "reference" / "metrics.json").read_bytes()

@@ -3,6 +3,7 @@ at any step boundary, and the end-of-run evaluation of the best model."""
 import logging
 import math
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -135,7 +136,7 @@ class Loop:
                     status.update(time.perf_counter() - start, step=self.step, epoch=self.epoch)
                     next_save = time.monotonic() + every if every > 0 else math.inf
                 if signals.pending:
-                    name = {2: "SIGINT", 15: "SIGTERM"}.get(signals.signum, f"signal {signals.signum}")
+                    name = signal.Signals(signals.signum).name
                     raise Stopped(signals.signum, (
                         f"stopped by {name} at step {self.step} of {self.total_steps} (epoch {self.epoch + 1}); "
                         f"checkpoint written; resume with: {resume_command(self.run_dir)}"))

@@ -1,0 +1,76 @@
+"""Checkpoints that cannot corrupt: a failed write (an exception, a full disk) leaves the previous file
+loadable; loading refuses truncated, foreign and pickled-object files in one line naming the file."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from vae_cli.checkpoint import load_checkpoint, save_checkpoint
+from vae_cli.errors import ConfigError
+
+STATE = {"model": {"w": torch.arange(4.0)}, "config": {"seed": 0}, "step": 7}
+
+
+def test_an_exception_inside_the_write_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, STATE)
+    real_save = torch.save
+
+    def failing(state, f):
+        real_save(state, f)  # the new bytes are all written to the temporary file ...
+        raise RuntimeError("injected failure")  # ... and then the write fails before the rename
+
+    monkeypatch.setattr(torch, "save", failing)
+    with pytest.raises(RuntimeError, match="injected"):
+        save_checkpoint(path, {**STATE, "step": 8})
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 7
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary file left
+
+
+FULL_DISK = """
+import resource, signal, sys, torch
+from vae_cli.checkpoint import load_checkpoint, save_checkpoint
+path = sys.argv[1]
+save_checkpoint(path, {"model": {"w": torch.zeros(10)}, "config": {}, "step": 1})
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+try:
+    save_checkpoint(path, {"model": {"w": torch.zeros(100_000)}, "config": {}, "step": 2})
+except Exception as err:  # torch's writer reports the short write as a RuntimeError
+    print("write failed:", type(err).__name__)
+print("step", load_checkpoint(path)["step"])
+"""
+
+
+def test_a_full_disk_leaves_the_previous_checkpoint(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    result = subprocess.run([sys.executable, "-c", FULL_DISK, str(path)], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "write failed" in result.stdout and "step 1" in result.stdout  # the write fails; the old one stays
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+@pytest.mark.parametrize("content,message", [
+    (lambda p: p.write_bytes(b""), "truncated"),
+    (lambda p: p.write_bytes(b"PK\x03\x04 not really a zip"), "truncated, corrupt"),
+    (lambda p: torch.save({"weights": torch.zeros(2)}, p), "lacks model, config, step"),
+    (lambda p: torch.save({**STATE, "model": Path("/etc")}, p), "pickled Python objects"),
+])
+def test_unreadable_checkpoints_are_one_line_naming_the_file(content, message, tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    content(path)
+    with pytest.raises(ConfigError, match=message) as err:
+        load_checkpoint(tmp_path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_truncated_real_checkpoint_is_refused(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, STATE)
+    path.write_bytes(path.read_bytes()[:-200])
+    with pytest.raises(ConfigError, match="truncated"):
+        load_checkpoint(path)
