@@ -99,7 +99,7 @@ def ray_head(tmp_path: Path, num_cpus: int = 2, timeout: float = 90):
         [ray, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
          f"--num-cpus={num_cpus}", "--include-dashboard=false", "--disable-usage-stats",
          f"--temp-dir={temp_dir}"],
-        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=tmp_path)
     address = f"127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout

@@ -1,0 +1,101 @@
+"""Sweeps on real clusters started by the tests: a single-node Slurm with accounting (tests/services.py,
+.ci/slurm.sh) through hydra/launcher=slurm, including a preempted job requeued by submitit that resumes
+from its checkpoint; and a Ray head on 127.0.0.1 through hydra/launcher=ray_jobs."""
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import vae_train_exe
+from services import RAY_ENV, python_env, ray_head, slurm_cluster  # noqa: F401 - a fixture
+from test_sweep_runs import SMOKE, StatusWatcher, status, summary_rows, vae_train
+
+pytestmark = pytest.mark.slow
+# Slurm jobs of one CPU and 1 GB each: two run at once on a 2-core node.
+SLURM = ("hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",
+         "hydra.launcher.timeout_min=30")
+
+
+def slurm_ids(sweep: Path) -> list[str]:
+    """The Slurm ids of a sweep's jobs (ARRAY_TASK, or JOB alone for a one-job sweep), from submitit's folders."""
+    return sorted(p.name for p in (sweep / ".submitit").iterdir() if p.is_dir() and p.name[0].isdigit())
+
+
+def sacct_states(job_id: str, timeout: float = 60) -> list[str]:
+    """Every state Slurm's accounting recorded for the job, requeued attempts included (-D), once the last
+    is COMPLETED (slurmctld reports to slurmdbd a moment after the job ends)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = subprocess.run(["sacct", "-D", "-X", "-n", "-P", "-o", "State", "-j", job_id],
+                                capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, result.stderr
+        states = result.stdout.split()
+        if (states and states[-1] == "COMPLETED") or time.monotonic() > deadline:
+            return states
+        time.sleep(0.5)
+
+
+def test_slurm_sweep_of_two_jobs(tmp_path, slurm_cluster):  # noqa: F811
+    result = vae_train("-m", *SMOKE, *SLURM, "seed=0,1", "hydra.sweep.dir=sweep", cwd=tmp_path, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep = tmp_path / "sweep"
+    statuses = [status(sweep / str(i)) for i in range(2)]
+    assert [s["state"] for s in statuses] == ["finished", "finished"]
+    assert [s["threads"] for s in statuses] == [1, 1]  # SLURM_CPUS_PER_TASK
+    ids = slurm_ids(sweep)
+    assert len(ids) == 2 and [sacct_states(i) for i in ids] == [["COMPLETED"], ["COMPLETED"]]
+    assert len(summary_rows(sweep)) == 2 and "best: job" in result.stdout
+
+
+def test_slurm_job_preempted_by_usr2_is_requeued_and_resumes(tmp_path, slurm_cluster):  # noqa: F811
+    """scancel --signal=USR2 mid-training: vae-train checkpoints, submitit requeues the job, the next
+    attempt continues from the checkpoint (its step never back to 0) and ends with the metrics of an
+    uninterrupted run of the same config."""
+    run = (*SMOKE, "epochs=30", "seed=3", "threads=1")
+    sweep = tmp_path / "sweep"
+    master = subprocess.Popen([vae_train_exe(), "-m", *run, *SLURM, "hydra.sweep.dir=sweep"], cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=python_env())
+    job = sweep / "0"
+    try:
+        deadline = time.monotonic() + 240
+        while not (job / "status.json").exists() or status(job)["step"] == 0:
+            assert master.poll() is None, master.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the Slurm job never started training"
+            time.sleep(0.05)
+        watcher = StatusWatcher(job)
+        (slurm_id,) = slurm_ids(sweep)
+        signal = subprocess.run(["scancel", "--signal=USR2", slurm_id], capture_output=True, text=True, timeout=30)
+        assert signal.returncode == 0, signal.stderr
+        out, err = master.communicate(timeout=400)
+    finally:
+        if master.poll() is None:
+            master.kill()
+    seen = watcher.close()
+    assert master.returncode == 0, err[-3000:]
+    final = status(job)
+    assert final["state"] == "finished" and final["attempts"] == 2, (final, seen)
+    stopped = [step for attempts, state, step in seen if attempts == 1 and state == "interrupted"]
+    assert stopped and stopped[-1] > 0, seen
+    second = [step for attempts, _, step in seen if attempts == 2]
+    assert second and min(second) >= stopped[-1], seen
+    states = sacct_states(slurm_id)
+    assert states[-1] == "COMPLETED" and len(states) >= 2, states  # the requeued attempt, then the last
+
+    reference = vae_train(*run, "hydra.run.dir=reference", cwd=tmp_path)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    expected = json.loads((tmp_path / "reference" / "metrics.json").read_text())
+    assert json.loads((job / "metrics.json").read_text()) == expected
+
+
+def test_ray_sweep_on_a_local_head(tmp_path):
+    """Joining a running cluster: its workers run in the cluster's folder, so the sweep folder is absolute."""
+    with ray_head(tmp_path) as address:
+        result = vae_train("-m", *SMOKE, "seed=0,1", "hydra/launcher=ray_jobs", f"hydra.sweep.dir={tmp_path}/sweep",
+                           f"hydra.launcher.ray.init.address={address}", cwd=tmp_path, timeout=400, **RAY_ENV)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep = tmp_path / "sweep"
+    statuses = [status(sweep / str(i)) for i in range(2)]
+    assert [s["state"] for s in statuses] == ["finished", "finished"]
+    assert [s["threads"] for s in statuses] == [1, 1]  # remote.num_cpus, by OMP_NUM_THREADS
+    assert len(summary_rows(sweep)) == 2 and "best: job" in result.stdout
