@@ -122,7 +122,7 @@ def test_installed_vae_train_runs(tmp_path):
     result = run_cli("debug=smoke", "hydra.run.dir=run", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert {"checkpoint.pt", "metrics.json", "config.yaml", ".hydra"} <= {p.name for p in (tmp_path / "run").iterdir()}
-    assert "test elbo" in result.stdout + result.stderr
+    assert "test ELBO" in result.stdout + result.stderr
 
 
 def test_multirun_writes_one_folder_per_job(tmp_path):

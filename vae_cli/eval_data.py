@@ -66,6 +66,15 @@ def standard_error(values: torch.Tensor) -> float:
     return (values.double().std() / math.sqrt(values.numel())).item()
 
 
+def with_error(value: float, error: float | None) -> str:
+    """'value ± error' with the error to two significant digits and the value to the same place: no more
+    digits than the Monte Carlo error allows; two decimals when there is no error."""
+    if not error or not math.isfinite(error):
+        return f"{value:.2f}"
+    digits = max(0, 1 - math.floor(math.log10(error)))
+    return f"{value:.{digits}f} ± {error:.{digits}f}"
+
+
 @torch.no_grad()
 def picture_grids(model, x: torch.Tensor, prior_z: torch.Tensor, shape) -> dict[str, torch.Tensor]:
     """{"reconstructions": test examples beside their reconstructions (2N, C, H, W), "samples": decoded

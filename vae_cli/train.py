@@ -1,6 +1,5 @@
 """train(cfg, run_dir): optimise the ELBO in a run folder that can be stopped and resumed at any step."""
 import logging
-import math
 import random
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ from vae_cli.checkpoint import write_json
 from vae_cli.device import resolve_device, resolve_threads
 from vae_cli.errors import ConfigError, check_choice, check_integer, check_number
 from vae_cli.estimators.train_step import make_train_step
+from vae_cli.eval_data import with_error
 from vae_cli.interrupts import StopSignals
 from vae_cli.loop import Diverged, Loop, Stopped
 from vae_cli.run_state import METRICS, Status, plan_run, remove_run_files, run_files
@@ -143,16 +143,14 @@ def objective_value(cfg: DictConfig, metrics: dict) -> dict:
 
 
 def summary_line(metrics: dict) -> str:
-    """The final figures, with as many digits as their standard error allows."""
+    """The final figures, each with no more digits than its standard error allows."""
     def figure(name):
-        value, error = metrics.get(name), metrics.get(f"{name}_stderr")
-        if value is None:
-            return None
-        if not error or not math.isfinite(error):
-            return f"{name} {value:.2f}"
-        digits = max(0, 1 - math.floor(math.log10(error)))
-        return f"{name} {value:.{digits}f} ± {error:.{digits}f}"
+        return with_error(metrics[name], metrics.get(f"{name}_stderr"))
 
-    parts = [figure(n) for n in ("test/elbo", "test/L_K", "val/elbo")]
-    parts.append(f"test/kl {metrics['test/kl']:.1f}" if "test/kl" in metrics else None)
-    return "test elbo: " + ", ".join(p for p in parts if p) + " nats"
+    parts = [f"test ELBO {figure('test/elbo')} nats"]
+    if "test/L_K" in metrics:
+        parts.append(f"L_K {figure('test/L_K')}")
+    parts.append(f"KL {metrics['test/kl']:.1f}")
+    if "val/elbo" in metrics:
+        parts.append(f"best epoch {metrics['best/epoch']} (val ELBO {figure('val/elbo')})")
+    return ", ".join(parts)
