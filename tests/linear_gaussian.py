@@ -1,4 +1,4 @@
-"""The linear-Gaussian test bench of MATH.md 5: exact log p(x) and the true posterior, in float64."""
+"""The linear-Gaussian test bench of docs/math.md 7: exact log p(x) and the true posterior, in float64."""
 import torch
 from torch.distributions import MultivariateNormal
 

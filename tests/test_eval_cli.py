@@ -11,7 +11,7 @@ from vae_cli.eval_cli import main
 from vae_cli.train import train
 
 TEST_TAGS = {"test/L_K", "test/elbo_L1", "test/posterior_gap", "test/active_units"}
-STDERR_TAGS = {"test/L_K_stderr", "test/elbo_L1_stderr", "test/posterior_gap_stderr"}
+STDERR_TAGS = {"test/L_K_stderr", "test/elbo_L1_stderr"}
 LATENT_PROBE_TAGS = {f"probe/latent_{n}" for n in ("n10", "n100", "all")}
 PROBE_TAGS = LATENT_PROBE_TAGS | {tag.replace("latent", "pixels") for tag in LATENT_PROBE_TAGS}
 IMAGE_TAGS = {"latents/traversal", "latents/interpolations", "test/reconstructions", "samples/prior"}

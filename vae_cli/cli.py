@@ -9,6 +9,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
 from vae_cli.errors import ConfigError
 from vae_cli.interrupts import Interrupted, exit_status
@@ -91,6 +92,8 @@ def hydra_main(cfg: DictConfig) -> float:
         if cfg.get("resume"):
             cfg = resumed_config(cfg, Path(cfg.resume), list(hydra_cfg.overrides.task))
         metrics = train(cfg, run_dir, on_start=lambda plan: save_hydra_files(run_dir, cfg, plan.action == "fresh"))
+    except MissingMandatoryValue as err:  # a config value written ??? and not given
+        fail(ConfigError(f"{err.full_key} is required and has no value; set it with {err.full_key}=VALUE"))
     except (ConfigError, Diverged) as err:
         status = EXIT_DIVERGED if isinstance(err, Diverged) else EXIT_BAD_INPUT
         if isinstance(err, ConfigError) and not run_files(run_dir) and run_dir.is_dir():

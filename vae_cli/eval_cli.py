@@ -13,13 +13,34 @@ from vae_cli.errors import ConfigError
 
 USAGE = """usage: vae-eval RUN_FOLDER [key=value ...]
 
-Evaluate the checkpoint of a vae-train run folder on its test set: importance-weighted log p(x) (L_K),
-the ELBO and the posterior gap, bits/dim (continuous data), active units, the semi-supervised probe and
-latent pictures. Figures go to RUN_FOLDER/eval.json and the run's TensorBoard events.
+vae-eval: evaluate a finished vae-train run from its checkpoint, on the same test set training scored
+(prepared from the run's eval_seed). It computes, per test example in nats, each with its standard error:
+  L_K            the importance-weighted bound (Burda et al. 2016): a LOWER bound on log p(x), rising with K
+  elbo_L1        the ELBO on the same K draws
+  posterior_gap  L_K - L_1: a lower bound on KL(q(z|x) || p(z|x)), tight only as K grows
+and bits/dim (continuous likelihoods), active units, the semi-supervised probe (logistic regression on
+latent means with 10, 100 and all labels per class, against raw pixels), latent traversal and
+interpolation pictures. Figures go to RUN_FOLDER/eval.json and, under vae-eval/ tags, to the run's
+TensorBoard events. docs/math.md says what each figure means.
 
-example: vae-eval outputs/2026-11-28/15-00-00 eval.num_samples=5000 device=cuda
+Keys (configs/eval.yaml with eval/full.yaml), each overridable as key=value:
+  checkpoint           best: best.pt (best validation ELBO) | last: checkpoint.pt
+  device               auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps
+  eval.num_samples     K importance samples per test image in L_K (Burda et al. report L_5000)
+  eval.chunk_size      of the K samples, how many per decoder pass (memory ~ batch_size x chunk_size x D)
+  eval.batch_size      test images per pass
+  eval.probe_sizes     labelled training images per class for the probe, e.g. [10,100,all]
+  eval.pixel_baseline  the same probe on raw pixels: true | false
+  eval.pictures        latent traversal and interpolation grids: true | false
+  eval.embedding       test latent means in TensorBoard's projector: true | false
+  eval=light           the settings vae-train ends with: K = 100, no projector, no pixel baseline
 
-Config (configs/eval.yaml with eval/full.yaml), each key overridable as key=value:
+examples:
+  vae-eval outputs/2026-11-28/15-00-00                                  K = 1000, everything
+  vae-eval outputs/2026-11-28/15-00-00 eval.num_samples=5000 device=cuda  Burda et al.'s L_5000
+  vae-eval outputs/multirun/2026-11-28/15-00-00/3 eval=light checkpoint=last  quick, one job of a sweep
+
+Current values:
 """
 
 

@@ -41,29 +41,29 @@ def seeded(seed: int, device: torch.device):
 
 @torch.no_grad()
 def average_terms(model, estimator, x: torch.Tensor, batch_size: int, beta: float, seed: int) -> dict:
-    """Per-example means of the named terms over a prepared set x (N, D), and elbo_stderr, the Monte
-    Carlo standard error of the mean ELBO (std over examples / sqrt N: each example's one draw of z is
-    independent); {} when N = 0. Draws come from seed, on a forked RNG."""
+    """Per-example means of the named terms over a prepared set x (N, D), each example scored with two
+    independent draws of z (their mean), and elbo_stderr, the Monte Carlo standard error of the mean ELBO
+    on this fixed set: per example Var_z / 2 is estimated by (e_1 - e_2)^2 / 4 from its two draws
+    (docs/math.md 8). {} when N = 0. Draws come from seed, on a forked RNG."""
     if x.shape[0] == 0:
         return {}
     sums = {name: torch.zeros((), dtype=torch.float64, device=x.device) for name in TERM_NAMES}
-    elbo = []
+    variance = torch.zeros((), dtype=torch.float64, device=x.device)  # sum over examples of Var of their mean
     with seeded(seed, x.device):
         for start in range(0, x.shape[0], batch_size):
-            terms = estimator(model, x[start:start + batch_size], beta)
+            batch = x[start:start + batch_size]
+            first, second = estimator(model, batch, beta), estimator(model, batch, beta)
             for name in TERM_NAMES:
-                sums[name] += getattr(terms, name).double().sum()
-            elbo.append(terms.elbo.double())
+                sums[name] += (getattr(first, name).double() + getattr(second, name).double()).sum() / 2
+            variance += (first.elbo.double() - second.elbo.double()).pow(2).sum() / 4
     figures = {name: (total / x.shape[0]).item() for name, total in sums.items()}
-    figures["elbo_stderr"] = standard_error(torch.cat(elbo))
+    figures["elbo_stderr"] = (variance.sqrt() / x.shape[0]).item()
     return figures
 
 
-def standard_error(values: torch.Tensor) -> float:
-    """Standard error of the mean of independent values (N,): std / sqrt(N); 0 for N = 1."""
-    if values.numel() < 2:
-        return 0.0
-    return (values.double().std() / math.sqrt(values.numel())).item()
+def mean_stderr(variances: torch.Tensor) -> float:
+    """Standard error of a mean of N independent estimates with these Monte Carlo variances (N,)."""
+    return (variances.double().sum().sqrt() / max(variances.numel(), 1)).item()
 
 
 def with_error(value: float, error: float | None) -> str:

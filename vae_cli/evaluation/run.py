@@ -11,7 +11,7 @@ from vae_cli.build import build_data, build_model
 from vae_cli.checkpoint import load_checkpoint, write_json
 from vae_cli.device import resolve_device
 from vae_cli.errors import ConfigError, check_choice, check_integer
-from vae_cli.eval_data import EVAL_DRAWS, PICTURE_TAGS, picture_grids, prepare_eval_sets, seeded, standard_error
+from vae_cli.eval_data import EVAL_DRAWS, PICTURE_TAGS, mean_stderr, picture_grids, prepare_eval_sets, seeded
 from vae_cli.evaluation.active_units import ACTIVE_THRESHOLD, activity, latent_means
 from vae_cli.evaluation.iwae import bits_per_dim, log_px_estimates
 from vae_cli.evaluation.pictures import interpolation, tile, traversal, write_embedding
@@ -76,15 +76,14 @@ def likelihood_figures(model, test_x: torch.Tensor, settings: DictConfig, genera
         notes.append("likelihood.scale=optimal: sigma is the one fitted on training batches and frozen "
                      "in the checkpoint, for every test image and draw")
     start = time.perf_counter()
-    log_px, elbo = log_px_estimates(model, x, settings.num_samples, settings.chunk_size,
-                                    settings.batch_size)  # (N,) each
+    log_px, elbo, log_px_var, elbo_var = log_px_estimates(
+        model, x, settings.num_samples, settings.chunk_size, settings.batch_size, variances=True)  # (N,) each
     if x.device.type == "cuda":
         torch.cuda.synchronize()
     throughput = x.shape[0] * settings.num_samples / (time.perf_counter() - start)
-    figures = {"L_K": log_px.mean().item(), "L_K_stderr": standard_error(log_px),
-               "elbo_L1": elbo.mean().item(), "elbo_L1_stderr": standard_error(elbo),
-               "posterior_gap": (log_px - elbo).mean().item(),
-               "posterior_gap_stderr": standard_error(log_px - elbo)}
+    figures = {"L_K": log_px.mean().item(), "L_K_stderr": mean_stderr(log_px_var),
+               "elbo_L1": elbo.mean().item(), "elbo_L1_stderr": mean_stderr(elbo_var),
+               "posterior_gap": (log_px - elbo).mean().item()}
     if not is_discrete(likelihood):
         figures["bits_per_dim"] = bits_per_dim(figures["L_K"], x.shape[1])
     notes += [f"{name}: {meaning}" for name, meaning in MEANINGS.items()]
