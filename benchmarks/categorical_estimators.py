@@ -1,12 +1,19 @@
 """Train the 20 x 10 categorical VAE for a fixed step budget with each estimator and tabulate what each costs.
 
     python benchmarks/categorical_estimators.py [--steps N] [--out FOLDER] [overrides ...]
+    python benchmarks/categorical_estimators.py --speed-only [--rounds 5] [--speed-steps 300]
 
 Every run is a real `vae-train latent=categorical ...` composition (the configs of configs/, the same
 train()), on the digits the data config finds (full MNIST, or the 5,000-image offline subset). The
 table: final validation ELBO (nats per image, higher is better), median of the logged encoder-gradient
 variance (diagnostics/grad_variance, trace of the covariance over diagnostics.num_estimates draws), and
 training images per second (the mean over epochs, diagnostics included).
+
+Then, side by side (issue 13.3), training images/s of REINFORCE (moving-average baseline, one sample)
+on the 20 x 10 categorical latent against the Gaussian latent's autograd step (train_step=autograd)
+with the same layers (784-400 encoder, 400-784 decoder): both through train(cfg) for --speed-steps
+steps of one epoch (no diagnostics, no evaluation), alternating in --rounds rounds so that the shared
+machine's load hits both; medians and their ratio (target: categorical / Gaussian >= 2/3).
 """
 import argparse
 import json
@@ -40,6 +47,40 @@ def compose_run(steps: int, diagnostics_every: int, extra: list[str]):
     return cfg
 
 
+SPEED = {  # name: overrides; both on the data the data config finds, batch 128
+    "gaussian, reparam, autograd step": ["train_step=autograd"],
+    "categorical 20x10, reinforce, moving average, S=1": [
+        "latent=categorical", "estimator.baseline=moving_average", "estimator.num_samples=1"],
+}
+
+
+# One epoch long enough for the steps: Fashion-MNIST (54,000 training images) when installed, else
+# synthetic 28x28 images of 10 classes.
+SPEED_DATA = (["data=fashion_mnist"] if Path("/usr/share/datasets/fashion-mnist").is_dir() else [
+    "data=synthetic", "data.num_train=60000", "data.num_test=1000", "data.image_size=28", "data.num_classes=10"])
+
+
+def speed_table(rounds: int, steps: int, extra: list[str], out: Path) -> None:
+    """Alternate the two SPEED runs `rounds` times; print each one's median images/s and the ratio."""
+    speeds = {name: [] for name in SPEED}
+    for round_index in range(rounds):
+        for index, (name, overrides) in enumerate(SPEED.items()):
+            with initialize_config_module("vae_cli.configs", version_base="1.3"):
+                cfg = compose("train", overrides=[*SPEED_DATA, f"max_steps={steps}", "epochs=1", "~eval",
+                                                  "diagnostics.every=0", *overrides, *extra])
+            run_dir = out / f"speed_{round_index}_{index}"
+            train(cfg, run_dir)
+            speeds[name].append(json.loads((run_dir / "status.json").read_text())["images_per_sec"])
+    medians = {name: statistics.median(v) for name, v in speeds.items()}
+    print(f"\ntraining images/s, {steps} steps a run, {rounds} alternating rounds (each: median, [all rounds]):")
+    for name, values in speeds.items():
+        print(f"  {name:<52} {medians[name]:8.0f}  [{', '.join(f'{v:.0f}' for v in values)}]")
+    gaussian, categorical = medians.values()
+    ratios = [c / g for g, c in zip(*speeds.values())]
+    print(f"  categorical / gaussian: {categorical / gaussian:.2f} (medians); per round "
+          f"{', '.join(f'{r:.2f}' for r in ratios)}; target >= 0.67")
+
+
 def logged(run_dir: Path, tag: str) -> list[float]:
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     acc.Reload()
@@ -52,9 +93,15 @@ def main() -> None:
     parser.add_argument("--diagnostics-every", type=int, default=100, help="steps between gradient diagnostics")
     parser.add_argument("--out", type=Path, default=None, help="keep the run folders here (default: temporary)")
     parser.add_argument("--only", nargs="*", default=None, help="names from the table to run (default: all)")
+    parser.add_argument("--speed-only", action="store_true", help="only the categorical-vs-Gaussian speed table")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds of the speed table")
+    parser.add_argument("--speed-steps", type=int, default=300, help="training steps per run of the speed table")
     parser.add_argument("overrides", nargs="*", help="extra vae-train overrides, e.g. device=cuda seed=1")
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="categorical_estimators_"))
+    if args.speed_only:
+        speed_table(args.rounds, args.speed_steps, args.overrides, out)
+        return
     rows = []
     for index, (name, overrides) in enumerate(ESTIMATORS.items()):
         if args.only and name not in args.only:
@@ -81,6 +128,7 @@ def main() -> None:
     for row in rows:
         print(f"| {row['estimator']:<32} | {row['val_elbo']:15.2f} | {row['grad_variance']:20.3g} "
               f"| {row['images_per_sec']:8.0f} |")
+    speed_table(args.rounds, args.speed_steps, args.overrides, out)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from torch.distributions import kl_divergence
+from torch.distributions import Independent, OneHotCategorical, kl_divergence
 
 from conftest import compose_config, run_cli
 from vae_cli.build import build_estimator, build_model
@@ -42,7 +42,10 @@ def test_kl_entropy_cross_entropy_equal_sums_over_every_configuration(prior):
     assert torch.allclose(terms["cross_entropy"], -(q * log_p).sum(0), atol=1e-12)  # CE = E_q[-log p]
     assert torch.allclose(terms["kl"], (q * (log_q - log_p)).sum(0), atol=1e-12)
     assert torch.allclose(terms["kl"], terms["cross_entropy"] - terms["entropy"], atol=1e-12)  # (4)
-    assert torch.allclose(terms["kl"], kl_divergence(posterior, latent.prior()), atol=1e-12)
+    reference = Independent(OneHotCategorical(logits=posterior.logits), 1)  # torch.distributions' q
+    assert torch.allclose(terms["kl"], kl_divergence(reference, latent.prior()), atol=1e-12)
+    assert torch.allclose(log_q, reference.log_prob(z), atol=1e-12)
+    assert torch.allclose(posterior.mean, reference.mean, atol=1e-12)
     assert torch.all(terms["kl"] >= 0) and torch.all(terms["entropy"] > 0)
     assert torch.all(terms["entropy"] <= latent.max_entropy()) and latent.max_entropy() == 2 * math.log(3)
     uniform = latent.divergence_terms(latent.posterior(torch.zeros(1, 6, dtype=torch.float64)))
@@ -115,6 +118,10 @@ def test_experiment_configs_compose_as_their_headers_say():
     (["latent=categorical", "estimator=exact"], r"10 \*\* 4 = 10000 configurations, above estimator.max_configurations=4096"),
     (["latent=categorical", "estimator.num_samples=1"], r"estimator.num_samples=1 is too few for estimator.baseline=leave_one_out"),
     (["estimator=reinforce", "latent.kl=monte_carlo"], "set latent.kl=analytic"),
+    (["estimator=reinforce", "likelihood=gaussian", "likelihood.scale=optimal"],
+     r"estimator=reinforce cannot use likelihood.scale=optimal.*set likelihood.scale=learned"),
+    (["latent=categorical", "likelihood=gaussian", "likelihood.scale=optimal"],
+     r"estimator=reinforce cannot use likelihood.scale=optimal"),
     (["latent=categorical", "estimator.baseline=average"], "estimator.baseline='average' is not accepted"),
     (["latent=categorical", "estimator=gumbel_softmax", "estimator.min_temperature=2"], "min_temperature"),
 ])
@@ -181,3 +188,15 @@ def test_smoke_run_for_each_estimator(name, smoke_cfg, tmp_path):
         assert diagnostics[0] <= 1e-12 * diagnostics[1]
     if name in ("none", "loo", "gaussian_reinforce"):
         assert diagnostics[0] > 0
+
+
+def test_posterior_samples_are_one_hot_draws_of_q():
+    latent = random_latent("uniform")
+    posterior = latent.posterior(torch.randn(3, 6, dtype=torch.float64) * 2)  # B = 3, V = 2, C = 3
+    torch.manual_seed(0)
+    z = latent.sample(posterior, 40_000)  # (S, B, V, C)
+    assert z.shape == (40_000, 3, 2, 3) and torch.all(z.sum(-1) == 1) and not z.requires_grad
+    probs = posterior.probs
+    stderr = (probs * (1 - probs) / z.shape[0]).sqrt()
+    assert torch.all((z.mean(0) - probs).abs() < 4 * stderr)
+    assert torch.allclose(probs.sum(-1), torch.ones(3, 2, dtype=torch.float64))

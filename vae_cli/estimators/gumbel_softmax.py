@@ -53,7 +53,7 @@ class GumbelSoftmax(nn.Module):
 
     def forward(self, model: nn.Module, x: torch.Tensor, beta: float = 1.0) -> Terms:
         posterior = model.posterior(x)
-        logits = posterior.base_dist.logits.expand(self.num_samples, -1, -1, -1)  # (S, B, V, C)
+        logits = posterior.logits.expand(self.num_samples, -1, -1, -1)  # (S, B, V, C)
         tau = self.temperature()
         relaxed = F.gumbel_softmax(logits, tau=tau, hard=self.straight_through)  # (S, B, V, C)
         z = F.one_hot(relaxed.argmax(-1), logits.shape[-1]).to(logits.dtype)  # exact sample of q

@@ -49,6 +49,12 @@ class Reinforce(nn.Module):
             self.baseline.setup(model.data_dim, next(model.parameters()))
 
     def check_model(self, model: nn.Module) -> None:
+        if getattr(model.likelihood, "scale", None) == "optimal":
+            raise ConfigError(
+                "estimator=reinforce cannot use likelihood.scale=optimal: sigma is fitted to the batch's "
+                "samples, so each sample's log p(x|z) depends on the others and the score-function "
+                "gradient is biased; set likelihood.scale=learned (or fixed), or use estimator=reparam"
+            )
         kl_mode = getattr(model.latent, "kl_mode", "analytic")
         if kl_mode != "analytic":
             raise ConfigError(
