@@ -1,4 +1,5 @@
 """The evaluation's numbers against closed forms and enumeration: L_K, the gap, bits/dim, active units, probe."""
+import logging
 import math
 
 import numpy as np
@@ -216,3 +217,15 @@ def test_eval_configs_light_and_full_and_the_burda_experiment():
     cfg = compose_config("experiment=burda_mlp")
     assert cfg.scheduler._target_ == "vae_cli.schedules.burda" and cfg.epochs == schedule_epochs()
     assert cfg.eval.num_samples == 5000 and "eval" not in compose_config("~eval")
+
+
+def test_log_px_estimates_says_how_long_the_whole_set_will_take(caplog):
+    from vae_cli.evaluation.iwae import duration, log_px_estimates
+
+    model, x, _ = mismatched_linear_gaussian(50)
+    with caplog.at_level(logging.INFO, logger="vae_cli.evaluation.iwae"):
+        log_px, elbo = log_px_estimates(model, x, 20, chunk_size=10, batch_size=16, progress=False)
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith("L_20 on 50 images: the first 16 took ") and line.endswith(" s in all")
+    assert log_px.shape == elbo.shape == (50,)
+    assert (duration(42.4), duration(450), duration(9000)) == ("42 s", "7.5 min", "2.5 h")

@@ -119,9 +119,13 @@ def _read_marker(marker: Path) -> dict:
 
 
 def _write_marker(marker: Path, url: str, err: Exception) -> None:
-    """Record a failed download (time, URL, the error's first line), so later runs skip it."""
-    error = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
-    record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "url": url, "error": error.rstrip(": ")}
+    """Record a failed download (time, URL, the error's type and the start of its first line), so that
+    later runs skip it."""
+    lines = str(err).strip().splitlines()
+    reason = lines[0] if lines else ""
+    reason = reason if len(reason) <= 80 else reason[:77] + "..."  # requests' messages run to 400 characters
+    record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "url": url,
+              "error": f"{type(err).__name__}: {reason}" if reason else type(err).__name__}
     try:
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps(record) + "\n")

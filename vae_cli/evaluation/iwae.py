@@ -1,8 +1,12 @@
 """Importance-weighted estimates of log p(x) (Burda et al. 2016), in chunks with logsumexp (MATH.md 5)."""
+import logging
 import math
+import time
 
 import torch
 from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
 
 
 def log_weights(model, posterior, x: torch.Tensor, num_samples: int) -> torch.Tensor:
@@ -66,14 +70,25 @@ def log_px_estimates(model, x: torch.Tensor, num_samples: int, chunk_size: int, 
                      progress: bool = True, variances: bool = False):
     """importance_weighted_bounds over a data set x (N, D) in batches: (L_K, L_1), (N,) each, and with
     variances their Monte Carlo variances (N,) each."""
-    parts = []
+    parts, start_time = [], time.perf_counter()
     with tqdm(total=x.shape[0], desc=f"log p(x), K={num_samples}", unit="img", disable=None if progress
               else True, dynamic_ncols=True) as bar:
         for start in range(0, x.shape[0], batch_size):
             batch = x[start:start + batch_size]
             parts.append(importance_weighted_bounds(model, batch, num_samples, chunk_size, variances))
             bar.update(batch.shape[0])
+            if start == 0:  # what the whole set will take, said before the wait (the bar shows the rest)
+                first = time.perf_counter() - start_time
+                log.info("L_%d on %d images: the first %d took %.2f s, so about %s in all", num_samples,
+                         x.shape[0], batch.shape[0], first, duration(first * x.shape[0] / batch.shape[0]))
     return tuple(torch.cat(column) for column in zip(*parts))
+
+
+def duration(seconds: float) -> str:
+    """A human-readable span: "42 s", "7.5 min", "2.3 h"."""
+    if seconds < 100:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 6000 else f"{seconds / 3600:.1f} h"
 
 
 def bits_per_dim(log_px: float, data_dim: int) -> float:
