@@ -12,7 +12,7 @@ from vae_cli.likelihoods import Bernoulli, pixel_levels
 from vae_cli.train import train
 
 CONFIGS = Path(__file__).parents[1] / "configs"
-GROUPS = sorted(p.name for p in CONFIGS.iterdir() if p.is_dir())
+GROUPS = sorted(p.name for p in CONFIGS.iterdir() if p.is_dir() and p.name != "hydra")  # hydra/: Hydra's own
 
 
 # Options that pair only with some others: estimators of categorical latents (exact: a small one).

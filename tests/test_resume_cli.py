@@ -15,18 +15,30 @@ from conftest import run_cli, vae_train_exe
 ARGS = ("debug=smoke", "~eval", "data.num_train=4000", "epochs=3", "checkpoint.every_minutes=0")
 
 
+def wait_until_inside_epoch_2(process, run_dir, timeout=300) -> None:
+    """Until status.json (updated at each checkpoint) shows a step inside epoch 2 or later, off its end."""
+    deadline, step = time.monotonic() + timeout, 0
+    while step <= 112 or step % 112 == 0:
+        assert process.poll() is None, process.communicate()[1][-2000:]
+        assert time.monotonic() < deadline, "the run never reached epoch 2"
+        try:
+            step = json.loads((run_dir / "status.json").read_text())["step"]
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.01)
+
+
 @pytest.mark.slow
 def test_sigterm_mid_epoch_then_the_printed_command_resumes_to_the_same_metrics(tmp_path):
     reference = run_cli(*ARGS, "hydra.run.dir=reference", cwd=tmp_path)
     assert reference.returncode == 0, reference.stderr
     run_dir = tmp_path / "run"
-    process = subprocess.Popen([vae_train_exe(), *ARGS, f"hydra.run.dir={run_dir}"], cwd=tmp_path,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # checkpoints every ~0.1 s update status.json's step, so the signal can be sent inside epoch 2 (they
+    # change no draw: the reference, without them, takes the same steps)
+    process = subprocess.Popen([vae_train_exe(), *ARGS, "checkpoint.every_minutes=0.002", f"hydra.run.dir={run_dir}"],
+                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 300
-        while not (run_dir / "checkpoint.pt").exists():  # written at the end of epoch 1
-            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
-            time.sleep(0.02)
+        wait_until_inside_epoch_2(process, run_dir)
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=120)
     finally:
@@ -35,7 +47,7 @@ def test_sigterm_mid_epoch_then_the_printed_command_resumes_to_the_same_metrics(
     assert "Traceback" not in stderr
     (line,) = [line for line in stderr.splitlines() if line.startswith("stopped by SIGTERM")]
     status = json.loads((run_dir / "status.json").read_text())
-    assert status["state"] == "interrupted" and 112 < status["step"] < 224  # inside epoch 2
+    assert status["state"] == "interrupted" and 112 < status["step"] < 224 and status["step"] % 112  # mid-epoch
     assert f"at step {status['step']} of 336" in line and not (run_dir / "metrics.json").exists()
     command = line.split("resume with: ")[1]
     assert command == f"vae-train resume={run_dir.resolve()}" == status["resume_command"]
@@ -80,14 +92,9 @@ def test_sigkill_loses_at_most_the_checkpoint_interval(tmp_path):
     assert reference.returncode == 0, reference.stderr
     run_dir = tmp_path / "run"
     process = subprocess.Popen([vae_train_exe(), *args, f"hydra.run.dir={run_dir}"], cwd=tmp_path,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline, step = time.monotonic() + 300, 0
-        while step <= 112 or step % 112 == 0:  # until a checkpoint inside epoch 2 or 3
-            assert process.poll() is None and time.monotonic() < deadline
-            status = json.loads((run_dir / "status.json").read_text()) if (run_dir / "status.json").exists() else {}
-            step = status.get("step", 0)
-            time.sleep(0.01)
+        wait_until_inside_epoch_2(process, run_dir)
         process.kill()
         process.wait(timeout=60)
     finally:
@@ -96,3 +103,24 @@ def test_sigkill_loses_at_most_the_checkpoint_interval(tmp_path):
     resumed = run_cli(*args, f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert (run_dir / "metrics.json").read_bytes() == (tmp_path / "reference" / "metrics.json").read_bytes()
+
+
+FORWARD = """
+import os, signal
+from vae_cli.interrupts import StopSignals
+got = []
+signal.signal(signal.SIGUSR2, lambda signum, frame: got.append(signum))  # as submitit installs its requeue
+with StopSignals() as signals:
+    signals.immediate = False
+    os.kill(os.getpid(), signal.SIGUSR2)
+    assert signals.pending and not got  # ours ran, not the scheduler's: the checkpoint comes first
+assert signal.getsignal(signal.SIGUSR2) is not signals._handle  # the scheduler's handler is back
+signals.forward()  # after the checkpoint: the scheduler's handler gets the signal (submitit requeues)
+print("forwarded", got)
+"""
+
+
+def test_the_schedulers_own_handler_gets_the_signal_after_the_checkpoint():
+    result = subprocess.run([sys.executable, "-c", FORWARD], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert f"forwarded [{int(signal.SIGUSR2)}]" in result.stdout

@@ -107,8 +107,10 @@ def hydra_main(cfg: DictConfig) -> float:
         print(stop, file=sys.stderr, flush=True)
         sys.exit(exit_status(stop.signum))
     except Interrupted as stop:
-        print(f"stopped by {stop} before training or during the evaluation (no step lost); resume with: "
-              f"vae-train resume={run_dir.resolve()}", file=sys.stderr, flush=True)
+        again = (f"vae-train resume={run_dir.resolve()}" if (run_dir / "checkpoint.pt").is_file()
+                 else "the same command")
+        print(f"stopped by {stop} outside a training step (no step lost); continue with: {again}",
+              file=sys.stderr, flush=True)
         sys.exit(exit_status(stop.signum))
     value = metrics.get(cfg.objective.metric)
     return float(value) if value is not None else math.nan

@@ -45,9 +45,8 @@ class StopSignals:
         return self
 
     def __exit__(self, *exc) -> None:
-        for signum, handler in self.previous.items():
+        for signum, handler in self.previous.items():  # kept in self.previous for forward()
             signal.signal(signum, handler)
-        self.previous = {}
 
     def _handle(self, signum, frame) -> None:
         if self.signum == signal.SIGINT and signum == signal.SIGINT:
