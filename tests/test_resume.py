@@ -192,6 +192,7 @@ def test_best_validation_model_is_evaluated_and_early_stopping(tmp_path, monkeyp
     from omegaconf import OmegaConf
 
     assert OmegaConf.load(tmp_path / "config.yaml").model_used.startswith("best (epoch 2")
+    assert metrics["model_used"] == "best (epoch 2, step 28 of 56)"
     # the test figures are the best model's: recompute them from best.pt's weights
     from vae_cli.build import build_data, build_estimator, build_model
     from vae_cli.eval_data import TEST_DRAWS, prepare_eval_sets

@@ -259,7 +259,7 @@ class Loop:
         metrics = {f"test/{k}": v for k, v in test.items()}
         metrics.update({f"val/{k}": v for k, v in self.best["val"].items()})
         metrics.update({"step": self.step, "epoch": self.epoch, "best/step": self.best["step"],
-                        "best/epoch": self.best["epoch"]})
+                        "best/epoch": self.best["epoch"], "model_used": used})
         evaluation = None
         if cfg.get("eval") is not None:  # L_K, posterior gap, active units, probe, pictures (configs/eval/)
             from vae_cli.evaluation import evaluate  # noqa: PLC0415 - heavy, and only at the end
