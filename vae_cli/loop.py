@@ -120,8 +120,8 @@ class Loop:
                 if check_every_step or self.step % log_every == 0:
                     self.check_finite(means)
                 if self.step % log_every == 0 or self.step == self.total_steps:
-                    self.log_window(self.epoch)
-                    bar.set_postfix(epoch=self.epoch + 1)
+                    elbo = self.log_window()
+                    bar.set_postfix(elbo=f"{elbo:.2f}", epoch=self.epoch + 1)
                 if diag_every and self.step % diag_every == 0:
                     self.writer.scalars("diagnostics", gradient_diagnostics(
                         self.model, self.estimator, self.diag_x, cfg.diagnostics.num_estimates, cfg.beta), self.step)
@@ -175,7 +175,8 @@ class Loop:
 
     saved_step = 0
 
-    def log_window(self, epoch: int) -> None:
+    def log_window(self) -> float:
+        """train/* scalars: the terms' means over the steps since the last log; returns the mean ELBO."""
         means = dict(zip(TERM_NAMES, (self.sums / max(self.count, 1)).tolist()))
         self.writer.scalars("train", means, self.step)
         extras = self.train_step.extras()
@@ -184,6 +185,7 @@ class Loop:
             self.writer.scalars("train", {"sigma": self.likelihood.last_sigma.item()}, self.step)
         self.sums.zero_()
         self.count = 0
+        return means["elbo"]
 
     def end_epoch(self) -> None:
         """Validation, model selection, early stopping, pictures and checkpoint.pt, after an epoch (or the
