@@ -16,16 +16,22 @@ steps of one epoch (no diagnostics, no evaluation), alternating in --rounds roun
 machine's load hits both; medians and their ratio (target: categorical / Gaussian >= 2/3).
 """
 import argparse
+import contextlib
 import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
+
+import torch.nn.functional as F
 
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.distributions import Independent, OneHotCategorical
 
+from vae_cli.latents import CategoricalLatent
 from vae_cli.train import train
 
 ESTIMATORS = {  # name: overrides on top of latent=categorical (estimator=reinforce)
@@ -47,11 +53,34 @@ def compose_run(steps: int, diagnostics_every: int, extra: list[str]):
     return cfg
 
 
-SPEED = {  # name: overrides; both on the data the data config finds, batch 128
-    "gaussian, reparam, autograd step": ["train_step=autograd"],
-    "categorical 20x10, reinforce, moving average, S=1": [
-        "latent=categorical", "estimator.baseline=moving_average", "estimator.num_samples=1"],
+MOVING_AVERAGE = ["latent=categorical", "estimator.baseline=moving_average", "estimator.num_samples=1"]
+SPEED = {  # name: (overrides, posterior class or None for the latent's own); batch 128
+    "gaussian, reparam, autograd step": (["train_step=autograd"], None),
+    "categorical 20x10, reinforce, moving average, S=1": (MOVING_AVERAGE, None),
+    "  the same, torch.distributions posterior": (MOVING_AVERAGE, "distributions"),
 }
+
+
+class DistributionsPosterior:
+    """q(z|x) as the categorical latent built it before OneHotPosterior: Independent(OneHotCategorical)
+    sampling and log_prob, and its own log-softmax for the KL terms; to measure what the slim one buys."""
+
+    def __init__(self, logits):
+        self.logits = logits
+        self.distribution = Independent(OneHotCategorical(logits=logits, validate_args=False), 1)
+
+    log_probs = property(lambda self: F.log_softmax(self.logits, -1))
+    probs = mean = property(lambda self: self.distribution.mean)
+
+    def sample(self, sample_shape=()):
+        return self.distribution.sample(sample_shape)
+
+    def log_prob(self, z):
+        return self.distribution.log_prob(z)
+
+
+def distributions_posterior(latent, params):
+    return DistributionsPosterior(params.unflatten(-1, (latent.num_vars, latent.num_classes)))
 
 
 # One epoch long enough for the steps: Fashion-MNIST (54,000 training images) when installed, else
@@ -64,21 +93,25 @@ def speed_table(rounds: int, steps: int, extra: list[str], out: Path) -> None:
     """Alternate the two SPEED runs `rounds` times; print each one's median images/s and the ratio."""
     speeds = {name: [] for name in SPEED}
     for round_index in range(rounds):
-        for index, (name, overrides) in enumerate(SPEED.items()):
+        for index, (name, (overrides, posterior)) in enumerate(SPEED.items()):
             with initialize_config_module("vae_cli.configs", version_base="1.3"):
                 cfg = compose("train", overrides=[*SPEED_DATA, f"max_steps={steps}", "epochs=1", "~eval",
                                                   "diagnostics.every=0", *overrides, *extra])
             run_dir = out / f"speed_{round_index}_{index}"
-            train(cfg, run_dir)
+            with mock.patch.object(CategoricalLatent, "posterior", distributions_posterior) if posterior \
+                    else contextlib.nullcontext():
+                train(cfg, run_dir)
             speeds[name].append(json.loads((run_dir / "status.json").read_text())["images_per_sec"])
     medians = {name: statistics.median(v) for name, v in speeds.items()}
     print(f"\ntraining images/s, {steps} steps a run, {rounds} alternating rounds (each: median, [all rounds]):")
     for name, values in speeds.items():
         print(f"  {name:<52} {medians[name]:8.0f}  [{', '.join(f'{v:.0f}' for v in values)}]")
-    gaussian, categorical = medians.values()
-    ratios = [c / g for g, c in zip(*speeds.values())]
+    gaussian, categorical, before = medians.values()
+    ratios = [c / g for g, c, _ in zip(*speeds.values())]
     print(f"  categorical / gaussian: {categorical / gaussian:.2f} (medians); per round "
           f"{', '.join(f'{r:.2f}' for r in ratios)}; target >= 0.67")
+    print(f"  slim posterior / torch.distributions posterior: {categorical / before:.2f} (medians); per round "
+          f"{', '.join(f'{c / b:.2f}' for _, c, b in zip(*speeds.values()))}")
 
 
 def logged(run_dir: Path, tag: str) -> list[float]:
