@@ -6,12 +6,16 @@ synthetic images of that shape with a 10,000-image test split. Then vae-eval eva
 with K=1000. Training runs one decoder pass per image (estimator.num_samples=1), so its images/s are
 its decoder passes/s; L_K runs K decoder passes per test image, so images x samples/s are its decoder
 passes/s. The evaluation should run at least as many decoder passes per second as training does.
-Also timed: the forward-only ELBO pass over the test set that train() runs (average_terms).
+Also timed: the forward-only ELBO pass over the test set that train() runs (average_terms), and the
+probe (logistic regression on the latent means, 10 / 100 / all labels per class) as vae-cli fits it
+(torch L-BFGS, evaluation/probe.py) beside scikit-learn's LogisticRegression (the probe before; a test
+dependency, skipped when not installed), alternating, with their test accuracies.
 
-    python benchmarks/eval_throughput.py [--num-samples 1000] [--device cpu]
+    python benchmarks/eval_throughput.py [--num-samples 1000] [--device cpu] [--probe-rounds 1]
 """
 import argparse
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -20,6 +24,8 @@ import torch
 from hydra import compose, initialize_config_module
 
 from vae_cli.build import build_estimator
+from vae_cli.evaluation.active_units import latent_means
+from vae_cli.evaluation.probe import LogisticRegression, labelled_subset
 from vae_cli.evaluation import evaluate_run
 from vae_cli.eval_data import average_terms, prepare_eval_sets
 from vae_cli.evaluation.run import load_run
@@ -53,10 +59,50 @@ def forward_images_per_sec(run_dir: Path, device: torch.device) -> tuple[float, 
     return test_x.shape[0] / min(seconds), test_x.shape[0]
 
 
+def probe_seconds(run_dir: Path, device: torch.device, rounds: int) -> None:
+    """Fit the probe on the run's latent means with vae-cli's and scikit-learn's logistic regression,
+    alternating; print seconds and test accuracy per labelled-set size."""
+    cfg, data, model = load_run(run_dir, device)[:3]
+    generator = torch.Generator(device=device).manual_seed(0)
+    with torch.inference_mode():
+        train_x = model.likelihood.prepare_pixels(data.train_x.to(device), generator)
+        features = [latent_means(model, x, 1000).flatten(1) for x in
+                    (train_x, prepare_eval_sets(model.likelihood, data, device, 0)[1])]
+    try:
+        from sklearn.linear_model import LogisticRegression as Sklearn
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+    except ImportError:
+        Sklearn = None
+    print(f"probe on {features[0].shape[1]}-dimensional latent means ({rounds} alternating rounds, median s):")
+    for per_class in (10, 100, "all"):
+        index = torch.from_numpy(labelled_subset(data.train_y.numpy(), per_class, 0))
+        x, y = features[0][index.to(device)], data.train_y[index]
+        seconds = {"vae-cli (torch)": [], "scikit-learn": []}
+        for _ in range(rounds):
+            start = time.perf_counter()
+            ours = LogisticRegression().fit(x, y.to(device)).score(features[1], data.test_y.to(device))
+            seconds["vae-cli (torch)"].append(time.perf_counter() - start)
+            if Sklearn is not None:
+                start = time.perf_counter()
+                classifier = make_pipeline(StandardScaler(), Sklearn(max_iter=1000))
+                theirs = classifier.fit(x.double().cpu().numpy(), y.numpy()).score(
+                    features[1].double().cpu().numpy(), data.test_y.numpy())
+                seconds["scikit-learn"].append(time.perf_counter() - start)
+        ours_s = statistics.median(seconds["vae-cli (torch)"])
+        line = f"  {str(per_class):>4} per class: vae-cli {ours_s:6.2f} s, accuracy {ours:.4f}"
+        if Sklearn is not None:
+            theirs_s = statistics.median(seconds["scikit-learn"])
+            line += f"; scikit-learn {theirs_s:6.2f} s, accuracy {theirs:.4f} ({theirs_s / ours_s:.1f}x the time)"
+        print(line, flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-samples", type=int, default=1000, help="K of L_K")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--probe-rounds", type=int, default=1,
+                        help="alternating rounds of the probe timing (0: skip it)")
     args = parser.parse_args()
     train_cfg, eval_cfg = configs(args.device, args.num_samples)
     with tempfile.TemporaryDirectory() as run_dir:
@@ -66,6 +112,8 @@ def main():
         eval_seconds = time.perf_counter() - start
         report = json.loads((Path(run_dir) / "eval.json").read_text())
         forward, num_test = forward_images_per_sec(Path(run_dir), torch.device(args.device))
+        if args.probe_rounds:
+            probe_seconds(Path(run_dir), torch.device(args.device), args.probe_rounds)
         status = json.loads((Path(run_dir) / "status.json").read_text())
     training = status["images_per_sec"]  # = decoder passes per second (one sample per image)
     evaluation = report["images_x_samples_per_sec"]

@@ -179,7 +179,8 @@ def timed(command: list[str], cwd: Path) -> float:
     result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=1800)
     seconds = time.perf_counter() - start
     if result.returncode != 0:
-        sys.exit(f"error: {' '.join(command[:3])} ... failed ({result.returncode}): {result.stderr.strip()[-800:]}")
+        sys.exit(f"error: {' '.join(command[:3])} ... failed ({result.returncode}): "
+                 f"{result.stderr.strip()[-800:]}")
     return seconds
 
 
@@ -199,7 +200,8 @@ def main() -> None:
         for path in FASHION.glob("*-ubyte.gz"):
             (raw / path.stem).write_bytes(gzip.decompress(path.read_bytes()))
         commands = {
-            "pytorch/examples vae/main.py": lambda r: [sys.executable, "-c", REFERENCE, str(raw), str(tmp), str(args.epochs)],
+            "pytorch/examples vae/main.py": lambda r: [sys.executable, "-c", REFERENCE, str(raw), str(tmp),
+                                                       str(args.epochs)],
             "vae-train": lambda r: [exe, "data=fashion_mnist", f"epochs={args.epochs}", "~eval",
                                     f"hydra.run.dir={tmp / f'run_{r}'}"],
         }

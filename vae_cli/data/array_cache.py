@@ -66,7 +66,8 @@ def _load(folder: Path, manifest: dict) -> dict[str, np.ndarray] | str:
         except (ValueError, OSError) as err:  # a header the hash somehow matched but numpy refuses
             return f"{entry['file']} does not load ({type(err).__name__}: {err})"
         if list(array.shape) != entry["shape"] or str(array.dtype) != entry["dtype"]:
-            return f"{entry['file']} holds {array.dtype} {array.shape}, the manifest says {entry['dtype']} {entry['shape']}"
+            return (f"{entry['file']} holds {array.dtype} {array.shape}, the manifest says "
+                    f"{entry['dtype']} {entry['shape']}")
         arrays[name] = array
     return arrays
 

@@ -46,7 +46,8 @@ class OneHotPosterior:
         shape = tuple(sample_shape) + self.log_probs.shape
         u = torch.rand(shape[:-1] + (1,), dtype=self.log_probs.dtype, device=self.log_probs.device)
         index = (self.probs.cumsum(-1) <= u).sum(-1, keepdim=True).clamp_(max=shape[-1] - 1)  # (..., V, 1)
-        return torch.zeros(shape, dtype=self.log_probs.dtype, device=self.log_probs.device).scatter_(-1, index, 1.0)
+        z = torch.zeros(shape, dtype=self.log_probs.dtype, device=self.log_probs.device)
+        return z.scatter_(-1, index, 1.0)
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         """log q(z|x) = sum_v sum_c z_vc log q_vc for one-hot z (..., B, V, C): (..., B)."""
