@@ -67,9 +67,14 @@ def train(cfg: DictConfig, run_dir: str | Path, on_start=None) -> dict:
     is written; on_start(plan), if given, runs at that point. Writes TensorBoard events, checkpoint.pt
     (the last state, every epoch and every checkpoint.every_minutes), best.pt (best validation ELBO),
     status.json, metrics.json (figures of the best model), and returns metrics.json's figures.
-    Raises ConfigError (bad input), Diverged, Stopped (a signal; checkpoint written).
+    Raises ConfigError (bad input), Diverged, Stopped (a signal; checkpoint written), Interrupted (a signal
+    outside the training loop, where there is no step to finish).
     """
-    run_dir = Path(run_dir)
+    with StopSignals() as signals:  # Ctrl-C while loading is one line too; in the loop, a step boundary
+        return checked_run(cfg, Path(run_dir), on_start, signals)
+
+
+def checked_run(cfg: DictConfig, run_dir: Path, on_start, signals: StopSignals) -> dict:
     check_settings(cfg)
     plan = plan_run(run_dir, cfg)
     if plan.action == "finished":
@@ -111,9 +116,8 @@ def train(cfg: DictConfig, run_dir: str | Path, on_start=None) -> dict:
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     start = time.perf_counter()
     try:
-        with StopSignals() as signals:
-            loop.run(signals, status, start)
-            metrics = loop.finish(signals)
+        loop.run(signals, status, start)
+        metrics = loop.finish(signals)
     except Stopped as stop:
         status.update(time.perf_counter() - start, state="interrupted", step=loop.step, epoch=loop.epoch)
         signals.forward()  # a scheduler's own handler (submitit requeues the job) after our checkpoint
@@ -128,10 +132,9 @@ def train(cfg: DictConfig, run_dir: str | Path, on_start=None) -> dict:
                       error=None if interrupted else f"{type(err).__name__}: {err}".splitlines()[0],
                       step=loop.step)
         raise
-    objective = objective_value(cfg, metrics)
+    write_json(run_dir / METRICS, metrics)  # then status.json: a finished status always has its metrics
     status.update(time.perf_counter() - start, state="finished", step=loop.step, epoch=loop.epoch,
-                  images_per_sec=loop.images_per_sec, objective=objective, resume_command=None)
-    write_json(run_dir / METRICS, metrics)
+                  images_per_sec=loop.images_per_sec, objective=objective_value(cfg, metrics), resume_command=None)
     log.info("%s; run folder %s", summary_line(metrics), run_dir)
     return metrics
 
