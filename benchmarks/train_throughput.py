@@ -1,46 +1,79 @@
-"""Images/second of one training epoch: vae-cli's on-device path against the conventional DataLoader path.
+"""Training throughput, images/s: one epoch of the default run, and what the hand-written step buys.
 
-All paths train the default model (784-400-20 MLP, Bernoulli likelihood, dynamic binarization, Adam
+Every path trains the default model (784-400-20 MLP, Bernoulli likelihood, dynamic binarization, Adam
 1e-3, batch 128) on 60,000 28x28 images: Fashion-MNIST when installed, else synthetic images of that
-shape. vae-cli's path is train(cfg) itself (data as one uint8 tensor on the device, batches gathered
-by index and binarized there 16 at a time, the hand-written gradient of estimators/fused_reparam.py
-with feature-major products and fused Adam applied a layer at a time); the conventional path is a
-torch Dataset returning one example at a time, a shuffling DataLoader, and a transfer per batch (as in
-pytorch/examples' vae).
-For reference, two more: train(cfg) with train_step=autograd (what the hand-written gradient buys),
-and the step written by hand with autograd on the same tensors (the model's layers, the
-log-likelihood from logits, the closed-form KL, fused Adam): the floor of an eager autograd loop.
+shape. Whole epochs, by train(cfg) itself (its own images/s of the epoch, from status.json):
+- vae-cli: the default run; train_step=auto takes the hand-written step of estimators/fused_reparam.py
+  on the CPU (elsewhere autograd);
+- vae-cli, autograd: train_step=autograd, the same loop with the step by autograd (what the hand-written
+  step buys a user);
+- conventional: a Dataset returning one example, a shuffling DataLoader, torch.bernoulli, torch's
+  default Adam (pytorch/examples' vae), for scale;
+- baseline (--baseline DIR): train(cfg) of another checkout of vae-cli, e.g. the commit before a change
+  (`git worktree add /tmp/old <commit>`), imported side by side as a renamed copy: before against after.
+--steps adds the training step alone on the same prepared batches (no loop, no logging): the
+hand-written step as shipped, the same with row-major products (h W^T + b, what its feature-major
+products buy), and AutogradStep.
 
-The paths alternate, round after round, so that load on a shared machine hits all of them; each
-path's best round is kept (a quiet stretch of the machine), and the median round is printed too.
+The paths alternate, round after round, in one process, so that load on a shared machine hits all of
+them; each path's best round (a quiet stretch) and median round are printed, and ratios to vae-cli.
 
-    python benchmarks/train_throughput.py [--rounds 5] [--device auto]
+    python benchmarks/train_throughput.py [--rounds 5] [--device auto] [--baseline DIR] [--steps]
+                                          [--no-conventional] [--max-steps N]
 """
 import argparse
+import importlib
 import json
+import re
+import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from hydra import compose, initialize_config_module
 
-from vae_cli.build import build_data, build_estimator, build_model
+from vae_cli.build import build_data, build_estimator, build_model, build_optimizer
 from vae_cli.device import resolve_device
+from vae_cli.estimators import fused_reparam
+from vae_cli.estimators.train_step import AutogradStep, FusedReparamStep
 from vae_cli.train import train
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
-def config(device: str, *overrides: str):
+def config(device: str, *overrides: str, package: str = "vae_cli"):
     data = ["data=fashion_mnist", "data.val_fraction=0"] if FASHION.is_dir() else [
         "data=synthetic", "data.num_train=60000", "data.num_test=1000", "data.image_size=28",
         "data.val_fraction=0"]
-    with initialize_config_module("vae_cli.configs", version_base="1.3"):
+    with initialize_config_module(f"{package}.configs", version_base="1.3"):
         # ~eval: the end-of-training evaluation is not part of an epoch's throughput.
         return compose("train", overrides=[*data, "epochs=1", f"device={device}", "~eval", *overrides])
+
+
+def import_baseline(checkout: Path, into: Path):
+    """(train, package name) of the vae-cli checkout at checkout, copied into into/ as the package
+    vae_cli_baseline (configs/ as vae_cli_baseline.configs, as pyproject installs it) with every
+    `vae_cli` name in its code and configs renamed, so that it runs beside this one."""
+    package = into / "vae_cli_baseline"
+    shutil.copytree(checkout / "vae_cli", package)
+    shutil.copytree(checkout / "configs", package / "configs")
+    for path in [*package.rglob("*.py"), *package.rglob("*.yaml")]:
+        path.write_text(re.sub(r"\bvae_cli\b", "vae_cli_baseline", path.read_text()))
+    sys.path.insert(0, str(into))
+    return importlib.import_module("vae_cli_baseline.train").train, "vae_cli_baseline"
+
+
+def epoch_images_per_sec(train_fn, cfg) -> float:
+    """train_fn(cfg, run_dir)'s own figure for its (one) epoch: status.json, or metrics (older code)."""
+    with tempfile.TemporaryDirectory() as run_dir:
+        metrics = train_fn(cfg, run_dir)
+        status = Path(run_dir) / "status.json"
+        if status.is_file():
+            return json.loads(status.read_text())["images_per_sec"]
+        return metrics["train/images_per_sec"]
 
 
 class OneAtATime(torch.utils.data.Dataset):
@@ -76,65 +109,105 @@ def conventional_epoch(cfg, images: torch.Tensor, device: torch.device) -> float
     return seen / (time.perf_counter() - start)
 
 
-def by_hand_epoch(cfg, images: torch.Tensor, device: torch.device) -> float:
-    """The same step written out by hand with autograd on the device-resident uint8 images (no vae-cli
-    objects; binarized by a float uniform, as vae-cli did before its byte-based binarize_pixels)."""
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg, images.shape[1]).to(device)
-    encoder, decoder = model.encoder, model.decoder
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optimizer.lr, fused=True)
-    images = images.to(device)
-    batch_size, num_steps = cfg.batch_size, images.shape[0] // cfg.batch_size
-    perm = torch.randperm(images.shape[0], device=device)
-    start = time.perf_counter()
-    for i in range(num_steps):
-        x = images.index_select(0, perm[i * batch_size:(i + 1) * batch_size]).float().div_(255)
-        u = torch.rand(x.shape, device=device)
-        x = torch.lt(u, x, out=u)  # dynamic binarization
-        loc, log_var = encoder(x).chunk(2, dim=-1)
-        scale = torch.exp(0.5 * log_var)
-        z = loc + scale * torch.randn_like(loc)
-        recon = -F.binary_cross_entropy_with_logits(decoder(z), x, reduction="none").sum(-1)
-        kl = 0.5 * (loc.pow(2) + scale.pow(2) - 1 - log_var).sum(-1)
-        optimizer.zero_grad(set_to_none=True)
-        (kl - recon).mean().backward()
-        optimizer.step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return num_steps * batch_size / (time.perf_counter() - start)
+class RowMajorProducts(FusedReparamStep):
+    """The hand-written step with the usual row-major products h W^T + b (for comparison only)."""
+
+    @staticmethod
+    def _forward(layers, activations, h):
+        inputs = []
+        for i, layer in enumerate(layers):
+            inputs.append(h)
+            h = torch.addmm(layer.bias, h, layer.weight.t())
+            if i < len(activations):
+                h = fused_reparam._activate(h, activations[i])
+        return inputs, h
+
+    def _backward(self, layers, activations, inputs, grad, inv_batch, first_input_grad=True):
+        for i in range(len(layers) - 1, -1, -1):
+            layer, layer_input = layers[i], inputs[i]
+            for p in (layer.weight, layer.bias):
+                if p.grad is None:
+                    p.grad = torch.empty_like(p)
+            torch.addmm(layer.weight.grad, grad.t(), layer_input, beta=0, alpha=inv_batch, out=layer.weight.grad)
+            torch.mv(grad.t(), self.batch_weights, out=layer.bias.grad)
+            grad = torch.mm(grad, layer.weight) if i > 0 or first_input_grad else None
+            if i > 0:
+                grad = fused_reparam._activation_backward(grad, layer_input, activations[i - 1])
+        return grad
+
+
+def step_paths(cfg, images: torch.Tensor, device: torch.device, num_steps: int):
+    """{name: run()} where run() times num_steps training steps on batches prepared 16 at a time, as
+    the training loop prepares them, and returns images/s (each path keeps its model and optimizer)."""
+    num_steps = -(-num_steps // 16) * 16  # whole blocks
+    def make(kind):
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg, images.shape[1]).to(device)
+        estimator = build_estimator(cfg, model).to(device)
+        optimizer = build_optimizer(cfg, list(model.parameters()), device)
+        step = (AutogradStep(model, estimator, optimizer, cfg.beta) if kind is AutogradStep
+                else kind(model, optimizer, cfg.beta))
+        generator = torch.Generator(device=device).manual_seed(cfg.seed)
+        pixels = images.to(device)
+
+        def run() -> float:
+            start = time.perf_counter()
+            for first in range(0, num_steps, 16):
+                index = torch.randint(0, pixels.shape[0], (16 * cfg.batch_size,), generator=generator,
+                                      device=device)
+                block = pixels.index_select(0, index).view(16, cfg.batch_size, -1)
+                for x in model.likelihood.prepare_pixels(block, generator):
+                    step(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            return num_steps * cfg.batch_size / (time.perf_counter() - start)
+        run()  # warm-up: the optimizer's state, the allocator
+        return run
+    return {"step: hand-written": make(FusedReparamStep), "step: row-major products": make(RowMajorProducts),
+            "step: autograd": make(AutogradStep)}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds; the best is kept")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds; best and median printed")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--baseline", type=Path, help="another vae-cli checkout, run beside this one")
+    parser.add_argument("--steps", action="store_true", help="also time the training step alone")
+    parser.add_argument("--no-conventional", action="store_true", help="skip the DataLoader path")
+    parser.add_argument("--max-steps", type=int, help="train only this many steps a round (not the DataLoader "
+                        "path): shorter rounds, more of them, for a busy machine")
     args = parser.parse_args()
-    cfg = config(args.device)
-    autograd_cfg = config(args.device, "train_step=autograd")
+    short = [] if args.max_steps is None else [f"max_steps={args.max_steps}"]
+    cfg = config(args.device, *short)
     device = resolve_device(args.device)
     images = build_data(cfg).train_x
+    paths = {"vae-cli": lambda: epoch_images_per_sec(train, cfg)}
+    if args.baseline is not None:
+        baseline_dir = Path(tempfile.mkdtemp())
+        baseline_train, package = import_baseline(args.baseline, baseline_dir)
+        baseline_cfg = config(args.device, *short, package=package)
+        paths["baseline"] = lambda: epoch_images_per_sec(baseline_train, baseline_cfg)
+    autograd_cfg = config(args.device, "train_step=autograd", *short)
+    paths["vae-cli, autograd"] = lambda: epoch_images_per_sec(train, autograd_cfg)
+    if not args.no_conventional:
+        paths["conventional"] = lambda: conventional_epoch(cfg, images, device)
+    if args.steps:
+        paths.update(step_paths(cfg, images, device, args.max_steps or 128))
     print(f"data: {cfg.data._target_.split('.')[-1]}, {images.shape[0]} images of {images.shape[1]} "
           f"pixels; device {device}; torch {torch.__version__}, {torch.get_num_threads()} threads")
-    paths = {"vae-cli path (train)": [], "conventional path": [], "vae-cli, autograd": [],
-             "by hand, autograd": []}
+    figures = {name: [] for name in paths}
     for round_ in range(args.rounds):  # alternate, so that load on a shared machine hits every path
-        with tempfile.TemporaryDirectory() as run_dir:
-            paths["vae-cli path (train)"].append(train(cfg, run_dir)["train/images_per_sec"])
-        paths["conventional path"].append(conventional_epoch(cfg, images, device))
-        with tempfile.TemporaryDirectory() as run_dir:
-            paths["vae-cli, autograd"].append(train(autograd_cfg, run_dir)["train/images_per_sec"])
-        paths["by hand, autograd"].append(by_hand_epoch(cfg, images, device))
-        print(f"round {round_ + 1}: " + ", ".join(f"{name} {v[-1]:,.0f}" for name, v in paths.items())
-              + " images/s")
-    best = {name: max(v) for name, v in paths.items()}
-    median = {name: statistics.median(v) for name, v in paths.items()}
-    conventional = "conventional path"
-    print(f"{'images/s':22s} {'best':>9s} {'median':>9s}   best/conv  median/conv")
-    for name in paths:
-        print(f"{name:22s} {best[name]:9,.0f} {median[name]:9,.0f}   "
-              f"{best[name] / best[conventional]:8.2f}x  {median[name] / median[conventional]:10.2f}x")
-    print(json.dumps({"best": best, "median": median,
-                      "ratio": best["vae-cli path (train)"] / best[conventional]}))
+        for name, run in paths.items():
+            figures[name].append(run())
+        print(f"round {round_ + 1}: " + ", ".join(f"{name} {v[-1]:,.0f}" for name, v in figures.items())
+              + " images/s", flush=True)
+    best = {name: max(v) for name, v in figures.items()}
+    median = {name: statistics.median(v) for name, v in figures.items()}
+    print(f"{'images/s':28s} {'best':>9s} {'median':>9s}   best / vae-cli  median / vae-cli")
+    for name in figures:
+        print(f"{name:28s} {best[name]:9,.0f} {median[name]:9,.0f}   {best[name] / best['vae-cli']:14.3f}"
+              f"  {median[name] / median['vae-cli']:15.3f}")
+    print(json.dumps({"best": best, "median": median, "rounds": figures}))
 
 
 if __name__ == "__main__":
