@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from vae_cli.errors import ConfigError
-from vae_cli.interrupts import Interrupted, exit_status
+from vae_cli.interrupts import Interrupted, exit_status, stop_quietly_until_the_run
 
 # configs/ at the top of the repository is installed as the package vae_cli.configs (pyproject.toml).
 CONFIG_PATH = "pkg://vae_cli.configs"
@@ -62,6 +62,7 @@ def main() -> None:
     resume = [a.split("=", 1)[1] for a in args if a.startswith("resume=")]
     if resume and resume[0] not in ("", "null"):  # Hydra's run folder is the one being resumed
         sys.argv += [f"hydra.run.dir={resume[0]}"]
+    stop_quietly_until_the_run()  # Ctrl-C while torch imports: one line, not a KeyboardInterrupt traceback
     held = HeldStderr(sys.stderr)
     sys.stderr = held
     try:

@@ -64,5 +64,18 @@ class StopSignals:
         """Call the handler that was installed before ours for the recorded signal, if it was a Python one
         (submitit's requeue); it may exit the process itself."""
         handler = self.previous.get(self.signum)
-        if callable(handler) and handler is not signal.default_int_handler:
+        if callable(handler) and handler is not signal.default_int_handler and handler is not before_the_run:
             handler(self.signum, None)
+
+
+def before_the_run(signum, frame) -> None:
+    """vae-train's handler until train() takes over (imports, composing the config): exit at once, one line."""
+    sys.stdout.flush()
+    print(f"\nstopped by {signal.Signals(signum).name} before training started; nothing of the run was written",
+          file=sys.__stderr__, flush=True)
+    os._exit(exit_status(signum))
+
+
+def stop_quietly_until_the_run() -> None:
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, before_the_run)
