@@ -138,6 +138,12 @@ def number(value, digits: int = 2) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def short(value: str) -> str:
+    """A swept value for the table: floats to 4 significant digits (an Optuna trial's 0.0070437841...)."""
+    number = as_number(value)
+    return f"{number:.4g}" if number is not None and "." in value else value
+
+
 def markdown(rows: list[dict], keys: list[str], title: str) -> str:
     """summary.md: the table people read (objective with its stderr, figures, steps, wall time)."""
     head = ["job", *keys, "state", "objective", *FIGURES, "steps", "wall (s)", "folder"]
@@ -147,7 +153,7 @@ def markdown(rows: list[dict], keys: list[str], title: str) -> str:
                    for n in FIGURES]
         state = r["state"] + (f": {r['error']}" if r["error"] else "")
         steps = f"{number(r['step'])}/{number(r['total_steps'])}" if r["step"] is not None else ""
-        cells = [r["job"], *(r[k] for k in keys), state, number(r["objective"]), *figures, steps,
+        cells = [r["job"], *(short(r[k]) for k in keys), state, number(r["objective"]), *figures, steps,
                  number(r["wall_seconds"], 1), r["folder"]]
         lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
