@@ -18,8 +18,11 @@ SLURM = ("hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launch
 
 
 def slurm_ids(sweep: Path) -> list[str]:
-    """The Slurm ids of a sweep's jobs (ARRAY_TASK, or JOB alone for a one-job sweep), from submitit's folders."""
-    return sorted(p.name for p in (sweep / ".submitit").iterdir() if p.is_dir() and p.name[0].isdigit())
+    """The Slurm ids of a sweep's jobs, from submitit's folders: ARRAY_TASK for an array (beside the array's
+    own folder, ARRAY), or JOB alone for a one-job sweep."""
+    names = [p.name for p in (sweep / ".submitit").iterdir() if p.is_dir() and p.name[0].isdigit()]
+    tasks = sorted(name for name in names if "_" in name)
+    return tasks or names
 
 
 def sacct_states(job_id: str, timeout: float = 60) -> list[str]:
