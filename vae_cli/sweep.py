@@ -180,8 +180,8 @@ class Summary:
         return self.jobs[0] if self.jobs and self.jobs[0].state == "finished" and self.jobs[0].value is not None \
             else None
 
-    def failed(self, among: list[Job] | None = None) -> list[Job]:
-        return [job for job in (self.jobs if among is None else among) if job.state == "failed"]
+    def failed(self) -> list[Job]:
+        return [job for job in self.jobs if job.state == "failed"]
 
     def report(self) -> str:
         """The lines for the terminal: where the summary is, the count of each state, the best job."""
@@ -190,7 +190,7 @@ class Summary:
             counts[job.state] = counts.get(job.state, 0) + 1
         states = ", ".join(f"{n} {state}" for state, n in counts.items())  # in the table's order
         lines = [f"sweep summary: {self.files[1] if len(self.files) > 1 else self.sweep_dir} "
-                 f"({len(self.jobs)} jobs: {states})"]
+                 f"({len(self.jobs)} job{'' if len(self.jobs) == 1 else 's'}: {states})"]
         best = self.best
         if best is not None:
             metric, direction = best.objective
