@@ -153,3 +153,36 @@ def test_callback_with_an_optuna_sqlite_study_summarizes_its_folder(tmp_path, ca
     callback.on_multirun_end(config=config)
     assert [r["job"] for r in read_csv(study / "summary.csv")] == ["second/4", "first/0"]
     assert "best: job second/4 (beta=0.7)" in capsys.readouterr().out
+
+
+def hydra_config(*overrides):
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module("vae_cli.configs", version_base="1.3"):
+        return compose("train", overrides=list(overrides), return_hydra_config=True)
+
+
+def test_launcher_configs_extend_the_plugins_and_give_each_job_its_threads():
+    parallel = hydra_config("hydra/launcher=parallel", "hydra.launcher.n_jobs=3").hydra
+    assert parallel.launcher._target_.endswith("JoblibLauncher") and parallel.launcher.prefer == "processes"
+    assert OmegaConf.to_container(parallel.job.env_set, resolve=True) == {"VAE_CLI_PARALLEL_JOBS": "3"}
+    slurm = hydra_config("hydra/launcher=slurm", "hydra.launcher.partition=gpu").hydra.launcher
+    assert slurm._target_.endswith("SlurmLauncher") and slurm.partition == "gpu"
+    assert slurm.max_num_timeout >= 1 and slurm.cpus_per_task == 2 and slurm.timeout_min == 240
+    assert slurm.signal_delay_s < 60 * slurm.timeout_min
+    local = hydra_config("hydra/launcher=slurm_local").hydra.launcher
+    assert local._target_.endswith("LocalLauncher")
+    ray = hydra_config("hydra/launcher=ray_jobs", "hydra.launcher.ray.remote.num_cpus=2").hydra
+    assert ray.launcher.ray.init.address == "local" and ray.launcher.ray.init.object_store_memory is None
+    assert OmegaConf.to_container(ray.job.env_set, resolve=True) == {"OMP_NUM_THREADS": "2"}
+
+
+def test_optuna_search_maximizes_the_objective_in_sqlite_beside_the_sweep_folders():
+    cfg = hydra_config("hparams_search=optuna_mlp", "objective.direction=minimize",
+                       "hydra.sweeper.study_name=mine")
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "minimize"
+    assert sweeper.storage == "sqlite:///outputs/mine/optuna.db"
+    assert cfg.hydra.sweep.dir.startswith("outputs/mine/")
+    assert set(sweeper.params) == {"optimizer.lr", "beta", "model.latent_dim", "model.hidden_sizes"}
+    assert hydra_config("hparams_search=optuna_mlp").hydra.sweeper.direction == "maximize"
