@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import vae_train_exe
 from services import RAY_ENV, python_env, ray_head, slurm_cluster  # noqa: F401 - a fixture
-from test_sweep_runs import SMOKE, StatusWatcher, status, summary_rows, vae_train
+from test_sweep_runs import SMOKE, StatusWatcher, read_tail, status, summary_rows, vae_train
 
 pytestmark = pytest.mark.slow
 # Slurm jobs of one CPU and 1 GB each: two run at once on a 2-core node.
@@ -57,25 +57,27 @@ def test_slurm_job_preempted_by_usr2_is_requeued_and_resumes(tmp_path, slurm_clu
     uninterrupted run of the same config."""
     run = (*SMOKE, "epochs=30", "seed=3", "threads=1")
     sweep = tmp_path / "sweep"
+    log = open(tmp_path / "master.log", "w")  # a file, not a pipe: nothing blocks on a full pipe
     master = subprocess.Popen([vae_train_exe(), "-m", *run, *SLURM, "hydra.sweep.dir=sweep"], cwd=tmp_path,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=python_env())
+                              stdout=log, stderr=subprocess.STDOUT, env=python_env())
     job = sweep / "0"
+    watcher = StatusWatcher(job)
     try:
         deadline = time.monotonic() + 240
         while not (job / "status.json").exists() or status(job)["step"] == 0:
-            assert master.poll() is None, master.communicate()[1][-3000:]
+            assert master.poll() is None, read_tail(tmp_path / "master.log")
             assert time.monotonic() < deadline, "the Slurm job never started training"
             time.sleep(0.05)
-        watcher = StatusWatcher(job)
         (slurm_id,) = slurm_ids(sweep)
         signal = subprocess.run(["scancel", "--signal=USR2", slurm_id], capture_output=True, text=True, timeout=30)
         assert signal.returncode == 0, signal.stderr
-        out, err = master.communicate(timeout=400)
+        master.wait(timeout=400)
     finally:
         if master.poll() is None:
             master.kill()
-    seen = watcher.close()
-    assert master.returncode == 0, err[-3000:]
+        log.close()
+        seen = watcher.close()
+    assert master.returncode == 0, read_tail(tmp_path / "master.log")
     final = status(job)
     assert final["state"] == "finished" and final["attempts"] == 2, (final, seen)
     stopped = [step for attempts, state, step in seen if attempts == 1 and state == "interrupted"]

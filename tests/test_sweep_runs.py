@@ -22,6 +22,10 @@ def vae_train(*args: str, cwd: Path, timeout: float = 300, **env: str) -> subpro
                           env=python_env(**env))
 
 
+def read_tail(path: Path, chars: int = 3000) -> str:
+    return path.read_text(errors="replace")[-chars:]
+
+
 def status(folder: Path) -> dict:
     return json.loads((folder / "status.json").read_text())
 
@@ -106,12 +110,12 @@ def run_files(folder: Path) -> dict[str, tuple[int, bytes]]:
 def test_killed_sweep_rerun_skips_finished_resumes_interrupted_runs_the_rest(tmp_path):
     command = [vae_train_exe(), "-m", *SMOKE, "epochs=12", "seed=0,1,2", "hydra.sweep.dir=sweep"]
     sweep = tmp_path / "sweep"
-    first = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                             text=True, env=python_env())
+    log = open(tmp_path / "first.log", "w")  # a file, not a pipe: nothing blocks on a full pipe
+    first = subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=python_env())
     try:
         deadline = time.monotonic() + 240
         while True:  # job 1 training: status.json says running at a step past 0
-            assert first.poll() is None, f"the sweep ended before job 1 trained: {first.stderr.read()[-2000:]}"
+            assert first.poll() is None, f"the sweep ended before job 1 trained: {read_tail(tmp_path / 'first.log')}"
             assert time.monotonic() < deadline, "job 1 never started training"
             try:
                 if (sweep / "1" / "status.json").exists() and status(sweep / "1")["step"] > 0:
@@ -120,11 +124,12 @@ def test_killed_sweep_rerun_skips_finished_resumes_interrupted_runs_the_rest(tmp
                 pass
             time.sleep(0.02)
         first.send_signal(signal.SIGTERM)
-        _, err = first.communicate(timeout=120)
+        first.wait(timeout=120)
     finally:
         if first.poll() is None:
             first.kill()
-    assert first.returncode == 143, err[-2000:]
+        log.close()
+    assert first.returncode == 143, read_tail(tmp_path / "first.log")
     stopped = status(sweep / "1")
     assert stopped["state"] == "interrupted" and stopped["step"] > 0, stopped
     assert not (sweep / "2").exists()
