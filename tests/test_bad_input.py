@@ -155,3 +155,17 @@ def test_bad_command_on_an_existing_run_changes_nothing(name, overrides, corrupt
     line = one_error_line(result)
     assert all(word in line for word in words), line
     assert snapshot(run_dir) == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overrides,words", FRESH_CASES[1:], ids=[" ".join(c[0]) for c in FRESH_CASES[1:]])
+def test_bad_value_pointed_at_an_existing_run_changes_nothing(overrides, words, finished_run, tmp_path):
+    """The same bad commands, run into a finished run's folder: one line, exit 2, every file as it was
+    (the unknown key, FRESH_CASES[0], fails before any folder is chosen)."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    before = snapshot(run_dir)
+    result = run_cli(*SMOKE, *overrides, "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    one_error_line(result)
+    assert snapshot(run_dir) == before
