@@ -12,8 +12,7 @@ shape. Whole epochs, by train(cfg) itself (its own images/s of the epoch, from s
 - baseline (--baseline DIR): train(cfg) of another checkout of vae-cli, e.g. the commit before a change
   (`git worktree add /tmp/old <commit>`), imported side by side as a renamed copy: before against after.
 --steps adds the training step alone on the same prepared batches (no loop, no logging): the
-hand-written step as shipped, the same with row-major products (h W^T + b, what its feature-major
-products buy), and AutogradStep.
+hand-written step and AutogradStep.
 
 The paths alternate, round after round, in one process, so that load on a shared machine hits all of
 them; each path's best round (a quiet stretch) and median round are printed, and ratios to vae-cli.
@@ -37,7 +36,6 @@ from hydra import compose, initialize_config_module
 
 from vae_cli.build import build_data, build_estimator, build_model, build_optimizer
 from vae_cli.device import resolve_device
-from vae_cli.estimators import fused_reparam
 from vae_cli.estimators.train_step import AutogradStep, FusedReparamStep
 from vae_cli.train import train
 
@@ -109,33 +107,6 @@ def conventional_epoch(cfg, images: torch.Tensor, device: torch.device) -> float
     return seen / (time.perf_counter() - start)
 
 
-class RowMajorProducts(FusedReparamStep):
-    """The hand-written step with the usual row-major products h W^T + b (for comparison only)."""
-
-    @staticmethod
-    def _forward(layers, activations, h):
-        inputs = []
-        for i, layer in enumerate(layers):
-            inputs.append(h)
-            h = torch.addmm(layer.bias, h, layer.weight.t())
-            if i < len(activations):
-                h = fused_reparam._activate(h, activations[i])
-        return inputs, h
-
-    def _backward(self, layers, activations, inputs, grad, inv_batch, first_input_grad=True):
-        for i in range(len(layers) - 1, -1, -1):
-            layer, layer_input = layers[i], inputs[i]
-            for p in (layer.weight, layer.bias):
-                if p.grad is None:
-                    p.grad = torch.empty_like(p)
-            torch.addmm(layer.weight.grad, grad.t(), layer_input, beta=0, alpha=inv_batch, out=layer.weight.grad)
-            torch.mv(grad.t(), self.batch_weights, out=layer.bias.grad)
-            grad = torch.mm(grad, layer.weight) if i > 0 or first_input_grad else None
-            if i > 0:
-                grad = fused_reparam._activation_backward(grad, layer_input, activations[i - 1])
-        return grad
-
-
 def step_paths(cfg, images: torch.Tensor, device: torch.device, num_steps: int):
     """{name: run()} where run() times num_steps training steps on batches prepared 16 at a time, as
     the training loop prepares them, and returns images/s (each path keeps its model and optimizer)."""
@@ -163,8 +134,7 @@ def step_paths(cfg, images: torch.Tensor, device: torch.device, num_steps: int):
             return num_steps * cfg.batch_size / (time.perf_counter() - start)
         run()  # warm-up: the optimizer's state, the allocator
         return run
-    return {"step: hand-written": make(FusedReparamStep), "step: row-major products": make(RowMajorProducts),
-            "step: autograd": make(AutogradStep)}
+    return {"step: hand-written": make(FusedReparamStep), "step: autograd": make(AutogradStep)}
 
 
 def main():

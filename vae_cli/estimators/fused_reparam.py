@@ -7,8 +7,8 @@ Linear layers with ReLU or tanh between them, a Gaussian latent with the closed-
 Bernoulli likelihood or a Gaussian one with one sigma (learned or fixed). Anything else trains through
 autograd (unsupported_reason says why); train_step.make_train_step chooses between the two.
 What it buys (benchmarks/README.md, "Training step"): no autograd graph, so fewer allocations and
-operator dispatches, the 1/B of the batch mean folded into the matrix products, and activations
-computed feature-major (W h^T + b), which MKL computes faster here. Public torch operators only.
+operator dispatches, and the 1/B of the batch mean folded into the matrix products. Public torch
+operators only.
 """
 import torch
 import torch.nn.functional as F
@@ -40,8 +40,8 @@ def _activate(h: torch.Tensor, activation: nn.Module) -> torch.Tensor:
 
 def _activation_backward(grad: torch.Tensor, output: torch.Tensor, activation: nn.Module) -> torch.Tensor:
     """d loss / d pre-activation from d loss / d output (grad, overwritten), using the output only."""
-    # Two elementwise passes on tensors of one layout; a boolean mask (masked_fill_, where) of these
-    # feature-major views costs ~9x as much (~90 against ~10 us for 128 x 400 on one core).
+    # Two elementwise passes (~12 us for 128 x 400 on one core); masked_fill_ or where with a boolean
+    # mask took 90-240 us here.
     if type(activation) is nn.ReLU:
         return grad.mul_(torch.sign(output))  # output >= 0: sign is 1 where output > 0, else 0
     return grad.mul_(torch.addcmul(torch.ones_like(output), output, output, value=-1))  # grad (1 - output^2)
@@ -173,16 +173,11 @@ class FusedReparamStep:
 
     @staticmethod
     def _forward(layers, activations, h: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """(each Linear's input, kept for its weight gradient; the last layer's output).
-
-        Feature-major: activations (and in _backward their gradients) are (B, n) views of (n, B)
-        storage, computed as W h^T + b, which MKL computes faster here than the row-major h W^T + b
-        (benchmarks/README.md). The same numbers up to float rounding.
-        """
+        """(each Linear's input, kept for its weight gradient; the last layer's output h W^T + b)."""
         inputs = []
         for i, layer in enumerate(layers):
             inputs.append(h)
-            h = torch.addmm(layer.bias.unsqueeze(1), layer.weight, h.t()).t()  # (W h^T + b)^T = h W^T + b
+            h = torch.addmm(layer.bias, h, layer.weight.t())  # (B, n_out)
             if i < len(activations):
                 h = _activate(h, activations[i])
         return inputs, h
@@ -199,8 +194,8 @@ class FusedReparamStep:
             torch.addmm(layer.weight.grad, grad.t(), layer_input, beta=0, alpha=inv_batch,
                         out=layer.weight.grad)
             torch.mv(grad.t(), self.batch_weights, out=layer.bias.grad)
-            # at the layer's input (not needed at the data): (W^T grad^T)^T = grad W, feature-major
-            grad = torch.mm(layer.weight.t(), grad.t()).t() if i > 0 or first_input_grad else None
+            # at the layer's input (not needed at the data): grad W
+            grad = torch.mm(grad, layer.weight) if i > 0 or first_input_grad else None
             if i > 0:
                 grad = _activation_backward(grad, layer_input, activations[i - 1])
         return grad
