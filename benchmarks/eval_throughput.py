@@ -9,7 +9,8 @@ passes/s. The evaluation should run at least as many decoder passes per second a
 Also timed: the forward-only ELBO pass over the test set that train() runs (average_terms), and the
 probe (logistic regression on the latent means, 10 / 100 / all labels per class) as vae-cli fits it
 (torch L-BFGS, evaluation/probe.py) beside scikit-learn's LogisticRegression (the probe before; a test
-dependency, skipped when not installed), alternating, with their test accuracies.
+dependency, skipped when not installed), alternating, with their test accuracies; and vae-cli's fit with
+the process's intra-op threads instead of its one (probe.THREADS).
 
     python benchmarks/eval_throughput.py [--num-samples 1000] [--device cpu] [--probe-rounds 1]
 """
@@ -78,11 +79,14 @@ def probe_seconds(run_dir: Path, device: torch.device, rounds: int) -> None:
     for per_class in (10, 100, "all"):
         index = torch.from_numpy(labelled_subset(data.train_y.numpy(), per_class, 0))
         x, y = features[0][index.to(device)], data.train_y[index]
-        seconds = {"vae-cli (torch)": [], "scikit-learn": []}
+        seconds = {"vae-cli (torch)": [], "scikit-learn": [], "all threads": []}
         for _ in range(rounds):
             start = time.perf_counter()
             ours = LogisticRegression().fit(x, y.to(device)).score(features[1], data.test_y.to(device))
             seconds["vae-cli (torch)"].append(time.perf_counter() - start)
+            start = time.perf_counter()  # the same fit with the process's intra-op threads, not one
+            LogisticRegression(threads=None).fit(x, y.to(device))
+            seconds["all threads"].append(time.perf_counter() - start)
             if Sklearn is not None:
                 start = time.perf_counter()
                 classifier = make_pipeline(StandardScaler(), Sklearn(max_iter=1000))
@@ -90,7 +94,8 @@ def probe_seconds(run_dir: Path, device: torch.device, rounds: int) -> None:
                     features[1].double().cpu().numpy(), data.test_y.numpy())
                 seconds["scikit-learn"].append(time.perf_counter() - start)
         ours_s = statistics.median(seconds["vae-cli (torch)"])
-        line = f"  {str(per_class):>4} per class: vae-cli {ours_s:6.2f} s, accuracy {ours:.4f}"
+        line = (f"  {str(per_class):>4} per class: vae-cli {ours_s:6.2f} s (with {torch.get_num_threads()} threads "
+                f"{statistics.median(seconds['all threads']):6.2f} s), accuracy {ours:.4f}")
         if Sklearn is not None:
             theirs_s = statistics.median(seconds["scikit-learn"])
             line += f"; scikit-learn {theirs_s:6.2f} s, accuracy {theirs:.4f} ({theirs_s / ours_s:.1f}x the time)"
