@@ -1,7 +1,7 @@
 """Score-function estimators against exact gradients: unbiased for every baseline, and what each baseline buys.
 
 A tiny categorical VAE (2 variables x 3 classes, fixed random float64 weights) has 9 latent
-configurations, so its ELBO gradient is exact by enumeration (MATH.md 4). Gradient estimates are
+configurations, so its ELBO gradient is exact by enumeration (docs/math.md 6). Gradient estimates are
 drawn in groups: the batch x is repeated R times, and the gradient of the batch-mean surrogate is then
 the mean of R independent estimates; K groups give the mean and its standard error.
 """

@@ -1,4 +1,4 @@
-"""Closed forms and identities of MATH.md 2-3: KL, log-likelihoods, the three decompositions, ELBO <= log p(x)."""
+"""Closed forms and identities of docs/math.md 3-5: KL, log-likelihoods, the three decompositions, ELBO <= log p(x)."""
 import math
 
 import pytest
@@ -118,7 +118,7 @@ def test_a_block_of_batches_is_prepared_as_its_rows(likelihood):
 def test_continuous_bernoulli_normaliser_closed_form():
     lam = torch.tensor([0.1, 0.3, 0.7, 0.9], dtype=torch.float64)
     x = torch.tensor([0.25, 0.5, 0.8, 0.1], dtype=torch.float64)
-    norm = 2 * torch.atanh(1 - 2 * lam) / (1 - 2 * lam)  # C(l), MATH.md 3
+    norm = 2 * torch.atanh(1 - 2 * lam) / (1 - 2 * lam)  # C(l), docs/math.md 4
     expected = (x * torch.log(lam) + (1 - x) * torch.log(1 - lam) + torch.log(norm)).sum()
     logits = torch.log(lam / (1 - lam))
     got = ContinuousBernoulli().log_prob(logits.view(1, 4, 1), x.view(1, 4))

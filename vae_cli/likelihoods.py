@@ -1,4 +1,4 @@
-"""Decoder likelihoods p(x|z): log-densities per example in nats, every constant kept (MATH.md 3)."""
+"""Decoder likelihoods p(x|z): log-densities per example in nats, every constant kept (docs/math.md 4)."""
 import math
 
 import numpy as np
@@ -23,7 +23,7 @@ def pixel_levels(*images: torch.Tensor) -> torch.Tensor:
 
 
 def dequantize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """x = k/255 on 256 levels -> x_deq = (k + u)/256, u ~ U[0,1)^D (MATH.md 3).
+    """x = k/255 on 256 levels -> x_deq = (k + u)/256, u ~ U[0,1)^D (docs/math.md 5).
 
     The level's probability under a density p on [0,1]^D is P(k) = 256^-D E_u[p(x_deq)], so by Jensen
     -log2 P(k) / D <= -E_u[log p(x_deq)] / (D ln 2) + 8: bits_per_dim of log p(x_deq) bounds it.
@@ -91,7 +91,7 @@ class Bernoulli(Likelihood):
     """Bernoulli p(x|z) for binary x; the decoder emits logits l.
 
     log p(x|z) = sum_d [x_d log s(l_d) + (1 - x_d) log(1 - s(l_d))] = -BCE_with_logits(l, x) summed,
-    computed from logits for stability (MATH.md 3).
+    computed from logits for stability (docs/math.md 4).
     """
 
     params_per_dim = 1  # one logit per pixel
@@ -152,7 +152,7 @@ class ContinuousBernoulli(Bernoulli):
         self.dequantize = bool(dequantize)
 
     def prepare(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """A density is fitted to 256-level data only after uniform dequantisation (MATH.md 3)."""
+        """A density is fitted to 256-level data only after uniform dequantisation (docs/math.md 5)."""
         return dequantize(x, generator) if self.dequantize else x
 
     def check_data(self, *images: torch.Tensor) -> None:
@@ -171,7 +171,7 @@ class ContinuousBernoulli(Bernoulli):
 class Gaussian(Likelihood):
     """Gaussian p(x|z) = N(x; m, sigma^2) per dimension; the decoder emits the mean m.
 
-    log p(x|z) = sum_d [-1/2 log(2 pi) - log sigma_d - (x_d - m_d)^2 / (2 sigma_d^2)]  (MATH.md 3)
+    log p(x|z) = sum_d [-1/2 log(2 pi) - log sigma_d - (x_d - m_d)^2 / (2 sigma_d^2)]  (docs/math.md 4)
 
     scale: fixed (sigma given), learned (one shared log sigma), per_pixel (the decoder emits
     log sigma_d too, softly clipped below at min_log_scale), optimal (sigma*^2 = the mean squared
@@ -213,7 +213,7 @@ class Gaussian(Likelihood):
         self.last_log_scale = torch.tensor(math.log(sigma))  # of the last log_prob call, for logging
 
     def prepare(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Intensities in [0,1], dequantised (fresh noise each use) unless dequantize=false (MATH.md 3)."""
+        """Intensities in [0,1], dequantised (fresh noise each use) unless dequantize=false (docs/math.md 5)."""
         return dequantize(x, generator) if self.dequantize else x
 
     def log_scale(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ from vae_cli.latents.categorical import CategoricalLatent
 
 class Exact(nn.Module):
     """E_q[log p(x|z)] = sum_k q(z_k|x) log p(x|z_k) over all K = num_classes ** num_vars joint
-    configurations z_k (MATH.md 4). No sampling, so no estimator variance: autograd through q(z_k|x)
+    configurations z_k (docs/math.md 6). No sampling, so no estimator variance: autograd through q(z_k|x)
     and log p(x|z_k) gives the exact gradient, against which REINFORCE and the relaxations are checked.
     Cost: K decoder passes per example, hence max_configurations.
     """

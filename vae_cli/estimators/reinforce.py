@@ -9,7 +9,7 @@ from vae_cli.estimators.terms import Terms
 
 class Reinforce(nn.Module):
     """ELBO(x) = E_q[log p(x|z)] - KL(q(z|x) || p(z)), with the encoder gradient of the expectation
-    estimated by the score function (Williams 1992; MATH.md 4):
+    estimated by the score function (Williams 1992; docs/math.md 6):
 
         grad_phi E_q[f(z)] = E_q[(f(z) - b) grad_phi log q(z|x)],  f(z) = log p(x|z)
 

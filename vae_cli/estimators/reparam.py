@@ -10,7 +10,7 @@ class Reparameterized(nn.Module):
     """ELBO(x) = E_q[log p(x|z)] - KL(q(z|x) || p(z)), z = mu + sigma * eps, eps ~ N(0, I).
 
     The expectation is a num_samples-sample average; the randomness sits in eps, so the gradient
-    flows through z into the encoder by ordinary backpropagation (MATH.md 4). KL, entropy and
+    flows through z into the encoder by ordinary backpropagation (docs/math.md 6). KL, entropy and
     cross-entropy come from the latent type (closed form, or Monte Carlo on the same samples).
     """
 

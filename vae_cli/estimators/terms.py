@@ -1,4 +1,4 @@
-"""The named terms every estimator returns, per example in nats (MATH.md 2)."""
+"""The named terms every estimator returns, per example in nats (docs/math.md 3)."""
 from dataclasses import dataclass
 
 import torch
@@ -8,7 +8,7 @@ TERM_NAMES = ("recon", "kl", "entropy", "cross_entropy", "elbo", "loss")
 
 @dataclass
 class Terms:
-    """Per-example tensors (B,), signs as in MATH.md 2.
+    """Per-example tensors (B,), signs as in docs/math.md 3.
 
     recon = E_q[log p(x|z)]; kl = KL(q(z|x) || p(z)); entropy = H[q(z|x)]; cross_entropy =
     E_q[-log p(z)]; elbo = recon - kl (the beta = 1 bound); loss = -(recon - beta kl), minimised.

@@ -1,4 +1,4 @@
-"""Importance-weighted estimates of log p(x) (Burda et al. 2016), in chunks with logsumexp (MATH.md 5)."""
+"""Importance-weighted estimates of log p(x) (Burda et al. 2016), in chunks with logsumexp (docs/math.md 7)."""
 import logging
 import math
 import time
@@ -92,5 +92,5 @@ def duration(seconds: float) -> str:
 
 
 def bits_per_dim(log_px: float, data_dim: int) -> float:
-    """-log p(x) / (D ln 2) + 8: nats of a density on [0,1]^D to bits per 256-level pixel (MATH.md 3)."""
+    """-log p(x) / (D ln 2) + 8: nats of a density on [0,1]^D to bits per 256-level pixel (docs/math.md 5)."""
     return -log_px / (data_dim * math.log(2)) + 8

@@ -1,4 +1,4 @@
-"""Semi-supervised probe (MATH.md 6): logistic regression on n labelled examples per class, test accuracy.
+"""Semi-supervised probe (docs/math.md 10): logistic regression on n labelled examples per class, test accuracy.
 
 The classifier is scikit-learn's default LogisticRegression on standardised features (StandardScaler),
 written in torch so that it runs on the features' device in seconds: multinomial, with an intercept

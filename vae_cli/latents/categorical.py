@@ -58,8 +58,8 @@ class CategoricalLatent(nn.Module):
     """q(z|x) = prod_v Cat(z_v; softmax(logits_v)); p(z) uniform, or learned logits shared over x.
 
     Samples are one-hot (S, B, num_vars, num_classes) and are not differentiable in the encoder
-    (MATH.md 4): only score-function or relaxed estimators train the encoder. KL, entropy and
-    cross-entropy are exact sums over classes (MATH.md 2):
+    (docs/math.md 6): only score-function or relaxed estimators train the encoder. KL, entropy and
+    cross-entropy are exact sums over classes (docs/math.md 3):
         H = -sum_v sum_c q_vc log q_vc,  CE = -sum_v sum_c q_vc log p_vc,  KL = CE - H.
     """
 

@@ -47,7 +47,7 @@ class GaussianLatent(nn.Module):
         H[q]  = 1/2 sum_j [log(2 pi) + 1 + log sigma_j^2]
         CE    = 1/2 sum_j [log(2 pi) + mu_j^2 + sigma_j^2]
     kl="monte_carlo" uses log q(z|x) - log p(z) on the drawn samples (and -log q, -log p for H, CE).
-    Either way KL = CE - H holds exactly (MATH.md 4).
+    Either way KL = CE - H holds exactly (docs/math.md 3).
     """
 
     reparameterized = True  # samples are differentiable functions of the encoder output
