@@ -69,7 +69,7 @@ class FusedReparamStep:
     """One training step of the reparameterized ELBO, its gradient written by hand (no autograd).
 
     loss = mean_b [beta KL(q(z|x_b) || p(z)) - log p(x_b|z_b)], z = loc + exp(log_var / 2) * eps
-    (docs/ on the reparameterized estimator; Kingma & Welling 2014, the KL from their Appendix B).
+    (docs/math.md 6; Kingma & Welling 2014, the KL from their Appendix B).
     Backward, per example (then / B):
         d/d logits = sigmoid(logits) - x                    (Bernoulli from logits)
         d/d mean = (mean - x) / sigma^2;  d/d log sigma = sum_d [1 - (x_d - mean_d)^2 / sigma^2]   (Gaussian)
