@@ -167,3 +167,24 @@ def test_the_test_set_does_not_depend_on_the_training_seed(smoke_cfg, tmp_path, 
     (val_0, test_0), (val_1, test_1), (val_2, test_2) = made
     assert torch.equal(test_0, test_1) and torch.equal(val_0, val_1)
     assert not torch.equal(test_0, test_2) and not torch.equal(val_0, val_2)
+
+
+def test_threads_follow_the_launcher_share_and_a_busy_machine_is_named(monkeypatch):
+    from vae_cli import device
+
+    monkeypatch.setattr(device, "available_cores", lambda: 8)
+    for name in ("OMP_NUM_THREADS", "SLURM_CPUS_PER_TASK", "VAE_CLI_PARALLEL_JOBS"):
+        monkeypatch.delenv(name, raising=False)
+    assert device.resolve_threads("auto") == 8 and device.resolve_threads(3) == 3
+    monkeypatch.setenv("VAE_CLI_PARALLEL_JOBS", "4")
+    assert device.resolve_threads("auto") == 2  # 8 cores shared by 4 parallel jobs
+    monkeypatch.setenv("VAE_CLI_PARALLEL_JOBS", "-1")
+    assert device.resolve_threads("auto") == 1  # joblib's -1: one job per core
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "6")
+    assert device.resolve_threads("auto") == 6
+    with pytest.raises(ConfigError, match="threads=0"):
+        device.resolve_threads(0)
+    monkeypatch.setattr(device.os, "getloadavg", lambda: (9.0, 9.0, 9.0))
+    assert "load average 9.0 on 8 cores" in device.busy_cores(8) and device.busy_cores(1) is None
+    monkeypatch.setattr(device.os, "getloadavg", lambda: (2.0, 2.0, 2.0))
+    assert device.busy_cores(8) is None

@@ -56,3 +56,15 @@ def resolve_threads(value) -> int:
     if jobs < 0:  # joblib's convention: -1 all cores, -2 all but one, ...
         jobs = max(1, cores + 1 + jobs)
     return max(1, cores // max(jobs, 1))
+
+
+def busy_cores(threads: int) -> str | None:
+    """A warning when other processes already keep the cores busy (1-minute load average): threads that
+    share cores with them wait on each other at every operator, and one thread is then often faster."""
+    if threads < 2 or not hasattr(os, "getloadavg"):
+        return None
+    load, cores = os.getloadavg()[0], available_cores()
+    if load <= cores - 0.5:
+        return None
+    return (f"the machine is busy (load average {load:.1f} on {cores} cores): {threads} threads will wait on "
+            "other processes; threads=1 can run several times faster (README, Troubleshooting)")
