@@ -11,14 +11,16 @@ import pytest
 
 from conftest import run_cli, vae_train_exe
 
-# 3,600 training images in batches of 32: 112 steps an epoch, three epochs; checkpoints at epoch ends only
-ARGS = ("debug=smoke", "~eval", "data.num_train=4000", "epochs=3", "checkpoint.every_minutes=0")
+# 3,600 training images in batches of 32: 112 steps an epoch; twenty epochs, long enough on a quiet
+# machine to be stopped inside one; checkpoints at epoch ends only
+EPOCHS, STEPS_PER_EPOCH = 20, 112
+ARGS = ("debug=smoke", "~eval", "data.num_train=4000", f"epochs={EPOCHS}", "checkpoint.every_minutes=0")
 
 
 def wait_until_inside_epoch_2(process, run_dir, timeout=300) -> None:
     """Until status.json (updated at each checkpoint) shows a step inside epoch 2 or later, off its end."""
     deadline, step = time.monotonic() + timeout, 0
-    while step <= 112 or step % 112 == 0:
+    while step <= STEPS_PER_EPOCH or step % STEPS_PER_EPOCH == 0:
         assert process.poll() is None, process.communicate()[1][-2000:]
         assert time.monotonic() < deadline, "the run never reached epoch 2"
         try:
@@ -47,8 +49,9 @@ def test_sigterm_mid_epoch_then_the_printed_command_resumes_to_the_same_metrics(
     assert "Traceback" not in stderr
     (line,) = [line for line in stderr.splitlines() if line.startswith("stopped by SIGTERM")]
     status = json.loads((run_dir / "status.json").read_text())
-    assert status["state"] == "interrupted" and 112 < status["step"] < 224 and status["step"] % 112  # mid-epoch
-    assert f"at step {status['step']} of 336" in line and not (run_dir / "metrics.json").exists()
+    assert status["state"] == "interrupted" and status["step"] > STEPS_PER_EPOCH and status["step"] % STEPS_PER_EPOCH
+    assert f"at step {status['step']} of {EPOCHS * STEPS_PER_EPOCH}" in line  # mid-epoch, after epoch 1
+    assert not (run_dir / "metrics.json").exists()
     command = line.split("resume with: ")[1]
     assert command == f"vae-train resume={run_dir.resolve()}" == status["resume_command"]
     resumed = subprocess.run([vae_train_exe(), *shlex.split(command)[1:]], cwd=tmp_path, capture_output=True,
@@ -59,9 +62,9 @@ def test_sigterm_mid_epoch_then_the_printed_command_resumes_to_the_same_metrics(
     # a finished run is reported, not trained again; resume= can extend it by epochs
     again = run_cli(f"resume={run_dir}", cwd=tmp_path)
     assert again.returncode == 0 and "is finished" in again.stdout + again.stderr
-    longer = run_cli(f"resume={run_dir}", "epochs=4", cwd=tmp_path)
+    longer = run_cli(f"resume={run_dir}", f"epochs={EPOCHS + 1}", cwd=tmp_path)
     assert longer.returncode == 0, longer.stderr
-    assert json.loads((run_dir / "metrics.json").read_text())["step"] == 448
+    assert json.loads((run_dir / "metrics.json").read_text())["step"] == (EPOCHS + 1) * STEPS_PER_EPOCH
 
 
 SECOND_CTRL_C = """
