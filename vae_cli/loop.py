@@ -159,6 +159,11 @@ class Loop:
             self.batches = self.likelihood.prepare_pixels(block.view(ahead, self.batch_size, -1), self.batch_gen)
         return self.batches[offset]
 
+    def block_rng(self) -> torch.Tensor:
+        """The batch generator's state where the block holding the next batch is (or will be) drawn: what
+        checkpoint.pt keeps, so that a resumed run draws that block again, identically."""
+        return self.batch_gen.get_state() if self.index % PREPARE_AHEAD == 0 else self.block_state
+
     def check_finite(self, means: torch.Tensor) -> None:
         grad_norm = getattr(self.train_step, "grad_norm", None)
         bad = [name for name, ok in zip(TERM_NAMES, torch.isfinite(means).tolist()) if not ok]

@@ -18,17 +18,10 @@ def _rng_states(loop) -> dict:
     rng = {"torch": torch.get_rng_state(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos,
                                                      has_gauss, gauss],
            "python": [version, list(python_state), python_gauss],
-           # the batch generator where the current block of batches was drawn (see Loop.next_batch)
-           "batches": loop.batch_gen.get_state() if loop.index % _ahead() == 0 else loop.block_state}
+           "batches": loop.block_rng()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     return rng
-
-
-def _ahead() -> int:
-    from vae_cli.loop import PREPARE_AHEAD  # noqa: PLC0415 - the loop imports this module
-
-    return PREPARE_AHEAD
 
 
 def capture(loop) -> dict:
