@@ -14,15 +14,18 @@ from conftest import run_cli, vae_train_exe
 # 3,600 training images in batches of 32: 112 steps an epoch; twenty epochs, long enough on a quiet
 # machine to be stopped inside one; checkpoints at epoch ends only
 EPOCHS, STEPS_PER_EPOCH = 20, 112
-ARGS = ("debug=smoke", "~eval", "data.num_train=4000", f"epochs={EPOCHS}", "checkpoint.every_minutes=0")
+ARGS = ("debug=smoke", "~eval", "data.num_train=4000", "model.hidden_sizes=[256]", f"epochs={EPOCHS}",
+        "checkpoint.every_minutes=0")
 
 
-def wait_until_inside_epoch_2(process, run_dir, timeout=300) -> None:
-    """Until status.json (updated at each checkpoint) shows a step inside epoch 2 or later, off its end."""
+def wait_until_mid_epoch(process, run_dir, after: int = STEPS_PER_EPOCH, timeout=300) -> None:
+    """Until status.json (updated at each checkpoint) shows a step past `after`, inside an epoch."""
     deadline, step = time.monotonic() + timeout, 0
-    while step <= STEPS_PER_EPOCH or step % STEPS_PER_EPOCH == 0:
-        assert process.poll() is None, process.communicate()[1][-2000:]
-        assert time.monotonic() < deadline, "the run never reached epoch 2"
+    while step <= after or step % STEPS_PER_EPOCH == 0:
+        if process.poll() is not None:
+            raise AssertionError(f"the run ended (status {process.returncode}) before a step past {after} inside an "
+                                 f"epoch showed, last seen {step}: {process.communicate()[1][-2000:]}")
+        assert time.monotonic() < deadline, f"the run never passed step {after}"
         try:
             step = json.loads((run_dir / "status.json").read_text())["step"]
         except (OSError, ValueError):
@@ -35,29 +38,34 @@ def test_sigterm_mid_epoch_then_the_printed_command_resumes_to_the_same_metrics(
     reference = run_cli(*ARGS, "hydra.run.dir=reference", cwd=tmp_path)
     assert reference.returncode == 0, reference.stderr
     run_dir = tmp_path / "run"
-    # checkpoints every ~0.1 s update status.json's step, so the signal can be sent inside epoch 2 (they
-    # change no draw: the reference, without them, takes the same steps)
-    process = subprocess.Popen([vae_train_exe(), *ARGS, "checkpoint.every_minutes=0.002", f"hydra.run.dir={run_dir}"],
-                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_until_inside_epoch_2(process, run_dir)
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=120)
-    finally:
-        process.kill()
-    assert process.returncode == 143, stderr  # 128 + SIGTERM, as a shell reports it
-    assert "Traceback" not in stderr
-    (line,) = [line for line in stderr.splitlines() if line.startswith("stopped by SIGTERM")]
-    status = json.loads((run_dir / "status.json").read_text())
-    assert status["state"] == "interrupted" and status["step"] > STEPS_PER_EPOCH and status["step"] % STEPS_PER_EPOCH
-    assert f"at step {status['step']} of {EPOCHS * STEPS_PER_EPOCH}" in line  # mid-epoch, after epoch 1
-    assert not (run_dir / "metrics.json").exists()
-    command = line.split("resume with: ")[1]
-    assert command == f"vae-train resume={run_dir.resolve()}" == status["resume_command"]
-    resumed = subprocess.run([vae_train_exe(), *shlex.split(command)[1:]], cwd=tmp_path, capture_output=True,
+    # checkpoints every ~0.1 s update status.json's step, so the signal can be sent inside an epoch (they
+    # change no draw: the reference, without them, takes the same steps). A signal that arrives while an
+    # epoch's end is being processed stops the run on that epoch's end: then resume and stop it again.
+    command = [vae_train_exe(), *ARGS[:-1], "checkpoint.every_minutes=0.002", f"hydra.run.dir={run_dir}"]
+    stops = []
+    while not stops or stops[-1] % STEPS_PER_EPOCH == 0:
+        assert len(stops) < 5, stops
+        process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_until_mid_epoch(process, run_dir, after=max(stops, default=STEPS_PER_EPOCH))
+            process.send_signal(signal.SIGTERM)
+            _, stderr = process.communicate(timeout=120)
+        finally:
+            process.kill()
+        assert process.returncode == 143, stderr  # 128 + SIGTERM, as a shell reports it
+        assert "Traceback" not in stderr
+        (line,) = [line for line in stderr.splitlines() if line.startswith("stopped by SIGTERM")]
+        status = json.loads((run_dir / "status.json").read_text())
+        assert status["state"] == "interrupted" and not (run_dir / "metrics.json").exists()
+        assert f"at step {status['step']} of {EPOCHS * STEPS_PER_EPOCH}" in line
+        stops.append(status["step"])
+        resume = line.split("resume with: ")[1]
+        assert resume == f"vae-train resume={run_dir.resolve()}" == status["resume_command"]
+        command = [vae_train_exe(), *shlex.split(resume)[1:], "checkpoint.every_minutes=0.002"]
+    resumed = subprocess.run([vae_train_exe(), *shlex.split(resume)[1:]], cwd=tmp_path, capture_output=True,
                              text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
-    assert f"resuming at step {status['step']}" in resumed.stdout + resumed.stderr
+    assert f"resuming at step {stops[-1]}" in resumed.stdout + resumed.stderr
     assert (run_dir / "metrics.json").read_bytes() == (tmp_path / "reference" / "metrics.json").read_bytes()
     # a finished run is reported, not trained again; resume= can extend it by epochs
     again = run_cli(f"resume={run_dir}", cwd=tmp_path)
@@ -97,7 +105,7 @@ def test_sigkill_loses_at_most_the_checkpoint_interval(tmp_path):
     process = subprocess.Popen([vae_train_exe(), *args, f"hydra.run.dir={run_dir}"], cwd=tmp_path,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        wait_until_inside_epoch_2(process, run_dir)
+        wait_until_mid_epoch(process, run_dir)
         process.kill()
         process.wait(timeout=60)
     finally:
