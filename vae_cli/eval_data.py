@@ -1,6 +1,7 @@
 """What training and vae-eval share: the fixed evaluation sets, term averages with their standard error,
 and the picture grids. Evaluation data and draws come from eval_seed, never from the training seed."""
 import math
+from contextlib import contextmanager
 
 import torch
 
@@ -24,19 +25,12 @@ def prepare_eval_sets(likelihood, data, device: torch.device, eval_seed: int):
     return prepare(data.val_x, VAL_STREAM), prepare(data.test_x, TEST_STREAM)
 
 
+@contextmanager
 def seeded(seed: int, device: torch.device):
     """A forked RNG seeded with seed: the caller's random stream is left as it was (resume stays exact)."""
-    forked = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
-
-    class Seeded:
-        def __enter__(self):
-            forked.__enter__()
-            torch.manual_seed(seed)
-
-        def __exit__(self, *exc):
-            return forked.__exit__(*exc)
-
-    return Seeded()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
 
 
 @torch.no_grad()

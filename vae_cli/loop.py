@@ -83,6 +83,7 @@ class Loop:
         self.sums, self.count = torch.zeros(len(TERM_NAMES), device=device), 0
         self.best = {"elbo": -math.inf, "step": None, "epoch": None, "val": {}}
         self.bad_epochs, self.stopped_early, self.training_done = 0, False, False
+        self.saved_step = 0  # the step of the last checkpoint.pt written, for the divergence message
         self.images_per_sec, self.seen, self.epoch_start = None, 0, time.perf_counter()
         if state is not None:
             restore_loop(self, state)
@@ -177,8 +178,6 @@ class Loop:
             raise Diverged(
                 f"training diverged at step {self.step} (epoch {self.epoch + 1}): non-finite {', '.join(bad)}; "
                 f"{saved}; lower optimizer.lr (now {lr}) or set optimizer.clip_grad_norm, e.g. 10")
-
-    saved_step = 0
 
     def log_window(self) -> float:
         """train/* scalars: the terms' means over the steps since the last log; returns the mean ELBO."""

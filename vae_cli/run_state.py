@@ -1,6 +1,7 @@
 """A run folder as a unit: what it holds (nothing, an unfinished run, a finished one), status.json, and
 whether a new command may resume it."""
 import datetime
+import json
 import os
 import shutil
 import socket
@@ -55,8 +56,6 @@ class Status:
 
 
 def read_status(run_dir: Path) -> dict | None:
-    import json
-
     path = Path(run_dir) / STATUS
     try:
         return json.loads(path.read_text())
@@ -140,8 +139,6 @@ def plan_run(run_dir: Path, cfg: DictConfig) -> Plan:
         return Plan("fresh")
     metrics_path = run_dir / METRICS
     if metrics_path.is_file():
-        import json
-
         metrics = json.loads(metrics_path.read_text())
         if state.get("training_done") and not wants_more_steps(state, cfg):
             return Plan("finished", metrics=metrics)
