@@ -26,7 +26,11 @@ FIRST_STEP = re.compile(r"first training step after ([0-9.]+) s from process sta
 
 
 def vae_train() -> str:
-    exe = shutil.which("vae-train")
+    """The console script beside this Python (a venv's bin/), not a version manager's shim found first on
+    PATH: pyenv's shim is a bash script that execs Python in the same process, so its ~0.1 s would count
+    as vae-train's start-up."""
+    beside = Path(sys.executable).parent / "vae-train"
+    exe = str(beside) if beside.is_file() else shutil.which("vae-train")
     if exe is None:
         sys.exit("error: vae-train is not on PATH; install the package first (README: Set up)")
     return exe

@@ -242,6 +242,7 @@ class Loop:
 
     def save(self) -> None:
         self.check_parameters()
+        self.writer.flush()  # the events up to the checkpoint's step are on disk before it, even if killed
         save_checkpoint(self.run_dir / CHECKPOINT, capture(self))
         self.saved_step = self.step
 

@@ -29,14 +29,28 @@ def flatten(cfg: dict, prefix: str = "") -> dict:
 
 
 class RunWriter:
-    """A SummaryWriter on the run folder, with the few kinds of record vae-cli writes."""
+    """A SummaryWriter on the run folder, with the few kinds of record vae-cli writes.
+
+    TensorBoard's writer is opened at the first scalar, image or HParams record (or at close), not when
+    the run starts: importing it takes ~0.1 s that the first training step need not wait for. Text
+    records (the config, the data source) wait for it in the order they came."""
 
     def __init__(self, run_dir: Path, purge_step: int | None = None):
         """purge_step: a resumed run's first new step; TensorBoard hides the events an earlier attempt
         wrote at that step and after (they were not in the checkpoint), so each step shows once."""
-        from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415 - ~1 s to import: not at start-up
+        self.run_dir, self.purge_step = run_dir, purge_step
+        self._writer, self._texts = None, []
 
-        self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
+    @property
+    def writer(self):
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415 - see the class docstring
+
+            self._writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=self.purge_step)
+            for tag, text in self._texts:
+                self._writer.add_text(tag, text, 0)
+            self._texts = []
+        return self._writer
 
     def scalars(self, prefix: str, values: dict, step: int) -> None:
         for name, value in values.items():
@@ -48,10 +62,13 @@ class RunWriter:
 
     def config(self, cfg: DictConfig | dict) -> None:
         text = OmegaConf.to_yaml(OmegaConf.create(cfg) if isinstance(cfg, dict) else cfg, resolve=True)
-        self.writer.add_text("config", "```\n" + text + "\n```", 0)
+        self.text("config", "```\n" + text + "\n```")
 
     def text(self, tag: str, text: str) -> None:
-        self.writer.add_text(tag, text, 0)
+        if self._writer is None:
+            self._texts.append((tag, text))
+        else:
+            self._writer.add_text(tag, text, 0)
 
     def hparams(self, config: dict, metrics: dict) -> None:
         """An HParams entry in this run's own folder (add_hparams would open a second run)."""
@@ -60,6 +77,9 @@ class RunWriter:
         exp, ssi, sei = hparams(flatten(config), {k: float(v) for k, v in metrics.items()})
         for summary in (exp, ssi, sei):
             self.writer.file_writer.add_summary(summary)
+
+    def flush(self) -> None:
+        self.writer.flush()
 
     def close(self) -> None:
         self.writer.close()

@@ -106,6 +106,7 @@ def checked_run(cfg: DictConfig, run_dir: Path, on_start, signals: StopSignals) 
         restore(plan.state, model, estimator, optimizer, scheduler)
 
     # Checked: from here on the run folder is written.
+    run_dir.mkdir(parents=True, exist_ok=True)
     if plan.action == "fresh" and run_files(run_dir):
         remove_run_files(run_dir)  # a failed run, or one that died before its first checkpoint
     if on_start is not None:
