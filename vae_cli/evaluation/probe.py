@@ -105,6 +105,7 @@ class LogisticRegression:
         inverse_factor = torch.linalg.solve_triangular(factor, identity, upper=False)  # M = L^-1: W = U M
         features_t = features.T.contiguous()  # (F, N): logits and their reductions run along N
         one_hot_t = torch.nn.functional.one_hot(target, num_classes).T.to(torch.float64)  # (C, N)
+        one_hot_t32 = one_hot_t.to(torch.float32)
         u = torch.zeros(num_classes, features.shape[1], dtype=torch.float64, device=x.device)
         bias = torch.zeros(num_classes, dtype=torch.float64, device=x.device)
         bias_scale = (num / num_classes) ** -0.5  # the intercept's curvature, N / C, rescaled to 1
@@ -118,11 +119,14 @@ class LogisticRegression:
             logits = (weight.to(torch.float32) @ features_t).to(torch.float64) + (bias * bias_scale)[:, None]
             log_probs = torch.log_softmax(logits, 0)  # (C, N)
             loss = -(log_probs * one_hot_t).sum() + 0.5 * self.penalty * weight.pow(2).sum()
-            residual = log_probs.exp_() - one_hot_t  # d loss / d logits, (C, N)
-            weight_grad = (residual.to(torch.float32) @ features).to(torch.float64) + self.penalty * weight
+            # d loss / d logits, (C, N), in float32 as the product it feeds (exp in float64 took as long
+            # as that product); its sum over the examples is taken in float64
+            residual = log_probs.to(torch.float32).exp_().sub_(one_hot_t32)
+            weight_grad = (residual @ features).to(torch.float64) + self.penalty * weight
+            bias_grad = residual.sum(1, dtype=torch.float64)
             u.grad = weight_grad @ inverse_factor.T
-            bias.grad = residual.sum(1) * bias_scale
-            largest_gradient.append(max(weight_grad.abs().max(), residual.sum(1).abs().max()) / num)
+            bias.grad = bias_grad * bias_scale
+            largest_gradient.append(max(weight_grad.abs().max(), bias_grad.abs().max()) / num)
             return loss
 
         loss = closure()
