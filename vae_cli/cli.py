@@ -13,6 +13,7 @@ from omegaconf.errors import MissingMandatoryValue
 
 from vae_cli.errors import ConfigError
 from vae_cli.interrupts import Interrupted, exit_status, stop_quietly_until_the_run
+from vae_cli.process_exit import ExitWithoutTeardown
 
 # configs/ at the top of the repository is installed as the package vae_cli.configs (pyproject.toml).
 CONFIG_PATH = "pkg://vae_cli.configs"
@@ -54,6 +55,12 @@ class HeldStderr(io.TextIOBase):
             hint = " (the run folder, hydra.run.dir, cannot be created or written there)" if "Error" in last else ""
             return last + hint
         return "; ".join(lines)
+
+
+def console() -> None:
+    """The vae-train command (pyproject.toml): main() without the interpreter's teardown at exit."""
+    with ExitWithoutTeardown():
+        main()
 
 
 def main() -> None:

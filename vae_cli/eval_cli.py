@@ -10,6 +10,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from vae_cli.cli import fail
 from vae_cli.errors import ConfigError
+from vae_cli.process_exit import ExitWithoutTeardown
 
 USAGE = """usage: vae-eval RUN_FOLDER [key=value ...]
 
@@ -51,6 +52,12 @@ def compose_eval_config(overrides: list[str]):
             return compose("eval", overrides=overrides)
     except (HydraException, OmegaConfBaseException) as err:
         raise ConfigError(f"vae-eval overrides {' '.join(overrides)}: {err}") from err
+
+
+def console() -> None:
+    """The vae-eval command (pyproject.toml): main() without the interpreter's teardown at exit."""
+    with ExitWithoutTeardown():
+        main()
 
 
 def main(argv: list[str] | None = None) -> None:

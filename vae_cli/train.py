@@ -135,6 +135,8 @@ def checked_run(cfg: DictConfig, run_dir: Path, on_start, signals: StopSignals) 
                       error=None if interrupted else f"{type(err).__name__}: {err}".splitlines()[0],
                       step=loop.step)
         raise
+    finally:
+        loop.writer.close()  # TensorBoard's events on disk, however the loop ended (finish() closed it already)
     write_json(run_dir / METRICS, metrics)  # then status.json: a finished status always has its metrics
     status.update(time.perf_counter() - start, state="finished", step=loop.step, epoch=loop.epoch,
                   images_per_sec=loop.images_per_sec, objective=objective_value(cfg, metrics), resume_command=None)
