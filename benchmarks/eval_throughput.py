@@ -9,14 +9,23 @@ passes/s. The evaluation should run at least as many decoder passes per second a
 Also timed: the forward-only ELBO pass over the test set that train() runs (average_terms), and the
 probe (logistic regression on the latent means, 10 / 100 / all labels per class) as vae-cli fits it
 (torch L-BFGS, evaluation/probe.py) beside scikit-learn's LogisticRegression (the probe before; a test
-dependency, skipped when not installed), alternating, with their test accuracies; and vae-cli's fit with
-the process's intra-op threads instead of its one (probe.THREADS).
+dependency, skipped when not installed), alternating, with their test accuracies; and vae-cli's fit on
+one intra-op thread instead of the process's.
 
     python benchmarks/eval_throughput.py [--num-samples 1000] [--device cpu] [--probe-rounds 1]
+                                         [--baseline DIR] [--lk-rounds 3]
+
+--baseline DIR: L_K of another vae-cli checkout beside this one (e.g. `git worktree add /tmp/old
+9d25d7f`, the code when issue 13 was filed), on the same trained weights and test images, alternating
+--lk-rounds rounds: the baseline's log_px_estimates against today's (which also returns the Monte Carlo
+variances vae-eval reports), as images x samples/s, medians and their ratio.
 """
 import argparse
+import importlib
 import json
+import re
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +35,7 @@ from hydra import compose, initialize_config_module
 
 from vae_cli.build import build_estimator
 from vae_cli.evaluation.active_units import latent_means
+from vae_cli.evaluation.iwae import log_px_estimates
 from vae_cli.evaluation.probe import LogisticRegression, labelled_subset
 from vae_cli.evaluation import evaluate_run
 from vae_cli.eval_data import average_terms, prepare_eval_sets
@@ -79,14 +89,17 @@ def probe_seconds(run_dir: Path, device: torch.device, rounds: int) -> None:
     for per_class in (10, 100, "all"):
         index = torch.from_numpy(labelled_subset(data.train_y.numpy(), per_class, 0))
         x, y = features[0][index.to(device)], data.train_y[index]
-        seconds = {"vae-cli (torch)": [], "scikit-learn": [], "all threads": []}
+        seconds = {"vae-cli (torch)": [], "scikit-learn": [], "one thread": []}
         for _ in range(rounds):
             start = time.perf_counter()
             ours = LogisticRegression().fit(x, y.to(device)).score(features[1], data.test_y.to(device))
             seconds["vae-cli (torch)"].append(time.perf_counter() - start)
-            start = time.perf_counter()  # the same fit with the process's intra-op threads, not one
-            LogisticRegression(threads=None).fit(x, y.to(device))
-            seconds["all threads"].append(time.perf_counter() - start)
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)  # the same fit on one intra-op thread, not the process's
+            start = time.perf_counter()
+            LogisticRegression().fit(x, y.to(device))
+            seconds["one thread"].append(time.perf_counter() - start)
+            torch.set_num_threads(threads)
             if Sklearn is not None:
                 start = time.perf_counter()
                 classifier = make_pipeline(StandardScaler(), Sklearn(max_iter=1000))
@@ -94,12 +107,47 @@ def probe_seconds(run_dir: Path, device: torch.device, rounds: int) -> None:
                     features[1].double().cpu().numpy(), data.test_y.numpy())
                 seconds["scikit-learn"].append(time.perf_counter() - start)
         ours_s = statistics.median(seconds["vae-cli (torch)"])
-        line = (f"  {str(per_class):>4} per class: vae-cli {ours_s:6.2f} s (with {torch.get_num_threads()} threads "
-                f"{statistics.median(seconds['all threads']):6.2f} s), accuracy {ours:.4f}")
+        line = (f"  {str(per_class):>4} per class: vae-cli {ours_s:6.2f} s on {torch.get_num_threads()} threads "
+                f"(one thread {statistics.median(seconds['one thread']):6.2f} s), accuracy {ours:.4f}")
         if Sklearn is not None:
             theirs_s = statistics.median(seconds["scikit-learn"])
             line += f"; scikit-learn {theirs_s:6.2f} s, accuracy {theirs:.4f} ({theirs_s / ours_s:.1f}x the time)"
         print(line, flush=True)
+
+
+def lk_side_by_side(run_dir: Path, baseline: Path, device: torch.device, settings, rounds: int) -> None:
+    """L_K of this checkout and of the baseline checkout on the same weights and test images, alternating."""
+    from omegaconf import OmegaConf
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from train_throughput import import_baseline
+
+    cfg, data, model = load_run(run_dir, device)[:3]
+    test_x = prepare_eval_sets(model.likelihood, data, device, cfg.get("eval_seed", 0))[1]
+    import_baseline(baseline, Path(tempfile.mkdtemp()))
+    old_build = importlib.import_module("vae_cli_baseline.build")
+    old_iwae = importlib.import_module("vae_cli_baseline.evaluation.iwae")
+    old_cfg = OmegaConf.create(re.sub(r"\bvae_cli\b", "vae_cli_baseline", OmegaConf.to_yaml(cfg)))
+    old_model = old_build.build_model(old_cfg, data.data_dim).to(device)
+    old_model.load_state_dict(model.state_dict())
+    old_model.eval()
+    k, chunk, batch = settings.num_samples, settings.chunk_size, settings.batch_size
+    runs = {"today": lambda: log_px_estimates(model, test_x, k, chunk, batch, progress=False, variances=True),
+            "baseline": lambda: old_iwae.log_px_estimates(old_model, test_x, k, chunk, batch, progress=False)}
+    rates, values = {name: [] for name in runs}, {}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            torch.manual_seed(0)
+            start = time.perf_counter()
+            values[name] = run()[0].mean().item()
+            rates[name].append(test_x.shape[0] * k / (time.perf_counter() - start))
+    print(f"L_K side by side, K={k} on {test_x.shape[0]:,} test images, {rounds} alternating rounds "
+          f"(images x samples/s; L_K today {values['today']:.3f}, baseline {values['baseline']:.3f}):")
+    for name, numbers in rates.items():
+        print(f"  {name:<9} median {statistics.median(numbers):10,.0f}   rounds "
+              + ", ".join(f"{n:,.0f}" for n in numbers))
+    print(f"  today / baseline: {statistics.median(rates['today']) / statistics.median(rates['baseline']):.3f} "
+          "(medians)", flush=True)
 
 
 def main():
@@ -108,6 +156,8 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--probe-rounds", type=int, default=1,
                         help="alternating rounds of the probe timing (0: skip it)")
+    parser.add_argument("--baseline", type=Path, help="another vae-cli checkout: its L_K beside today's")
+    parser.add_argument("--lk-rounds", type=int, default=3, help="alternating rounds of the side-by-side L_K")
     args = parser.parse_args()
     train_cfg, eval_cfg = configs(args.device, args.num_samples)
     with tempfile.TemporaryDirectory() as run_dir:
@@ -117,6 +167,8 @@ def main():
         eval_seconds = time.perf_counter() - start
         report = json.loads((Path(run_dir) / "eval.json").read_text())
         forward, num_test = forward_images_per_sec(Path(run_dir), torch.device(args.device))
+        if args.baseline is not None:
+            lk_side_by_side(Path(run_dir), args.baseline, torch.device(args.device), eval_cfg.eval, args.lk_rounds)
         if args.probe_rounds:
             probe_seconds(Path(run_dir), torch.device(args.device), args.probe_rounds)
         status = json.loads((Path(run_dir) / "status.json").read_text())

@@ -94,22 +94,3 @@ def test_the_probe_module_does_not_import_scikit_learn():
     code = "import sys, vae_cli.evaluation.probe; print('sklearn' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "False", result.stderr
-
-
-def test_the_fit_runs_on_one_thread_and_restores_the_setting():
-    x, y = blobs(5, 200)
-    before = torch.get_num_threads()
-    seen = []
-    original = LogisticRegression._fit
-
-    def spy(self, *args):
-        seen.append(torch.get_num_threads())
-        return original(self, *args)
-
-    LogisticRegression._fit = spy
-    try:
-        LogisticRegression().fit(torch.from_numpy(x), torch.from_numpy(y))
-        LogisticRegression(threads=None).fit(torch.from_numpy(x), torch.from_numpy(y))
-    finally:
-        LogisticRegression._fit = original
-    assert seen == [1, before] and torch.get_num_threads() == before

@@ -10,8 +10,6 @@ multinomial case):
 minimised by full-batch L-BFGS (torch.optim.LBFGS, strong Wolfe line search). tests/test_probe.py
 checks accuracy, coefficients and loss against scikit-learn itself.
 """
-from contextlib import contextmanager
-
 import numpy as np
 import torch
 
@@ -23,24 +21,6 @@ MAX_ITER = 1000  # L-BFGS iterations at most (the scikit-learn probe used max_it
 TOLERANCE = 1e-4
 CHECK_EVERY = 10
 HISTORY = 20  # L-BFGS memory
-# Intra-op threads of the fit on a CPU. Its products have a thin side (C = 10 classes), so they are
-# memory-bound and a second thread gains little; with other processes on the cores, OpenMP threads
-# that wait for each other made the fit 4-8x slower (benchmarks/eval_throughput.py prints both).
-THREADS = 1
-
-
-@contextmanager
-def intra_op_threads(threads: int | None):
-    """torch's intra-op threads set to `threads` inside, restored after (None: left as they are)."""
-    before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def check_sizes(sizes) -> list:
     """eval.probe_sizes: labelled examples per class, positive integers, or "all" (the whole train split)."""
     sizes = list(sizes)
@@ -75,22 +55,18 @@ class LogisticRegression:
     identity. The objective and its minimiser are unchanged; with collinear features (class
     probabilities that sum to one) L-BFGS needs ~10x fewer steps than on W. The (N, F) features stay
     float32 (their products are memory-bound); weights, losses and sums over examples are float64.
+    It runs on the process's intra-op threads, the run's `threads` setting, like the rest of vae-train
+    (benchmarks/eval_throughput.py prints the fit with one thread beside it).
     """
 
-    def __init__(self, penalty: float = 1.0, max_iter: int = MAX_ITER, tolerance: float = TOLERANCE,
-                 threads: int | None = THREADS):
+    def __init__(self, penalty: float = 1.0, max_iter: int = MAX_ITER, tolerance: float = TOLERANCE):
         self.penalty, self.max_iter, self.tolerance = penalty, max_iter, tolerance  # penalty = 1 / C
-        self.threads = threads  # intra-op threads on a CPU (None: the process's setting)
 
     def _standardise(self, x: torch.Tensor) -> torch.Tensor:
         return ((x.to(torch.float64) - self.mean) / self.std).to(torch.float32)
 
     def fit(self, x: torch.Tensor, y: torch.Tensor) -> "LogisticRegression":
         x = torch.as_tensor(x)
-        with intra_op_threads(self.threads if x.device.type == "cpu" else None):
-            return self._fit(x, y)
-
-    def _fit(self, x: torch.Tensor, y: torch.Tensor) -> "LogisticRegression":
         y = torch.as_tensor(y, device=x.device)
         self.classes, target = torch.unique(y, return_inverse=True)  # labels -> 0..C-1
         num, num_classes = x.shape[0], len(self.classes)
