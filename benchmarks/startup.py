@@ -1,6 +1,7 @@
 """Start-up time of vae-train: from process start to the first training step, median of several runs.
 
-    python benchmarks/startup.py [--runs 5] [--data fashion_mnist mnist] [--no-cold]
+    python benchmarks/startup.py [--runs 5] [--data fashion_mnist mnist] [--no-cold] [--no-teardown]
+    python benchmarks/startup.py --phases [--runs 5]
 
 Each run is a fresh process, `vae-train data=<name> max_steps=1 ~eval hydra.run.dir=<temporary>`, with
 the user's cache (decoded data sets, a recorded failed download) as it is ("warm"): the first run of a
@@ -15,6 +16,10 @@ each alike. Issue 13.1's target: at most 2.5 s (warm) for Fashion-MNIST and for 
 the interpreter's teardown of loaded modules (vae_cli/process_exit.py); "teardown" runs beside it the
 same command through plain main() (`python -c "from vae_cli.cli import main; main()" ...`), with
 Python's usual shutdown, which is what that trick buys (--no-teardown skips those runs).
+
+--phases times, in fresh processes, the imports the first step waits for: vae-train's console module
+(Python, Hydra, OmegaConf), torch, and building the first torch.optim optimizer (which imports
+torch._dynamo), medians of --runs.
 """
 import argparse
 import os
@@ -30,6 +35,16 @@ from pathlib import Path
 
 FIRST_STEP = re.compile(r"first training step after ([0-9.]+) s from process start")
 STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]", re.M)
+PHASES = """
+import time
+start = time.perf_counter()
+import vae_cli.cli
+console = time.perf_counter()
+import torch
+imported = time.perf_counter()
+torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+print(console - start, imported - console, time.perf_counter() - imported)
+"""
 PLAIN_MAIN = [sys.executable, "-c", "import sys; sys.argv[0] = 'vae-train'; from vae_cli.cli import main; main()"]
 
 
@@ -62,13 +77,35 @@ def one_run(command: list[str], data: str, folder: Path, cache: Path | None):
     return (float(found.group(1)) if found else None), ended - last_line, wall, source
 
 
+def phases(runs: int) -> None:
+    names = ("import vae_cli.cli (Python's start excluded)", "import torch",
+             "first torch.optim.Adam (imports torch._dynamo)")
+    rows = []
+    for run in range(runs):
+        start = time.perf_counter()
+        result = subprocess.run([sys.executable, "-c", PHASES], capture_output=True, text=True, timeout=300)
+        wall = time.perf_counter() - start
+        if result.returncode != 0:
+            sys.exit(f"error: the phases process failed: {result.stderr.strip()[-500:]}")
+        rows.append([float(v) for v in result.stdout.split()] + [wall])
+        print(f"run {run + 1}: " + ", ".join(f"{v:.2f} s" for v in rows[-1][:3]) + f"; process {wall:.2f} s",
+              flush=True)
+    print("\nmedians:")
+    for i, name in enumerate(names):
+        print(f"  {name:<48} {statistics.median(r[i] for r in rows):.2f} s")
+    print(f"  {'the whole process (Python start and exit too)':<48} {statistics.median(r[3] for r in rows):.2f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5, help="processes per data set (each warm and cold)")
     parser.add_argument("--data", nargs="+", default=["fashion_mnist", "mnist"], help="data configs")
     parser.add_argument("--no-cold", action="store_true", help="skip the runs with an empty cache")
     parser.add_argument("--no-teardown", action="store_true", help="skip the runs through plain main()")
+    parser.add_argument("--phases", action="store_true", help="time the imports before the first step")
     args = parser.parse_args()
+    if args.phases:
+        return phases(args.runs)
     commands = {"warm": [vae_train()], "cold": [vae_train()], "teardown": PLAIN_MAIN}
     kinds = ["warm"] + ([] if args.no_cold else ["cold"]) + ([] if args.no_teardown else ["teardown"])
     times = {(data, kind): [] for data in args.data for kind in kinds}
