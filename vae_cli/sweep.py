@@ -3,117 +3,20 @@ by the Hydra callback SweepSummary at the end of every multirun and by `vae-swee
 import argparse
 import csv
 import io
-import json
 import math
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
+from vae_cli.sweep_jobs import DEFAULT_OBJECTIVE, Job, find_jobs, natural, ranked, swept_keys
+
 # The figures of metrics.json shown for every job (each with its _stderr where the run wrote one).
 FIGURES = ("val/elbo", "test/elbo", "test/L_K")
-# Order of the states in the summary: finished jobs first (by objective), then the rest.
-STATE_RANK = {"finished": 0, "running": 1, "interrupted": 2, "failed": 3}
-DEFAULT_OBJECTIVE = ("val/elbo", "maximize")
-
-
-@dataclass
-class Job:
-    """One job folder of a sweep: its overrides and what status.json and metrics.json say."""
-
-    name: str  # the folder relative to the sweep folder, e.g. "3"
-    folder: Path
-    overrides: list[str]
-    status: dict = field(default_factory=dict)
-    metrics: dict = field(default_factory=dict)
-    objective: tuple[str, str] = DEFAULT_OBJECTIVE  # (metric, direction)
-
-    @property
-    def state(self) -> str:
-        return self.status.get("state") or "no status.json"
-
-    @property
-    def value(self) -> float | None:
-        """The objective's value: status.json's, else the metric in metrics.json; None when not finite."""
-        value = (self.status.get("objective") or {}).get("value")
-        if value is None:
-            value = self.metrics.get(self.objective[0])
-        return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
-
-    def swept(self) -> dict[str, str]:
-        """key -> value of each override (`key=value`, `+key=value`, `~key`)."""
-        pairs = {}
-        for override in self.overrides:
-            key, _, value = override.partition("=")
-            pairs[key.lstrip("+~")] = value
-        return pairs
-
-
-def read_json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):  # absent, or being replaced by a running job
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def objective_of(folder: Path, status: dict) -> tuple[str, str]:
-    """(metric, direction): status.json's, else the job's composed config's `objective`, else val/elbo."""
-    given = status.get("objective") or {}
-    if not given.get("metric"):
-        try:
-            config = yaml.safe_load((folder / ".hydra" / "config.yaml").read_text()) or {}
-        except (OSError, yaml.YAMLError):
-            config = {}
-        given = config.get("objective") if isinstance(config.get("objective"), dict) else {}
-    return given.get("metric") or DEFAULT_OBJECTIVE[0], given.get("direction") or DEFAULT_OBJECTIVE[1]
-
-
-def natural(name: str) -> tuple:
-    """Sort key putting job 10 after job 9."""
-    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in Path(name).parts)
-
-
-def find_jobs(sweep_dir: Path) -> list[Job]:
-    """Every job folder (one holding .hydra/overrides.yaml) under sweep_dir, in job order."""
-    jobs = []
-    for overrides_file in sweep_dir.rglob(".hydra/overrides.yaml"):
-        folder = overrides_file.parent.parent
-        if folder == sweep_dir or ".submitit" in folder.parts:
-            continue
-        try:
-            overrides = [str(o) for o in yaml.safe_load(overrides_file.read_text()) or []]
-        except (OSError, yaml.YAMLError):
-            overrides = []
-        status = read_json(folder / "status.json")
-        jobs.append(Job(str(folder.relative_to(sweep_dir)), folder, overrides, status,
-                        read_json(folder / "metrics.json"), objective_of(folder, status)))
-    return sorted(jobs, key=lambda job: natural(job.name))
-
-
-def swept_keys(jobs: list[Job]) -> list[str]:
-    """The override keys whose value differs between jobs (every override key when none differs)."""
-    values: dict[str, set] = {}
-    for job in jobs:
-        for key, value in job.swept().items():
-            values.setdefault(key, set()).add(value)
-    differing = [key for key, seen in values.items()
-                 if len(seen) > 1 or any(key not in job.swept() for job in jobs)]
-    return differing or list(values)
-
-
-def ranked(jobs: list[Job]) -> list[Job]:
-    """Finished jobs by objective (best first, by its direction), then running, interrupted, failed."""
-    def key(job: Job):
-        value = job.value
-        sign = -1 if job.objective[1] == "maximize" else 1
-        rank = STATE_RANK.get(job.state, len(STATE_RANK))
-        return (rank, value is None, sign * value if value is not None else 0.0, natural(job.name))
-    return sorted(jobs, key=key)
 
 
 def row(job: Job, keys: list[str]) -> dict:
