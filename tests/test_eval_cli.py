@@ -65,7 +65,7 @@ def test_vae_eval_writes_every_promised_tag_and_key(smoke_run):
     run_dir, metrics, _ = smoke_run
     main([str(run_dir), "eval.num_samples=300", "eval.chunk_size=64"])
     report = json.loads((run_dir / "eval.json").read_text())
-    assert set(report) == {"figures", "notes", "step", "model_used", "data_source", "device", "settings",
+    assert set(report) == {"figures", "notes", "step", "model_used", "data_source", "device", "threads", "settings",
                            "images_x_samples_per_sec"}
     figures = report["figures"]
     assert set(figures) == TEST_TAGS | STDERR_TAGS | PROBE_TAGS and report["settings"]["num_samples"] == 300
@@ -103,12 +103,25 @@ def test_missing_folder_and_bad_override_are_one_line_errors(smoke_run, tmp_path
     for argv, message in (([str(tmp_path / "absent")], "no checkpoint"),
                           ([str(smoke_run[0]), "eval.num_sample=5"], "eval.num_sample"),
                           ([str(smoke_run[0]), "eval.num_samples=0"], "eval.num_samples=0 must be"),
+                          ([str(smoke_run[0]), "threads=0"], "threads=0"),
                           (["eval.num_samples=5"], "first argument must be the run folder")):
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
         assert exit_info.value.code == 2
         lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
         assert len(lines) == 1 and message in lines[0], (argv, lines)
+
+
+def test_vae_eval_runs_on_the_threads_asked_for_and_records_them(smoke_run):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        main([str(smoke_run[0]), "eval=light", "threads=2"])
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert json.loads((smoke_run[0] / "eval.json").read_text())["threads"] == 2
 
 
 def test_installed_vae_eval_runs_and_rejects_a_corrupt_checkpoint(smoke_run, tmp_path):

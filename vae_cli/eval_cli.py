@@ -27,6 +27,7 @@ TensorBoard events. docs/math.md says what each figure means.
 Keys (configs/eval.yaml with eval/full.yaml), each overridable as key=value:
   checkpoint           best: best.pt (best validation ELBO) | last: checkpoint.pt
   device               auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps
+  threads              torch's intra-op threads; auto: this process's share of the cores (as vae-train)
   eval.num_samples     K importance samples per test image in L_K (Burda et al. report L_5000)
   eval.chunk_size      of the K samples, how many per decoder pass (memory ~ batch_size x chunk_size x D)
   eval.batch_size      test images per pass

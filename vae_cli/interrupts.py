@@ -21,6 +21,18 @@ def exit_status(signum: int) -> int:
     return 128 + int(signum)
 
 
+def end_now(signum: int) -> None:
+    """End the process at once for signum: by SIGINT itself when it is Ctrl-C, else with status 128 + N.
+
+    A shell running a loop of commands stops the loop only when the command was ended by SIGINT; a
+    command that exits with status 130 instead is taken to have handled Ctrl-C, and the loop goes on.
+    (The shell shows 130 either way.)"""
+    if signum == signal.SIGINT:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    os._exit(exit_status(signum))  # any other signal; and a safety net should SIGINT not end us
+
+
 class StopSignals:
     """While active, a stop signal is recorded, not acted on: the training loop asks `pending` at each step
     boundary, writes a checkpoint and leaves. Outside the training loop (`immediate`), the signal raises
@@ -51,7 +63,7 @@ class StopSignals:
     def _handle(self, signum, frame) -> None:
         if self.signum == signal.SIGINT and signum == signal.SIGINT:
             print("\nsecond Ctrl-C: stopped at once, without a new checkpoint", file=sys.stderr, flush=True)
-            os._exit(exit_status(signum))
+            end_now(signum)
         self.signum = signum
         if self.immediate:
             raise Interrupted(signum)
@@ -73,7 +85,7 @@ def before_the_run(signum, frame) -> None:
     sys.stdout.flush()
     print(f"\nstopped by {signal.Signals(signum).name} before training started; nothing of the run was written",
           file=sys.__stderr__, flush=True)
-    os._exit(exit_status(signum))
+    end_now(signum)
 
 
 def stop_quietly_until_the_run() -> None:

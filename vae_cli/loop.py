@@ -113,6 +113,9 @@ class Loop:
                 if first:
                     log.info("first training step after %.2f s from process start", seconds_since_process_start())
                     first = False
+                    opening = time.perf_counter()  # TensorBoard's writer (its imports), outside the epoch's clock
+                    self.writer.open()
+                    self.epoch_start += time.perf_counter() - opening
                 self.sums += means
                 self.count += 1
                 self.step += 1

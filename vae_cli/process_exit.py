@@ -1,15 +1,20 @@
 """The console commands end without the interpreter's teardown of every loaded module.
 
 After vae-train's last line, Python's own shutdown clears every module and frees its objects one by one;
-with torch and torch._dynamo loaded that took ~0.7 s on this project's machine (benchmarks/startup.py
-prints it as "exit"), 10-20 % of a short run or a sweep job. Nothing a run writes needs it: the
-run's files are written and closed before, and every exit handler still runs. Tests call main()
-itself, so only the console scripts (pyproject.toml) go through here.
+with torch and torch._dynamo loaded that took ~0.8 s on this project's machine (benchmarks/startup.py
+prints it as "exit", beside plain main()), 10-20 % of a short run or a sweep job. Nothing a run writes
+needs it: the run's files are written and closed before, and the exit handlers registered during the
+command still run. Tests call main() itself, so only the console scripts (pyproject.toml) go through here.
 """
 import atexit
 import logging
 import os
+import signal
 import sys
+
+from vae_cli.interrupts import end_now, exit_status
+
+FLUSH_FAILED = 120  # what Python itself exits with when it cannot flush stdout or stderr at exit
 
 
 class ExitWithoutTeardown:
@@ -17,10 +22,12 @@ class ExitWithoutTeardown:
     exit handlers have run it ends at once (os._exit) instead of tearing the interpreter down.
 
     The handler is registered on entry, so atexit (last in, first out) runs it after every handler
-    registered during the command: TensorBoard's, tqdm's, multiprocessing's, Ray's, joblib's. Logging's
-    was registered before (at its import); the handler shuts logging down itself, then flushes stdout and
-    stderr. Under a tracer or profiler (coverage, cProfile) the usual shutdown is kept, so that they
-    write their results."""
+    registered during the command: TensorBoard's, tqdm's, multiprocessing's, Ray's, joblib's. Handlers
+    registered before entry would be skipped: logging's (registered at its import) is run here, and the
+    console script registers no other. Under a tracer, a profiler or a sys.monitoring tool (coverage) the
+    usual shutdown is kept, so that they write their results. A command stopped by Ctrl-C (status 130,
+    or an uncaught KeyboardInterrupt) ends by SIGINT itself, as a shell expects (interrupts.end_now).
+    """
 
     def __init__(self):
         self.status = 1
@@ -36,16 +43,33 @@ class ExitWithoutTeardown:
             code = value.code
             self.status = 0 if code is None else code if isinstance(code, int) else 1
         elif issubclass(kind, KeyboardInterrupt):
-            self.status = 130
+            self.status = exit_status(signal.SIGINT)
         return False  # the exception goes on: Python prints it (or a sys.exit message) as usual
 
     def _leave(self) -> None:
-        if sys.gettrace() is not None or sys.getprofile() is not None:
+        if observed():
             return
         logging.shutdown()
+        status = self.status
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
-            except (OSError, ValueError):  # a closed pipe: nothing more can reach it
+            except ValueError:  # closed: nothing more can reach it
                 pass
-        os._exit(self.status)
+            except OSError as err:  # a full disk, a closed pipe: say so, as Python's own exit would
+                status = status or FLUSH_FAILED
+                try:
+                    os.write(2, f"error: could not write the command's last output: {err}\n".encode())
+                except OSError:
+                    pass
+        if status == exit_status(signal.SIGINT):
+            end_now(signal.SIGINT)
+        os._exit(status)
+
+
+def observed() -> bool:
+    """A tracer, a profiler or a sys.monitoring tool (coverage on Python 3.12+) is watching the process."""
+    if sys.gettrace() is not None or sys.getprofile() is not None:
+        return True
+    monitoring = getattr(sys, "monitoring", None)
+    return monitoring is not None and any(monitoring.get_tool(i) is not None for i in range(6))

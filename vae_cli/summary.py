@@ -31,9 +31,10 @@ def flatten(cfg: dict, prefix: str = "") -> dict:
 class RunWriter:
     """A SummaryWriter on the run folder, with the few kinds of record vae-cli writes.
 
-    TensorBoard's writer is opened at the first scalar, image or HParams record (or at close), not when
-    the run starts: importing it takes ~0.1 s that the first training step need not wait for. Text
-    records (the config, the data source) wait for it in the order they came."""
+    TensorBoard's writer is opened by open() (the loop calls it after the first training step) or at
+    the first scalar, image or HParams record, flush or close, not when the run starts: importing it
+    takes ~0.1-0.2 s that the first training step need not wait for. Text records (the config, the data
+    source) wait for it in the order they came."""
 
     def __init__(self, run_dir: Path, purge_step: int | None = None):
         """purge_step: a resumed run's first new step; TensorBoard hides the events an earlier attempt
@@ -51,6 +52,9 @@ class RunWriter:
                 self._writer.add_text(tag, text, 0)
             self._texts = []
         return self._writer
+
+    def open(self) -> None:
+        self.writer  # noqa: B018 - the property opens it
 
     def scalars(self, prefix: str, values: dict, step: int) -> None:
         for name, value in values.items():
