@@ -19,7 +19,8 @@ Python's usual shutdown, which is what that trick buys (--no-teardown skips thos
 
 --phases times, in fresh processes, the imports the first step waits for: vae-train's console module
 (Python, Hydra, OmegaConf), torch, and building the first torch.optim optimizer (which imports
-torch._dynamo), medians of --runs.
+torch._dynamo), medians of --runs; and TensorBoard's writer module, which vae-train imports only after
+the first step.
 """
 import argparse
 import os
@@ -43,7 +44,9 @@ console = time.perf_counter()
 import torch
 imported = time.perf_counter()
 torch.optim.Adam([torch.zeros(1, requires_grad=True)])
-print(console - start, imported - console, time.perf_counter() - imported)
+optimizer = time.perf_counter()
+import torch.utils.tensorboard
+print(console - start, imported - console, optimizer - imported, time.perf_counter() - optimizer)
 """
 PLAIN_MAIN = [sys.executable, "-c", "import sys; sys.argv[0] = 'vae-train'; from vae_cli.cli import main; main()"]
 
@@ -79,7 +82,7 @@ def one_run(command: list[str], data: str, folder: Path, cache: Path | None):
 
 def phases(runs: int) -> None:
     names = ("import vae_cli.cli (Python's start excluded)", "import torch",
-             "first torch.optim.Adam (imports torch._dynamo)")
+             "first torch.optim.Adam (imports torch._dynamo)", "TensorBoard's writer (after the first step)")
     rows = []
     for run in range(runs):
         start = time.perf_counter()
@@ -88,12 +91,12 @@ def phases(runs: int) -> None:
         if result.returncode != 0:
             sys.exit(f"error: the phases process failed: {result.stderr.strip()[-500:]}")
         rows.append([float(v) for v in result.stdout.split()] + [wall])
-        print(f"run {run + 1}: " + ", ".join(f"{v:.2f} s" for v in rows[-1][:3]) + f"; process {wall:.2f} s",
+        print(f"run {run + 1}: " + ", ".join(f"{v:.2f} s" for v in rows[-1][:4]) + f"; process {wall:.2f} s",
               flush=True)
     print("\nmedians:")
     for i, name in enumerate(names):
         print(f"  {name:<48} {statistics.median(r[i] for r in rows):.2f} s")
-    print(f"  {'the whole process (Python start and exit too)':<48} {statistics.median(r[3] for r in rows):.2f} s")
+    print(f"  {'the whole process (Python start and exit too)':<48} {statistics.median(r[4] for r in rows):.2f} s")
 
 
 def main() -> None:
