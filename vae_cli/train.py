@@ -1,4 +1,5 @@
 """train(cfg, run_dir): optimise the ELBO in a run folder that can be stopped and resumed at any step."""
+import contextlib
 import logging
 import random
 import time
@@ -118,9 +119,11 @@ def checked_run(cfg: DictConfig, run_dir: Path, on_start, signals: StopSignals) 
     status.update()
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     start = time.perf_counter()
+    finished = False
     try:
         loop.run(signals, status, start)
-        metrics = loop.finish(signals)
+        metrics = loop.finish(signals)  # closes TensorBoard's writer
+        finished = True
     except Stopped as stop:
         status.update(time.perf_counter() - start, state="interrupted", step=loop.step, epoch=loop.epoch)
         signals.forward()  # a scheduler's own handler (submitit requeues the job) after our checkpoint
@@ -136,7 +139,9 @@ def checked_run(cfg: DictConfig, run_dir: Path, on_start, signals: StopSignals) 
                       step=loop.step)
         raise
     finally:
-        loop.writer.close()  # TensorBoard's events on disk, however the loop ended (finish() closed it already)
+        if not finished:  # the events so far on disk; an error in that must not hide the run's own
+            with contextlib.suppress(Exception):
+                loop.writer.close()
     write_json(run_dir / METRICS, metrics)  # then status.json: a finished status always has its metrics
     status.update(time.perf_counter() - start, state="finished", step=loop.step, epoch=loop.epoch,
                   images_per_sec=loop.images_per_sec, objective=objective_value(cfg, metrics), resume_command=None)
