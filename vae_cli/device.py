@@ -1,9 +1,12 @@
 """Resolve `device` to a torch.device (a clear error for one that is absent) and `threads` to a count."""
+import logging
 import os
 
 import torch
 
 from vae_cli.errors import ConfigError, check_choice, check_integer
+
+log = logging.getLogger(__name__)
 
 
 def mps_available() -> bool:
@@ -68,3 +71,13 @@ def busy_cores(threads: int) -> str | None:
         return None
     return (f"the machine is busy (load average {load:.1f} on {cores} cores): {threads} threads will wait on "
             "other processes; threads=1 can run several times faster (README, Troubleshooting)")
+
+
+def use_threads(value) -> int:
+    """Set torch's intra-op threads from a `threads` setting (resolve_threads) and return the count; with
+    auto, warn when other processes already keep the cores busy. vae-train and vae-eval call it."""
+    threads = resolve_threads(value)
+    torch.set_num_threads(threads)
+    if value == "auto" and (warning := busy_cores(threads)):
+        log.warning(warning)
+    return threads

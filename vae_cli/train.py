@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vae_cli.build import build_data, build_estimator, build_model, build_optimizer
 from vae_cli.checkpoint import write_json
-from vae_cli.device import busy_cores, resolve_device, resolve_threads
+from vae_cli.device import resolve_device, use_threads
 from vae_cli.errors import ConfigError, check_choice, check_integer, check_number
 from vae_cli.estimators.train_step import make_train_step
 from vae_cli.eval_data import with_error
@@ -81,10 +81,7 @@ def checked_run(cfg: DictConfig, run_dir: Path, on_start, signals: StopSignals) 
     if plan.action == "finished":
         log.info("%s is finished (metrics.json); not trained again: %s", run_dir, summary_line(plan.metrics))
         return plan.metrics
-    threads = resolve_threads(cfg.threads)
-    torch.set_num_threads(threads)
-    if cfg.threads == "auto" and (warning := busy_cores(threads)):
-        log.warning(warning)
+    threads = use_threads(cfg.threads)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     data = build_data(cfg)

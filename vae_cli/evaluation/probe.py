@@ -21,6 +21,8 @@ MAX_ITER = 1000  # L-BFGS iterations at most (the scikit-learn probe used max_it
 TOLERANCE = 1e-4
 CHECK_EVERY = 10
 HISTORY = 20  # L-BFGS memory
+
+
 def check_sizes(sizes) -> list:
     """eval.probe_sizes: labelled examples per class, positive integers, or "all" (the whole train split)."""
     sizes = list(sizes)

@@ -9,7 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vae_cli.build import build_data, build_model
 from vae_cli.checkpoint import load_checkpoint, write_json
-from vae_cli.device import busy_cores, resolve_device, resolve_threads
+from vae_cli.device import resolve_device, use_threads
 from vae_cli.errors import ConfigError, check_choice, check_integer
 from vae_cli.eval_data import EVAL_DRAWS, PICTURE_TAGS, mean_stderr, picture_grids, prepare_eval_sets, seeded
 from vae_cli.evaluation.active_units import ACTIVE_THRESHOLD, activity, latent_means
@@ -164,10 +164,7 @@ def evaluate_run(run_dir, eval_cfg: DictConfig) -> Evaluation:
     run_dir = run_dir.parent if run_dir.is_file() else run_dir
     check_settings(eval_cfg.eval)
     device = resolve_device(eval_cfg.device)
-    threads = resolve_threads(eval_cfg.get("threads", "auto"))
-    torch.set_num_threads(threads)
-    if eval_cfg.get("threads", "auto") == "auto" and (warning := busy_cores(threads)):
-        log.warning(warning)
+    threads = use_threads(eval_cfg.threads)
     cfg, data, model, state, weights = load_run(run_dir, device, eval_cfg.checkpoint)
     eval_seed = cfg.get("eval_seed", 0)
     test_x = prepare_eval_sets(model.likelihood, data, device, eval_seed)[1]
