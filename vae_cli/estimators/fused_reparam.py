@@ -82,7 +82,7 @@ class FusedReparamStep:
 
     name = "fused"
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, beta: float,
+    def __init__(self, model: nn.Module, optimizer, beta: float,
                  clip_grad_norm: float | None = None):
         reason = unsupported_reason(model, Reparameterized())
         assert reason is None, reason

@@ -22,7 +22,7 @@ class AutogradStep:
 
     name = "autograd"
 
-    def __init__(self, model: nn.Module, estimator: nn.Module, optimizer: torch.optim.Optimizer,
+    def __init__(self, model: nn.Module, estimator: nn.Module, optimizer,
                  beta: float, clip_grad_norm: float | None = None):
         self.model, self.estimator, self.optimizer = model, estimator, optimizer
         self.beta = float(beta)
@@ -60,7 +60,7 @@ def fused_unsupported_reason(model: nn.Module, estimator: nn.Module, device: tor
     return unsupported_reason(model, estimator)
 
 
-def make_train_step(choice: str, model: nn.Module, estimator: nn.Module, optimizer: torch.optim.Optimizer,
+def make_train_step(choice: str, model: nn.Module, estimator: nn.Module, optimizer,
                     beta: float, device: torch.device | str,
                     clip_grad_norm: float | None = None) -> AutogradStep | FusedReparamStep:
     """The step cfg.train_step asks for: auto (the hand-written step on the CPU where it applies,
