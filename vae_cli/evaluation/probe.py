@@ -7,8 +7,10 @@ multinomial case):
 
     min_{W, b}  sum_i -log softmax(W x_i + b)_{y_i}  +  1/2 ||W||_F^2
 
-minimised by full-batch L-BFGS (torch.optim.LBFGS, strong Wolfe line search). tests/test_probe.py
-checks accuracy, coefficients and loss against scikit-learn itself.
+minimised by full-batch L-BFGS (minimise() below: Nocedal & Wright's two-loop recursion and a
+backtracking line search, written out: building torch.optim.LBFGS would import torch's compiler stack,
+1.0-1.5 s, which vae-train's training no longer imports; vae_cli/optim.py). tests/test_probe.py checks
+accuracy, coefficients and loss against scikit-learn itself.
 """
 import numpy as np
 import torch
@@ -17,10 +19,62 @@ from vae_cli.errors import ConfigError
 
 MAX_ITER = 1000  # L-BFGS iterations at most (the scikit-learn probe used max_iter=1000 as well)
 # scikit-learn's stopping rule (lbfgs, tol=1e-4): the largest entry of the gradient of the objective
-# divided by N, in W and b, at most this. Checked every CHECK_EVERY iterations.
+# divided by N, in W and b, at most this.
 TOLERANCE = 1e-4
-CHECK_EVERY = 10
 HISTORY = 20  # L-BFGS memory
+ARMIJO = 1e-4  # sufficient decrease: loss(x + t d) <= loss(x) + ARMIJO t g.d
+NOISE = 1e-6  # the approximate Wolfe conditions allow this relative rise of the loss (Hager & Zhang 2005)
+STALL_CHECK = 10  # iterations between checks that the loss still falls
+
+
+def minimise(evaluate, x: torch.Tensor, max_iter: int, tolerance: float):
+    """L-BFGS on a smooth convex objective: evaluate(x) -> (loss, gradient, largest), `largest` the
+    figure the stopping rule compares with tolerance. Directions by the two-loop recursion over the last
+    HISTORY pairs (s, y) (Nocedal & Wright 2006, algorithms 7.4-7.5); steps from t = 1, halved until the
+    loss falls by ARMIJO t g.d, or until the slope along d meets the approximate Wolfe conditions. Stops at tolerance, after max_iter iterations, when STALL_CHECK
+    iterations lowered the loss by no more than 1e-12 of it, or when no step lowers it (float32 products
+    leave the last digits). Returns x, its (loss, gradient, largest) and the
+    iterations taken."""
+    loss, grad, largest = evaluate(x)
+    checked_loss = loss
+    pairs = []  # (s, y, 1 / y.s), oldest first
+    iterations = 0
+    while iterations < max_iter and largest > tolerance:
+        direction = -grad
+        alphas = []
+        for s, y, rho in reversed(pairs):
+            alphas.append(rho * (s @ direction))
+            direction -= alphas[-1] * y
+        if pairs:
+            s, y, _ = pairs[-1]
+            direction *= (s @ y) / (y @ y)  # the initial inverse curvature, N & W eq. 7.20
+        for (s, y, rho), alpha in zip(pairs, reversed(alphas)):
+            direction += (alpha - rho * (y @ direction)) * s
+        slope = grad @ direction
+        if not slope < 0:  # not a descent direction (curvature pairs gone stale): steepest descent afresh
+            pairs, direction, slope = [], -grad, -(grad @ grad)
+        step = 1.0
+        while True:
+            new_x = x + step * direction
+            new_loss, new_grad, new_largest = evaluate(new_x)
+            if new_loss <= loss + ARMIJO * step * slope:
+                break
+            new_slope = new_grad @ direction  # near the optimum the loss's float32 rounding exceeds its fall:
+            if new_loss <= loss + NOISE * abs(loss) and 0.9 * slope <= new_slope <= (2 * ARMIJO - 1) * slope:
+                break  # Hager & Zhang's approximate Wolfe conditions, on the (accurate) directional slope
+            step /= 2
+            if step < 1e-10:
+                return x, (loss, grad, largest), iterations
+        s, y = new_x - x, new_grad - grad
+        if s @ y > 1e-12 * (s @ s) ** 0.5 * (y @ y) ** 0.5:  # positive curvature: keep the pair
+            pairs = [*pairs[-(HISTORY - 1):], (s, y, 1 / (s @ y))]
+        x, loss, grad, largest = new_x, new_loss, new_grad, new_largest
+        iterations += 1
+        if iterations % STALL_CHECK == 0:  # no progress left in float32 products
+            if checked_loss - loss <= 1e-12 * abs(loss):
+                break
+            checked_loss = loss
+    return x, (loss, grad, largest), iterations
 
 
 def check_sizes(sizes) -> list:
@@ -84,17 +138,13 @@ class LogisticRegression:
         features_t = features.T.contiguous()  # (F, N): logits and their reductions run along N
         one_hot_t = torch.nn.functional.one_hot(target, num_classes).T.to(torch.float64)  # (C, N)
         one_hot_t32 = one_hot_t.to(torch.float32)
-        u = torch.zeros(num_classes, features.shape[1], dtype=torch.float64, device=x.device)
-        bias = torch.zeros(num_classes, dtype=torch.float64, device=x.device)
+        num_features = features.shape[1]
         bias_scale = (num / num_classes) ** -0.5  # the intercept's curvature, N / C, rescaled to 1
-        optimizer = torch.optim.LBFGS([u, bias], lr=1, max_iter=CHECK_EVERY, max_eval=25 * CHECK_EVERY,
-                                      history_size=HISTORY, tolerance_grad=0.0, tolerance_change=1e-12,
-                                      line_search_fn="strong_wolfe")
-        largest_gradient = []  # per closure call: the largest entry of the (W, b) gradient of loss / N
 
-        def closure():  # the objective and its gradient in (U, b), written out: no autograd graph
+        def evaluate(theta):  # the objective and its gradient in (U, b) flattened, written out: no autograd
+            u, bias = theta[:-num_classes].view(num_classes, num_features), theta[-num_classes:] * bias_scale
             weight = u @ inverse_factor  # (C, F)
-            logits = (weight.to(torch.float32) @ features_t).to(torch.float64) + (bias * bias_scale)[:, None]
+            logits = (weight.to(torch.float32) @ features_t).to(torch.float64) + bias[:, None]
             log_probs = torch.log_softmax(logits, 0)  # (C, N)
             loss = -(log_probs * one_hot_t).sum() + 0.5 * self.penalty * weight.pow(2).sum()
             # d loss / d logits, (C, N), in float32 as the product it feeds (exp in float64 took as long
@@ -102,22 +152,14 @@ class LogisticRegression:
             residual = log_probs.to(torch.float32).exp_().sub_(one_hot_t32)
             weight_grad = (residual @ features).to(torch.float64) + self.penalty * weight
             bias_grad = residual.sum(1, dtype=torch.float64)
-            u.grad = weight_grad @ inverse_factor.T
-            bias.grad = bias_grad * bias_scale
-            largest_gradient.append(max(weight_grad.abs().max(), bias_grad.abs().max()) / num)
-            return loss
+            grad = torch.cat([(weight_grad @ inverse_factor.T).flatten(), bias_grad * bias_scale])
+            largest = float(max(weight_grad.abs().max(), bias_grad.abs().max())) / num
+            return float(loss), grad, largest
 
-        loss = closure()
-        while optimizer.state[u].get("n_iter", 0) < self.max_iter and largest_gradient[-1] > self.tolerance:
-            before = optimizer.state[u].get("n_iter", 0), loss  # L-BFGS's history carries over calls
-            optimizer.step(closure)
-            loss = closure()  # and the gradient, where the iterations ended
-            if optimizer.state[u]["n_iter"] == before[0] or before[1] - loss <= 1e-12 * abs(loss):
-                break  # no progress left in float32 products: as close as they allow
-        self.weight = u @ inverse_factor  # (C, F), on standardised features
-        self.bias = bias * bias_scale
-        self.loss = float(closure())  # the objective at the solution, in nats (sum over examples)
-        self.iterations = optimizer.state[u]["n_iter"]
+        start = torch.zeros(num_classes * (num_features + 1), dtype=torch.float64, device=x.device)
+        theta, (self.loss, _, _), self.iterations = minimise(evaluate, start, self.max_iter, self.tolerance)
+        self.weight = theta[:-num_classes].view(num_classes, num_features) @ inverse_factor  # (C, F), standardised
+        self.bias = theta[-num_classes:] * bias_scale
         return self
 
     def decision_function(self, x: torch.Tensor) -> torch.Tensor:
