@@ -8,17 +8,20 @@ its decoder passes/s; L_K runs K decoder passes per test image, so images x samp
 passes/s. The evaluation should run at least as many decoder passes per second as training does.
 Also timed: the forward-only ELBO pass over the test set that train() runs (average_terms), and the
 probe (logistic regression on the latent means, 10 / 100 / all labels per class) as vae-cli fits it
-(torch L-BFGS, evaluation/probe.py) beside scikit-learn's LogisticRegression (the probe before; a test
+(L-BFGS in torch, evaluation/probe.py) beside scikit-learn's LogisticRegression (the probe before; a test
 dependency, skipped when not installed), alternating, with their test accuracies; and vae-cli's fit on
 one intra-op thread instead of the process's.
 
     python benchmarks/eval_throughput.py [--num-samples 1000] [--device cpu] [--probe-rounds 1]
-                                         [--baseline DIR] [--lk-rounds 3]
+                                         [--baseline DIR] [--lk-rounds 3] [--latent gaussian]
+                                         [--no-scikit-learn]
 
 --baseline DIR: L_K of another vae-cli checkout beside this one (e.g. `git worktree add /tmp/old
 9d25d7f`, the code when issue 13 was filed), on the same trained weights and test images, alternating
 --lk-rounds rounds: the baseline's log_px_estimates against today's (which also returns the Monte Carlo
-variances vae-eval reports), as images x samples/s, medians and their ratio.
+variances vae-eval reports), as images x samples/s, medians and their ratio; and the baseline's probe
+timed beside today's in each probe round. --latent categorical trains the 20x10 categorical model
+instead, whose probe features are 200-dimensional.
 """
 import argparse
 import importlib
@@ -45,12 +48,12 @@ from vae_cli.train import train
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
-def configs(device: str, num_samples: int):
+def configs(device: str, num_samples: int, latent: str):
     data = ["data=fashion_mnist", "data.val_fraction=0"] if FASHION.is_dir() else [
         "data=synthetic", "data.num_train=60000", "data.num_test=10000", "data.image_size=28",
         "data.num_classes=10", "data.val_fraction=0"]
     with initialize_config_module("vae_cli.configs", version_base="1.3"):
-        train_cfg = compose("train", overrides=[*data, "epochs=1", f"device={device}", "~eval"])
+        train_cfg = compose("train", overrides=[*data, "epochs=1", f"device={device}", f"latent={latent}", "~eval"])
         # The pixel baseline of the probe does not depend on the model (and takes minutes on a CPU).
         eval_cfg = compose("eval", overrides=[f"device={device}", f"eval.num_samples={num_samples}",
                                               "eval.pixel_baseline=false"])
@@ -70,9 +73,10 @@ def forward_images_per_sec(run_dir: Path, device: torch.device) -> tuple[float, 
     return test_x.shape[0] / min(seconds), test_x.shape[0]
 
 
-def probe_seconds(run_dir: Path, device: torch.device, rounds: int) -> None:
-    """Fit the probe on the run's latent means with vae-cli's and scikit-learn's logistic regression,
-    alternating; print seconds and test accuracy per labelled-set size."""
+def probe_seconds(run_dir: Path, device: torch.device, rounds: int, baseline=None, sklearn: bool = True) -> None:
+    """Fit the probe on the run's latent means with vae-cli's and scikit-learn's logistic regression
+    (and the baseline checkout's, when given), alternating; print seconds and test accuracy per
+    labelled-set size."""
     cfg, data, model = load_run(run_dir, device)[:3]
     generator = torch.Generator(device=device).manual_seed(0)
     with torch.inference_mode():
@@ -80,6 +84,8 @@ def probe_seconds(run_dir: Path, device: torch.device, rounds: int) -> None:
         features = [latent_means(model, x, 1000).flatten(1) for x in
                     (train_x, prepare_eval_sets(model.likelihood, data, device, 0)[1])]
     try:
+        if not sklearn:
+            raise ImportError("--no-scikit-learn")
         from sklearn.linear_model import LogisticRegression as Sklearn
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
@@ -89,8 +95,12 @@ def probe_seconds(run_dir: Path, device: torch.device, rounds: int) -> None:
     for per_class in (10, 100, "all"):
         index = torch.from_numpy(labelled_subset(data.train_y.numpy(), per_class, 0))
         x, y = features[0][index.to(device)], data.train_y[index]
-        seconds = {"vae-cli (torch)": [], "scikit-learn": [], "one thread": []}
+        seconds = {"vae-cli (torch)": [], "scikit-learn": [], "one thread": [], "baseline": []}
         for _ in range(rounds):
+            if baseline is not None:
+                start = time.perf_counter()
+                old = baseline.LogisticRegression().fit(x, y.to(device)).score(features[1], data.test_y.to(device))
+                seconds["baseline"].append(time.perf_counter() - start)
             start = time.perf_counter()
             ours = LogisticRegression().fit(x, y.to(device)).score(features[1], data.test_y.to(device))
             seconds["vae-cli (torch)"].append(time.perf_counter() - start)
@@ -109,6 +119,9 @@ def probe_seconds(run_dir: Path, device: torch.device, rounds: int) -> None:
         ours_s = statistics.median(seconds["vae-cli (torch)"])
         line = (f"  {str(per_class):>4} per class: vae-cli {ours_s:6.2f} s on {torch.get_num_threads()} threads "
                 f"(one thread {statistics.median(seconds['one thread']):6.2f} s), accuracy {ours:.4f}")
+        if baseline is not None:
+            old_s = statistics.median(seconds["baseline"])
+            line += f"; baseline {old_s:6.2f} s, accuracy {old:.4f} ({old_s / ours_s:.2f}x the time)"
         if Sklearn is not None:
             theirs_s = statistics.median(seconds["scikit-learn"])
             line += f"; scikit-learn {theirs_s:6.2f} s, accuracy {theirs:.4f} ({theirs_s / ours_s:.1f}x the time)"
@@ -119,12 +132,8 @@ def lk_side_by_side(run_dir: Path, baseline: Path, device: torch.device, setting
     """L_K of this checkout and of the baseline checkout on the same weights and test images, alternating."""
     from omegaconf import OmegaConf
 
-    sys.path.insert(0, str(Path(__file__).parent))
-    from train_throughput import import_baseline
-
     cfg, data, model = load_run(run_dir, device)[:3]
     test_x = prepare_eval_sets(model.likelihood, data, device, cfg.get("eval_seed", 0))[1]
-    import_baseline(baseline, Path(tempfile.mkdtemp()))
     old_build = importlib.import_module("vae_cli_baseline.build")
     old_iwae = importlib.import_module("vae_cli_baseline.evaluation.iwae")
     old_cfg = OmegaConf.create(re.sub(r"\bvae_cli\b", "vae_cli_baseline", OmegaConf.to_yaml(cfg)))
@@ -157,9 +166,14 @@ def main():
     parser.add_argument("--probe-rounds", type=int, default=1,
                         help="alternating rounds of the probe timing (0: skip it)")
     parser.add_argument("--baseline", type=Path, help="another vae-cli checkout: its L_K beside today's")
-    parser.add_argument("--lk-rounds", type=int, default=3, help="alternating rounds of the side-by-side L_K")
+    parser.add_argument("--lk-rounds", type=int, default=3,
+                        help="alternating rounds of the side-by-side L_K (0: the baseline's probe only)")
+    parser.add_argument("--no-scikit-learn", action="store_true",
+                        help="skip scikit-learn's fit (a minute a round on categorical features)")
+    parser.add_argument("--latent", default="gaussian", choices=["gaussian", "categorical"],
+                        help="the model's latent (categorical: 200-dimensional probe features)")
     args = parser.parse_args()
-    train_cfg, eval_cfg = configs(args.device, args.num_samples)
+    train_cfg, eval_cfg = configs(args.device, args.num_samples, args.latent)
     with tempfile.TemporaryDirectory() as run_dir:
         train(train_cfg, run_dir)
         start = time.perf_counter()
@@ -167,10 +181,18 @@ def main():
         eval_seconds = time.perf_counter() - start
         report = json.loads((Path(run_dir) / "eval.json").read_text())
         forward, num_test = forward_images_per_sec(Path(run_dir), torch.device(args.device))
+        baseline_probe = None
         if args.baseline is not None:
-            lk_side_by_side(Path(run_dir), args.baseline, torch.device(args.device), eval_cfg.eval, args.lk_rounds)
+            sys.path.insert(0, str(Path(__file__).parent))
+            from train_throughput import import_baseline
+            import_baseline(args.baseline, Path(tempfile.mkdtemp()))
+            baseline_probe = importlib.import_module("vae_cli_baseline.evaluation.probe")
+            if args.lk_rounds:
+                lk_side_by_side(Path(run_dir), args.baseline, torch.device(args.device), eval_cfg.eval,
+                                args.lk_rounds)
         if args.probe_rounds:
-            probe_seconds(Path(run_dir), torch.device(args.device), args.probe_rounds)
+            probe_seconds(Path(run_dir), torch.device(args.device), args.probe_rounds, baseline_probe,
+                          not args.no_scikit_learn)
         status = json.loads((Path(run_dir) / "status.json").read_text())
     training = status["images_per_sec"]  # = decoder passes per second (one sample per image)
     evaluation = report["images_x_samples_per_sec"]
