@@ -1,4 +1,5 @@
 """TensorBoard output of a run: scalars, image grids, the resolved config, and HParams in the same folder."""
+import time
 from pathlib import Path
 
 import torch
@@ -47,6 +48,8 @@ class RunWriter:
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415 - see the class docstring
 
+            if self.purge_step is not None:
+                after_earlier_files(self.run_dir)
             self._writer = SummaryWriter(log_dir=str(self.run_dir), purge_step=self.purge_step)
             for tag, text in self._texts:
                 self._writer.add_text(tag, text, 0)
@@ -87,3 +90,13 @@ class RunWriter:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def after_earlier_files(run_dir: Path) -> None:
+    """Wait (at most a second) until the clock is past the newest events file's creation second: TensorBoard
+    reads a folder's files in name order, events.out.tfevents.<second>.<host>.<pid>.<counter>, so a
+    resumed attempt's file made within that second could sort before the earlier one ("10" < "9")."""
+    seconds = [int(f.name.split(".")[3]) for f in run_dir.glob("events.out.tfevents.*")
+               if f.name.split(".")[3].isdigit()]
+    while seconds and time.time() < max(seconds) + 1:
+        time.sleep(0.02)
