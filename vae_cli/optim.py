@@ -115,7 +115,8 @@ class Adam:
             state = {}
             for key, value in saved.items():
                 if key == "step":
-                    state[key] = value.to(torch.float32).to(p.device, copy=True) if group["fused"] else value.clone()
+                    state[key] = (value.to(device=p.device, dtype=torch.float32, copy=True) if group["fused"]
+                                  else value.clone())
                 else:
                     state[key] = value.to(device=p.device, dtype=p.dtype, copy=True)
                 if state[key].shape != (() if key == "step" else p.shape):

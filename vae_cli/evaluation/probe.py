@@ -31,10 +31,10 @@ def minimise(evaluate, x: torch.Tensor, max_iter: int, tolerance: float):
     """L-BFGS on a smooth convex objective: evaluate(x) -> (loss, gradient, largest), `largest` the
     figure the stopping rule compares with tolerance. Directions by the two-loop recursion over the last
     HISTORY pairs (s, y) (Nocedal & Wright 2006, algorithms 7.4-7.5); steps from t = 1, halved until the
-    loss falls by ARMIJO t g.d, or until the slope along d meets the approximate Wolfe conditions. Stops at tolerance, after max_iter iterations, when STALL_CHECK
-    iterations lowered the loss by no more than 1e-12 of it, or when no step lowers it (float32 products
-    leave the last digits). Returns x, its (loss, gradient, largest) and the
-    iterations taken."""
+    loss falls by ARMIJO t g.d, or until the slope along d meets the approximate Wolfe conditions.
+    Stops at tolerance, after max_iter iterations, when STALL_CHECK iterations lowered the loss by no
+    more than 1e-12 of it, or when no step lowers it (float32 products leave the last digits).
+    Returns x, its (loss, gradient, largest) and the iterations taken."""
     loss, grad, largest = evaluate(x)
     checked_loss = loss
     pairs = []  # (s, y, 1 / y.s), oldest first
