@@ -119,18 +119,20 @@ class LogisticRegression:
         self.penalty, self.max_iter, self.tolerance = penalty, max_iter, tolerance  # penalty = 1 / C
 
     def _standardise(self, x: torch.Tensor) -> torch.Tensor:
-        return ((x.to(torch.float64) - self.mean) / self.std).to(torch.float32)
+        """(x - mean) / std in float32: the features are float32 whatever this is done in, and a float64
+        copy of 54,000 x 200 features took ~0.15 s a pass in the end-of-run evaluation."""
+        return (x.to(torch.float32) - self.mean.to(torch.float32)).div_(self.std.to(torch.float32))
 
     def fit(self, x: torch.Tensor, y: torch.Tensor) -> "LogisticRegression":
         x = torch.as_tensor(x)
         y = torch.as_tensor(y, device=x.device)
         self.classes, target = torch.unique(y, return_inverse=True)  # labels -> 0..C-1
         num, num_classes = x.shape[0], len(self.classes)
-        x64 = x.to(torch.float64)
-        self.mean = x64.mean(0)
-        self.std = x64.std(0, correction=0)
+        self.mean = x.mean(0, dtype=torch.float64)
+        centred = x.to(torch.float32) - self.mean.to(torch.float32)  # (N, F)
+        self.std = centred.pow(2).mean(0, dtype=torch.float64).sqrt()  # about the mean rounded to float32
         self.std[self.std == 0] = 1.0  # as StandardScaler: a constant feature stays 0, not NaN
-        features = self._standardise(x)  # (N, F)
+        features = centred.div_(self.std.to(torch.float32))  # (N, F), standardised
         covariance = (features.T @ features).to(torch.float64) / num  # S, (F, F)
         identity = torch.eye(len(covariance), dtype=torch.float64, device=x.device)
         factor = torch.linalg.cholesky(num / num_classes * covariance + self.penalty * identity)  # L L^T = P
