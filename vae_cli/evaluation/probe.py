@@ -119,8 +119,7 @@ class LogisticRegression:
         self.penalty, self.max_iter, self.tolerance = penalty, max_iter, tolerance  # penalty = 1 / C
 
     def _standardise(self, x: torch.Tensor) -> torch.Tensor:
-        """(x - mean) / std in float32: the features are float32 whatever this is done in, and a float64
-        copy of 54,000 x 200 features took ~0.15 s a pass in the end-of-run evaluation."""
+        """(x - mean) / std in float32, the precision the products take them in: no float64 copy of x."""
         return (x.to(torch.float32) - self.mean.to(torch.float32)).div_(self.std.to(torch.float32))
 
     def fit(self, x: torch.Tensor, y: torch.Tensor) -> "LogisticRegression":
