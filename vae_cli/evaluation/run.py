@@ -56,8 +56,8 @@ def check_settings(settings: DictConfig) -> None:
 
 
 def rows_per_pass(settings: DictConfig) -> int:
-    """Images per encoder pass for the latent means: as many rows as one decoder pass of L_K takes
-    (batch_size * chunk_size), the memory those settings allow; batch_size alone (20) is per-call overhead."""
+    """Images per encoder pass for the latent means, one row each: as many rows as one decoder pass
+    of L_K takes (batch_size * chunk_size), so the same memory; batch_size alone is mostly call overhead."""
     return settings.batch_size * settings.chunk_size
 
 
