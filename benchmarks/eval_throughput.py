@@ -6,6 +6,9 @@ synthetic images of that shape with a 10,000-image test split. Then vae-eval eva
 with K=1000. Training runs one decoder pass per image (estimator.num_samples=1), so its images/s are
 its decoder passes/s; L_K runs K decoder passes per test image, so images x samples/s are its decoder
 passes/s. The evaluation should run at least as many decoder passes per second as training does.
+Beside L_K, its floor on this machine: the decoder's Linear layers alone on as many rows as L_K feeds
+them (K decoder passes per test image, batch_size * chunk_size rows a call), without the draws, the
+likelihood or the reductions; L_K cannot run faster than that without less work.
 Also timed: the forward-only ELBO pass over the test set that train() runs (average_terms), and the
 probe (logistic regression on the latent means, 10 / 100 / all labels per class) as vae-cli fits it
 (L-BFGS in torch, evaluation/probe.py) beside scikit-learn's LogisticRegression (the probe before; a test
@@ -26,6 +29,7 @@ instead, whose probe features are 200-dimensional.
 import argparse
 import importlib
 import json
+import math
 import re
 import statistics
 import sys
@@ -71,6 +75,29 @@ def forward_images_per_sec(run_dir: Path, device: torch.device) -> tuple[float, 
         average_terms(model, estimator, test_x, cfg.eval_batch_size, cfg.beta, cfg.get("eval_seed", 0))
         seconds.append(time.perf_counter() - start)
     return test_x.shape[0] / min(seconds), test_x.shape[0]
+
+
+def decoder_floor(run_dir: Path, device: torch.device, settings) -> tuple[float, float]:
+    """(seconds, GMAC/s): the decoder's Linear layers alone on the rows L_K gives them over the test set,
+    K * N rows in calls of batch_size * chunk_size rows (the chunk as log_px_estimates with variances
+    takes it); 100 calls timed, the best of three, scaled to the whole."""
+    _, data, model = load_run(run_dir, device)[:3]
+    num_rows = data.test_x.shape[0] * settings.num_samples
+    rows = settings.batch_size * min(settings.chunk_size, math.ceil(settings.num_samples / 2))
+    layers = [layer for layer in model.decoder.modules() if isinstance(layer, torch.nn.Linear)]
+    inputs = [torch.rand(rows, layer.in_features, device=device) for layer in layers]
+    calls, seconds = min(100, math.ceil(num_rows / rows)), []
+    with torch.inference_mode():
+        for _ in range(3):
+            start = time.perf_counter()
+            for _ in range(calls):
+                for layer, x in zip(layers, inputs):
+                    layer(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds.append((time.perf_counter() - start) * num_rows / (calls * rows))
+    macs = num_rows * sum(layer.in_features * layer.out_features for layer in layers)
+    return min(seconds), macs / min(seconds) / 1e9
 
 
 def probe_seconds(run_dir: Path, device: torch.device, rounds: int, baseline=None, sklearn: bool = True) -> None:
@@ -181,6 +208,7 @@ def main():
         eval_seconds = time.perf_counter() - start
         report = json.loads((Path(run_dir) / "eval.json").read_text())
         forward, num_test = forward_images_per_sec(Path(run_dir), torch.device(args.device))
+        floor, gmacs = decoder_floor(Path(run_dir), torch.device(args.device), eval_cfg.eval)
         baseline_probe = None
         if args.baseline is not None:
             sys.path.insert(0, str(Path(__file__).parent))
@@ -198,15 +226,19 @@ def main():
     evaluation = report["images_x_samples_per_sec"]
     print(f"data: {report['data_source']}; device {report['device']}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
+    lk_seconds = num_test * args.num_samples / evaluation
     print(f"vae-eval, K={args.num_samples} on {num_test:,} test images: {eval_seconds:.1f} s in all "
-          f"(L_K {num_test * args.num_samples / evaluation:.1f} s; then the latent probe, pictures, projector)")
+          f"(L_K {lk_seconds:.1f} s; then the latent probe, pictures, projector)")
     print(f"L_K                       {evaluation:12,.0f} images x samples/s (decoder passes/s)")
+    print(f"L_K's floor               {floor:12.1f} s: the decoder's Linear layers alone on its rows "
+          f"({gmacs:.0f} GMAC/s), {floor / lk_seconds:.0%} of L_K's {lk_seconds:.1f} s")
     print(f"training (fwd+bwd+Adam)   {training:12,.0f} images/s = decoder passes/s")
     print(f"training's ELBO pass      {forward:12,.0f} images/s (forward only)")
     print(f"ratio L_K / training      {evaluation / training:12.2f}x")
     print(f"ratio L_K / forward pass  {evaluation / forward:12.2f}x")
     print(json.dumps({"eval_images_x_samples_per_sec": evaluation, "train_images_per_sec": training,
-                      "forward_images_per_sec": forward, "ratio_vs_training": evaluation / training,
+                      "forward_images_per_sec": forward, "lk_floor_seconds": floor,
+                      "ratio_vs_training": evaluation / training,
                       "vae_eval_seconds": eval_seconds, "test/L_K": report["figures"].get("test/L_K")}))
 
 
