@@ -12,7 +12,8 @@ shape. Whole epochs, by train(cfg) itself (its own images/s of the epoch, from s
 - baseline (--baseline DIR): train(cfg) of another checkout of vae-cli, e.g. the commit before a change
   (`git worktree add /tmp/old <commit>`), imported side by side as a renamed copy: before against after.
 --steps adds the training step alone on the same prepared batches (no loop, no logging): the
-hand-written step and AutogradStep.
+hand-written step and AutogradStep, and the step's floor: its matrix products alone, at the rate this
+CPU's BLAS runs them (what the step's other work, the loop and the epoch's validation add on top).
 
 The paths alternate, round after round, in one process, so that load on a shared machine hits all of
 them; each path's best round (a quiet stretch) and median round are printed, and ratios to vae-cli.
@@ -134,7 +135,35 @@ def step_paths(cfg, images: torch.Tensor, device: torch.device, num_steps: int):
             return num_steps * cfg.batch_size / (time.perf_counter() - start)
         run()  # warm-up: the optimizer's state, the allocator
         return run
-    return {"step: hand-written": make(FusedReparamStep), "step: autograd": make(AutogradStep)}
+    paths = {"step: hand-written": make(FusedReparamStep), "step: autograd": make(AutogradStep)}
+    paths["step's floor: products"] = products_alone(build_model(cfg, images.shape[1]).to(device), cfg.batch_size,
+                                                     num_steps)
+    return paths
+
+
+def products_alone(model, batch_size: int, num_steps: int):
+    """run() -> images/s of the step's matrix products alone, on random operands of the batch's shapes: for
+    each Linear layer of the encoder and decoder its forward product and its weight gradient, and the input
+    gradient for every layer but the first (nothing needs the gradient of the pixels). No step can beat it
+    without computing less, or in lower precision."""
+    layers = [m for part in (model.encoder, model.decoder) for m in part.modules() if isinstance(m, torch.nn.Linear)]
+    device = layers[0].weight.device
+    operands = [(torch.rand(batch_size, m.in_features, device=device), m.weight.detach().clone(),
+                 torch.rand(batch_size, m.out_features, device=device)) for m in layers]
+
+    def run() -> float:
+        start = time.perf_counter()
+        for _ in range(num_steps):
+            for i, (x, w, grad_y) in enumerate(operands):
+                torch.mm(x, w.t())  # forward
+                torch.mm(grad_y.t(), x)  # weight gradient
+                if i:
+                    torch.mm(grad_y, w)  # input gradient
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return num_steps * batch_size / (time.perf_counter() - start)
+    run()
+    return run
 
 
 def main():
