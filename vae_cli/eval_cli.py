@@ -15,7 +15,8 @@ from vae_cli.process_exit import ExitWithoutTeardown
 USAGE = """usage: vae-eval RUN_FOLDER [key=value ...]
 
 vae-eval: evaluate a finished vae-train run from its checkpoint, on the same test set training scored
-(prepared from the run's eval_seed). It computes, per test example in nats (L_K and elbo_L1 with their Monte Carlo standard errors):
+(prepared from the run's eval_seed). It computes, per test example in nats (L_K and elbo_L1 with their
+Monte Carlo standard errors):
   L_K            the importance-weighted bound (Burda et al. 2016): a LOWER bound on log p(x), rising with K
   elbo_L1        the ELBO on the same K draws
   posterior_gap  L_K - L_1: a lower bound on KL(q(z|x) || p(z|x)), tight only as K grows

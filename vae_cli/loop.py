@@ -1,5 +1,5 @@
 """The training loop of one run: epochs of steps, validation and model selection, checkpoints that resume
-at any step boundary, and the end-of-run evaluation of the best model."""
+at any step boundary (the end of the run, once training is done: vae_cli/run_end.py)."""
 import logging
 import math
 import os
@@ -15,11 +15,10 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from vae_cli.checkpoint import save_checkpoint
 from vae_cli.diagnostics import gradient_diagnostics
 from vae_cli.estimators import TERM_NAMES
-from vae_cli.eval_data import (PICTURE_TAGS, TEST_DRAWS, VAL_DRAWS, average_terms, picture_grids,
-                               prepare_eval_sets)
+from vae_cli.eval_data import PICTURE_TAGS, VAL_DRAWS, average_terms, picture_grids, prepare_eval_sets
 from vae_cli.run_state import BEST, CHECKPOINT, resume_command
 from vae_cli.summary import RunWriter
-from vae_cli.training_state import capture, load_best_weights, restore_loop
+from vae_cli.training_state import capture, restore_loop
 
 log = logging.getLogger("vae_cli.train")
 
@@ -255,38 +254,3 @@ class Loop:
         for name, images in grids.items():
             self.writer.images(PICTURE_TAGS[name], images, step)
         return grids
-
-    # --- the end of the run ----------------------------------------------------------------------------
-    def finish(self, signals) -> dict:
-        """Test figures and the light evaluation of the best-validation model; TensorBoard and PNG files.
-        Deterministic (draws from eval_seed), so a run interrupted here and resumed ends identically."""
-        cfg = self.cfg
-        signals.immediate = True  # nothing to checkpoint any more: a signal stops the evaluation at once
-        used = load_best_weights(self.run_dir / BEST, self.model, self.best, self.step)
-        self.model.eval()
-        test = average_terms(self.model, self.estimator, self.test_x, cfg.eval_batch_size, cfg.beta,
-                             seed=cfg.eval_seed * 16 + TEST_DRAWS)
-        metrics = {f"test/{k}": v for k, v in test.items()}
-        metrics.update({f"val/{k}": v for k, v in self.best["val"].items()})
-        metrics.update({"step": self.step, "epoch": self.epoch, "best/step": self.best["step"],
-                        "best/epoch": self.best["epoch"], "model_used": used})
-        evaluation = None
-        if cfg.get("eval") is not None:  # L_K, posterior gap, active units, probe, pictures (configs/eval/)
-            from vae_cli.evaluation import evaluate  # noqa: PLC0415 - heavy, and only at the end
-
-            evaluation = evaluate(self.model, self.data, self.test_x, cfg.eval, cfg.eval_seed)
-            metrics.update(evaluation.figures)
-        signals.immediate = False  # the final writes finish whatever arrives now
-        self.writer.scalars("test", test, self.step)
-        if evaluation is not None:
-            evaluation.write(self.writer, self.step)
-        grids = self.write_pictures(self.step)
-        from vae_cli.evaluation.pictures import save_png  # noqa: PLC0415
-
-        for name, images in grids.items():
-            save_png(images, self.run_dir / f"{name}.png")
-        config = OmegaConf.to_container(cfg, resolve=True) | {"model_used": used}
-        OmegaConf.save(OmegaConf.create(config), self.run_dir / "config.yaml")
-        self.writer.hparams(config, {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-        self.writer.close()
-        return metrics

@@ -17,6 +17,7 @@ from vae_cli.estimators.train_step import make_train_step
 from vae_cli.eval_data import with_error
 from vae_cli.interrupts import StopSignals
 from vae_cli.loop import Diverged, Loop, Stopped
+from vae_cli.run_end import finish
 from vae_cli.run_state import METRICS, Status, plan_run, remove_run_files, run_files
 from vae_cli.schedules import build_scheduler
 from vae_cli.training_state import restore
@@ -119,7 +120,7 @@ def checked_run(cfg: DictConfig, run_dir: Path, on_start, signals: StopSignals) 
     finished = False
     try:
         loop.run(signals, status, start)
-        metrics = loop.finish(signals)  # closes TensorBoard's writer
+        metrics = finish(loop, signals)  # closes TensorBoard's writer
         finished = True
     except Stopped as stop:
         status.update(time.perf_counter() - start, state="interrupted", step=loop.step, epoch=loop.epoch)
