@@ -2,6 +2,7 @@
 overrides.yaml, status.json, metrics.json; the vae-sweep command and the SweepSummary callback."""
 import csv
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -183,6 +184,6 @@ def test_optuna_search_maximizes_the_objective_in_sqlite_beside_the_sweep_folder
     sweeper = cfg.hydra.sweeper
     assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "minimize"
     assert sweeper.storage == "sqlite:///outputs/mine/optuna.db"
-    assert cfg.hydra.sweep.dir.startswith("outputs/mine/")
+    assert cfg.hydra.sweep.dir.startswith(f"{os.getcwd()}/outputs/mine/")  # ${launch_dir:}: absolute
     assert set(sweeper.params) == {"optimizer.lr", "beta", "model.latent_dim", "model.hidden_sizes"}
     assert hydra_config("hparams_search=optuna_mlp").hydra.sweeper.direction == "maximize"

@@ -94,12 +94,17 @@ def test_slurm_job_preempted_by_usr2_is_requeued_and_resumes(tmp_path, slurm_clu
 
 
 def test_ray_sweep_on_a_local_head(tmp_path):
-    """Joining a running cluster: its workers run in the cluster's folder, so the sweep folder is absolute."""
+    """Joining a running cluster, launched from another folder than `ray start`'s, where the cluster's
+    workers run: the default sweep folder is under the launching folder (configs/train.yaml's
+    ${launch_dir:}), and every job writes there."""
+    launch = tmp_path / "launch"
+    launch.mkdir()
     with ray_head(tmp_path) as address:
-        result = vae_train("-m", *SMOKE, "seed=0,1", "hydra/launcher=ray_jobs", f"hydra.sweep.dir={tmp_path}/sweep",
-                           f"hydra.launcher.ray.init.address={address}", cwd=tmp_path, timeout=400, **RAY_ENV)
+        result = vae_train("-m", *SMOKE, "seed=0,1", "hydra/launcher=ray_jobs",
+                           f"hydra.launcher.ray.init.address={address}", cwd=launch, timeout=400, **RAY_ENV)
     assert result.returncode == 0, result.stderr[-3000:]
-    sweep = tmp_path / "sweep"
+    assert not (tmp_path / "outputs").exists()  # nothing in the workers' folder
+    [sweep] = (launch / "outputs" / "multirun").glob("*/*")
     statuses = [status(sweep / str(i)) for i in range(2)]
     assert [s["state"] for s in statuses] == ["finished", "finished"]
     assert [s["threads"] for s in statuses] == [1, 1]  # remote.num_cpus, by OMP_NUM_THREADS

@@ -11,6 +11,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+import vae_cli.configs  # noqa: F401 - registers ${launch_dir:} (configs/__init__.py), also in sweep workers
 from vae_cli.errors import ConfigError
 from vae_cli.interrupts import Interrupted, exit_status, stop_quietly_until_the_run
 from vae_cli.process_exit import ExitWithoutTeardown
