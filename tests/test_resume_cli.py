@@ -16,6 +16,9 @@ from conftest import run_cli, vae_train_exe
 EPOCHS, STEPS_PER_EPOCH = 20, 112
 ARGS = ("debug=smoke", "~eval", "data.num_train=4000", "model.hidden_sizes=[256]", f"epochs={EPOCHS}",
         "checkpoint.every_minutes=0")
+# Checkpoints every 0.03 s, several inside each epoch even where an epoch takes ~0.1 s (a fast CPU): the
+# timer restarts at each epoch's end, so an interval longer than an epoch would never fall inside one.
+OFTEN = "checkpoint.every_minutes=0.0005"
 
 
 def wait_until_mid_epoch(process, run_dir, after: int = STEPS_PER_EPOCH, timeout=300) -> None:
@@ -38,10 +41,10 @@ def test_sigterm_mid_epoch_then_the_printed_command_resumes_to_the_same_metrics(
     reference = run_cli(*ARGS, "hydra.run.dir=reference", cwd=tmp_path)
     assert reference.returncode == 0, reference.stderr
     run_dir = tmp_path / "run"
-    # checkpoints every ~0.1 s update status.json's step, so the signal can be sent inside an epoch (they
+    # checkpoints every 0.03 s update status.json's step, so the signal can be sent inside an epoch (they
     # change no draw: the reference, without them, takes the same steps). A signal that arrives while an
     # epoch's end is being processed stops the run on that epoch's end: then resume and stop it again.
-    command = [vae_train_exe(), *ARGS[:-1], "checkpoint.every_minutes=0.002", f"hydra.run.dir={run_dir}"]
+    command = [vae_train_exe(), *ARGS[:-1], OFTEN, f"hydra.run.dir={run_dir}"]
     stops = []
     while not stops or stops[-1] % STEPS_PER_EPOCH == 0:
         assert len(stops) < 5, stops
@@ -61,7 +64,7 @@ def test_sigterm_mid_epoch_then_the_printed_command_resumes_to_the_same_metrics(
         stops.append(status["step"])
         resume = line.split("resume with: ")[1]
         assert resume == f"vae-train resume={run_dir.resolve()}" == status["resume_command"]
-        command = [vae_train_exe(), *shlex.split(resume)[1:], "checkpoint.every_minutes=0.002"]
+        command = [vae_train_exe(), *shlex.split(resume)[1:], OFTEN]
     resumed = subprocess.run([vae_train_exe(), *shlex.split(resume)[1:]], cwd=tmp_path, capture_output=True,
                              text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
@@ -98,7 +101,7 @@ def test_a_second_ctrl_c_exits_at_once():
 def test_sigkill_loses_at_most_the_checkpoint_interval(tmp_path):
     """checkpoint.every_minutes writes checkpoint.pt inside epochs too: killed outright (no handler runs),
     the run resumes from the last one and still ends with the uninterrupted run's metrics."""
-    args = (*ARGS[:-1], "checkpoint.every_minutes=0.002")  # every ~0.1 s
+    args = (*ARGS[:-1], OFTEN)
     reference = run_cli(*args, "hydra.run.dir=reference", cwd=tmp_path)
     assert reference.returncode == 0, reference.stderr
     run_dir = tmp_path / "run"
