@@ -1,5 +1,5 @@
-"""The end of a run: test figures and the light evaluation of the best-validation model, written to
-TensorBoard, PNG files and config.yaml."""
+"""The end of a run: test figures and the evaluation (configs/eval/, light by default) of the
+best-validation model, written to TensorBoard, PNG files and config.yaml."""
 from omegaconf import OmegaConf
 
 from vae_cli.eval_data import TEST_DRAWS, average_terms
