@@ -187,3 +187,21 @@ def test_optuna_search_maximizes_the_objective_in_sqlite_beside_the_sweep_folder
     assert cfg.hydra.sweep.dir.startswith(f"{os.getcwd()}/outputs/mine/")  # ${launch_dir:}: absolute
     assert set(sweeper.params) == {"optimizer.lr", "beta", "model.latent_dim", "model.hidden_sizes"}
     assert hydra_config("hparams_search=optuna_mlp").hydra.sweeper.direction == "maximize"
+
+
+@pytest.mark.parametrize("address,reason", [("127.0.0.1:{port}", "no Ray cluster answers there"),
+                                            ("ray://127.0.0.1:{port}", "no Ray cluster answers there"),
+                                            ("my-head", "not HOST:PORT")])
+def test_a_ray_address_nothing_answers_at_is_one_line_at_once(tmp_path, address, reason):
+    """ray.init would retry for minutes; vae-train names the key and stops before composing anything."""
+    from conftest import run_cli
+    from services import free_port  # a port nothing listens on: bound, then released
+
+    address = address.format(port=free_port())
+    start = time.monotonic()
+    result = run_cli("-m", "debug=smoke", "seed=0,1", "hydra/launcher=ray_jobs",
+                     f"hydra.launcher.ray.init.address={address}", cwd=tmp_path)
+    assert result.returncode == 2 and time.monotonic() - start < 30, result.stderr
+    assert result.stderr.splitlines() == [result.stderr.splitlines()[0]] and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"error: hydra.launcher.ray.init.address={address}: {reason}")
+    assert not (tmp_path / "outputs").exists()

@@ -2,6 +2,7 @@
 import io
 import math
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -64,9 +65,29 @@ def console() -> None:
         main()
 
 
+def check_ray_address(args: list[str], timeout: float = 5.0) -> None:
+    """A running Ray cluster named on the command line (hydra/launcher=ray_jobs) must answer at that address:
+    ray.init would otherwise retry for minutes, a warning every few seconds, before any job starts."""
+    given = [a.split("=", 1)[1] for a in args if a.startswith("hydra.launcher.ray.init.address=")]
+    if not given or given[-1] in ("local", "auto", "null", ""):  # auto: RAY_ADDRESS or this node's cluster
+        return
+    address = given[-1]
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+        return
+    except ValueError:
+        reason = "not HOST:PORT"
+    except OSError as err:
+        reason = f"no Ray cluster answers there ({err})"
+    fail(ConfigError(f"hydra.launcher.ray.init.address={address}: {reason}; give the HOST:PORT of a running "
+                     "head (`ray start --head` prints it), or local to start a Ray for this sweep"))
+
+
 def main() -> None:
     """vae-train [resume=RUN_FOLDER] [key=value ...] [-m]: see `vae-train --help`."""
     args = sys.argv[1:]
+    check_ray_address(args)
     resume = [a.split("=", 1)[1] for a in args if a.startswith("resume=")]
     if resume and resume[0] not in ("", "null"):  # Hydra's run folder is the one being resumed
         sys.argv += [f"hydra.run.dir={resume[0]}"]
