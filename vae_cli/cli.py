@@ -67,7 +67,8 @@ def console() -> None:
 
 def check_ray_address(args: list[str], timeout: float = 5.0) -> None:
     """A running Ray cluster named on the command line (hydra/launcher=ray_jobs) must answer at that address:
-    ray.init would otherwise retry for minutes, a warning every few seconds, before any job starts."""
+    ray.init would otherwise retry for minutes, a warning every few seconds, before any job starts. Checked
+    here, before Hydra: its callbacks cannot stop a sweep (it turns their errors into warnings)."""
     given = [a.split("=", 1)[1] for a in args if a.startswith("hydra.launcher.ray.init.address=")]
     if not given or given[-1] in ("local", "auto", "null", ""):  # auto: RAY_ADDRESS or this node's cluster
         return
