@@ -43,7 +43,12 @@ def idx_folder(root: Path, corrupt: str) -> Path:
 
 # (command-line overrides, words the error line must contain). Each runs in a fresh folder.
 FRESH_CASES = [
-    (("epoch=3",), ["epoch", "not in struct", "+epoch=3"]),  # unknown key
+    (("epoch=3",), ["epoch=3: vae-train's config has no key epoch; did you mean epochs?"]),  # unknown key
+    (("optimizer.lrr=0.1",), ["no key optimizer.lrr; did you mean optimizer.lr?"]),
+    (("+epoch=3",), ["+epoch=3:", "did you mean epochs?"]),  # Hydra would add it, and nothing would read it
+    (("++seeed=1",), ["++seeed=1:", "did you mean seed?"]),
+    (("likelihood.scale=optimal",), ["likelihood.scale is a key of likelihood=gaussian only"]),
+    (("data=fashion",), ["data/fashion", "the options of data are fashion_mnist, mnist, synthetic"]),
     (("epochs=abc",), ["epochs='abc'", "integer"]),  # wrong type
     (("optimizer.lr=0",), ["optimizer.lr=0", "> 0"]),
     (("optimizer.lr=-1",), ["optimizer.lr=-1", "> 0"]),

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 import vae_cli.configs  # noqa: F401 - registers ${launch_dir:} (configs/__init__.py), also in sweep workers
+from vae_cli.config_keys import check_added_keys, hydra_error_line
 from vae_cli.errors import ConfigError
 from vae_cli.interrupts import Interrupted, exit_status, stop_quietly_until_the_run
 from vae_cli.process_exit import ExitWithoutTeardown
@@ -56,7 +57,7 @@ class HeldStderr(io.TextIOBase):
             last = lines[-1]
             hint = " (the run folder, hydra.run.dir, cannot be created or written there)" if "Error" in last else ""
             return last + hint
-        return "; ".join(lines)
+        return hydra_error_line("; ".join(lines))
 
 
 def console() -> None:
@@ -89,6 +90,9 @@ def main() -> None:
     """vae-train [resume=RUN_FOLDER] [key=value ...] [-m]: see `vae-train --help`."""
     args = sys.argv[1:]
     check_ray_address(args)
+    added = check_added_keys(args)
+    if added:
+        fail(ConfigError(added))
     resume = [a.split("=", 1)[1] for a in args if a.startswith("resume=")]
     if resume and resume[0] not in ("", "null"):  # Hydra's run folder is the one being resumed
         sys.argv += [f"hydra.run.dir={resume[0]}"]
