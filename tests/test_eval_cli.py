@@ -61,6 +61,18 @@ def test_vae_eval_light_reproduces_the_figures_of_training(smoke_run):
     assert report["model_used"].startswith("best")
 
 
+def test_vae_eval_keeps_an_earlier_report_of_other_settings(smoke_run, tmp_path):
+    """eval.json of other settings is renamed, not overwritten; the same settings again replace it."""
+    run_dir = shutil.copytree(smoke_run[0], tmp_path / "run")
+    for path in run_dir.glob("eval*.json"):
+        path.unlink()
+    for num_samples in (20, 7, 7):
+        main([str(run_dir), "eval=light", f"eval.num_samples={num_samples}"])
+    reports = {p.name: json.loads(p.read_text()) for p in run_dir.glob("eval*.json")}
+    assert {name: r["settings"]["num_samples"] for name, r in reports.items()} == {"eval-1.json": 20, "eval.json": 7}
+    assert reports["eval-1.json"]["figures"]["test/L_K"] != reports["eval.json"]["figures"]["test/L_K"]
+
+
 def test_vae_eval_writes_every_promised_tag_and_key(smoke_run):
     run_dir, metrics, _ = smoke_run
     main([str(run_dir), "eval.num_samples=300", "eval.chunk_size=64"])

@@ -22,8 +22,9 @@ Monte Carlo standard errors):
   posterior_gap  L_K - L_1: a lower bound on KL(q(z|x) || p(z|x)), tight only as K grows
 and bits/dim (continuous likelihoods), active units, the semi-supervised probe (logistic regression on
 latent means with 10, 100 and all labels per class, against raw pixels), latent traversal and
-interpolation pictures. Figures go to RUN_FOLDER/eval.json and, under vae-eval/ tags, to the run's
-TensorBoard events. docs/math.md says what each figure means.
+interpolation pictures. Figures go to RUN_FOLDER/eval.json (an earlier one of other settings is kept as
+eval-1.json, ...) and, under vae-eval/ tags, to the run's TensorBoard events. docs/math.md says what each
+figure means.
 
 Keys (configs/eval.yaml with eval/full.yaml), each overridable as key=value:
   checkpoint           best: best.pt (best validation ELBO) | last: checkpoint.pt

@@ -17,7 +17,8 @@ CHECKPOINT, BEST, METRICS, STATUS = "checkpoint.pt", "best.pt", "metrics.json", 
 # What a run writes into its folder besides Hydra's .hydra/ and log file (removed by overwrite=true).
 RUN_FILES = (CHECKPOINT, BEST, METRICS, STATUS, "eval.json", "config.yaml", "reconstructions.png",
              "samples.png", "projector_config.pbtxt")
-RUN_GLOBS = ("events.out.tfevents.*", "[0-9][0-9][0-9][0-9][0-9]")  # TensorBoard events, projector folders
+RUN_GLOBS = ("events.out.tfevents.*", "[0-9][0-9][0-9][0-9][0-9]",  # TensorBoard events, projector folders
+             "eval-[0-9]*.json")  # vae-eval's reports of earlier settings
 
 # Keys a resumed run may change: how long it runs and how it reports, never what it computes.
 RESUMABLE = ("epochs", "max_steps", "device", "log_every", "eval_batch_size", "checkpoint", "early_stopping",

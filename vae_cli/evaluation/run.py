@@ -1,4 +1,5 @@
 """evaluate(): a trained model's figures and pictures on the test set; evaluate_run(): the job of vae-eval."""
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -131,9 +132,10 @@ def evaluate(model, data, test_x: torch.Tensor, settings: DictConfig, eval_seed:
             images["latents/interpolations"] = tile(interpolation(model, test_x, means, shape))
     embedding = (means, data.test_y, to_unit(data.test_x).view(-1, *shape)) if settings.embedding else None
     figures = {f"test/{k}": v for k, v in test.items()} | {f"probe/{k}": v for k, v in probes.items()}
-    log.info("test L_%d %.2f ± %.2f nats (a lower bound on log p(x)), ELBO %.2f, gap %.2f; %d active units; "
+    log.info("test L_%d %.2f ± %.2f nats (a lower bound on log p(x)), ELBO %.2f, gap %.2f; %d active %s; "
              "%.0f images x samples/s", settings.num_samples, test["L_K"], test["L_K_stderr"], test["elbo_L1"],
-             test["posterior_gap"], test["active_units"], throughput)
+             test["posterior_gap"], test["active_units"], "unit" if test["active_units"] == 1 else "units",
+             throughput)
     return Evaluation(figures=figures, notes=notes, images_x_samples_per_sec=throughput, images=images,
                       embedding=embedding)
 
@@ -188,7 +190,25 @@ def evaluate_run(run_dir, eval_cfg: DictConfig) -> Evaluation:
               "data_source": data.source, "device": str(device), "threads": threads,
               "settings": OmegaConf.to_container(eval_cfg.eval, resolve=True),
               "images_x_samples_per_sec": result.images_x_samples_per_sec}
+    keep_earlier_report(run_dir / "eval.json", report)
     write_json(run_dir / "eval.json", report)
     log.info("figures written to %s and its TensorBoard events (tags vae-eval/...)", run_dir / "eval.json")
     return result
+
+
+def keep_earlier_report(path: Path, report: dict) -> None:
+    """An eval.json of other settings or another model (K = 1000, before an eval=light) is not overwritten:
+    it is renamed eval-1.json (or the first free number). One of the same settings and model is replaced:
+    the evaluation is deterministic, its figures the same."""
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if {k: earlier.get(k) for k in ("settings", "model_used")} == {k: report[k] for k in ("settings", "model_used")}:
+        return
+    number = 1
+    while path.with_name(f"eval-{number}.json").exists():
+        number += 1
+    kept = path.rename(path.with_name(f"eval-{number}.json"))
+    log.info("the earlier %s (other settings or model) kept as %s", path.name, kept.name)
 
