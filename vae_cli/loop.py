@@ -141,7 +141,7 @@ class Loop:
                 if signals.pending:
                     name = signal.Signals(signals.signum).name
                     raise Stopped(signals.signum, (
-                        f"stopped by {name} at step {self.step} of {self.total_steps} (epoch {self.epoch + 1}); "
+                        f"stopped by {name} at step {self.step} of {self.total_steps} (in epoch {self.epoch + 1}); "
                         f"checkpoint written; resume with: {resume_command(self.run_dir)}"))
 
     def next_batch(self) -> torch.Tensor:
@@ -178,7 +178,7 @@ class Loop:
                      else "no checkpoint was written before it")
             lr = self.cfg.optimizer.lr
             raise Diverged(
-                f"training diverged at step {self.step} (epoch {self.epoch + 1}): non-finite {', '.join(bad)}; "
+                f"training diverged at step {self.step} (in epoch {self.epoch + 1}): non-finite {', '.join(bad)}; "
                 f"{saved}; lower optimizer.lr (now {lr}) or set optimizer.clip_grad_norm, e.g. 10")
 
     def log_window(self) -> float:

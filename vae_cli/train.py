@@ -111,8 +111,8 @@ def checked_run(cfg: DictConfig, run_dir: Path, on_start, signals: StopSignals) 
     if on_start is not None:
         on_start(plan)
     loop = Loop(cfg, run_dir, data, model, estimator, optimizer, scheduler, train_step, device, plan.state)
-    log.info("data: %s; training step: %s; %d threads; %s", data, train_step.name, threads,
-             f"resuming at step {loop.step}" if plan.state else "fresh run")
+    log.info("data: %s; training step: %s; %d %s; %s", data, train_step.name, threads,
+             "thread" if threads == 1 else "threads", f"resuming at step {loop.step}" if plan.state else "fresh run")
     status = Status(run_dir, total_steps=loop.total_steps, threads=threads, step=loop.step, epoch=loop.epoch)
     status.update()
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
