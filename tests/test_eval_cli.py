@@ -113,7 +113,10 @@ def test_light_evaluation_of_other_likelihoods_and_latents(overrides, continuous
 
 def test_missing_folder_and_bad_override_are_one_line_errors(smoke_run, tmp_path, capsys):
     for argv, message in (([str(tmp_path / "absent")], "no checkpoint"),
-                          ([str(smoke_run[0]), "eval.num_sample=5"], "eval.num_sample"),
+                          ([str(smoke_run[0]), "eval.num_sample=5"], "no key eval.num_sample; did you mean "
+                                                                      "eval.num_samples?"),
+                          ([str(smoke_run[0]), "+checkpoin=last"], "no key checkpoin; did you mean checkpoint?"),
+                          ([str(smoke_run[0]), "eval=lite"], "the options of eval are full, light"),
                           ([str(smoke_run[0]), "eval.num_samples=0"], "eval.num_samples=0 must be"),
                           ([str(smoke_run[0]), "threads=0"], "threads=0"),
                           (["eval.num_samples=5"], "first argument must be the run folder")):

@@ -1,5 +1,6 @@
-"""The keys vae-train's configs define, read from the YAML files in configs/, for the error line of a
-mistyped key or option: the key it most likely meant, or the option of a config group that defines it."""
+"""The keys a command's config defines, read from the YAML files in configs/ (train.yaml for vae-train,
+eval.yaml for vae-eval, and the groups their defaults lists choose from), for the error line of a mistyped
+key or option: the key it most likely meant, or the option of a config group that defines it."""
 import difflib
 import re
 from importlib.resources import files
@@ -8,6 +9,9 @@ from omegaconf import DictConfig, OmegaConf
 
 PACKAGE = "vae_cli.configs"
 NOT_KEYS = ("defaults", "hydra")  # Hydra's own lists and settings, not keys of the run's config
+# primary config -> (the command, how it lists its keys)
+COMMANDS = {"train": ("vae-train", "`vae-train --cfg job` prints them all"),
+            "eval": ("vae-eval", "`vae-eval --help` prints them all")}
 
 
 def _dotted(node: DictConfig, prefix: str):
@@ -18,66 +22,67 @@ def _dotted(node: DictConfig, prefix: str):
                 yield from _dotted(value, f"{prefix}{key}.")
 
 
-def config_groups() -> set[str]:
-    """The config groups (configs/<group>/), chosen with group=option."""
-    return {d.name for d in files(PACKAGE).iterdir() if d.is_dir() and not d.name.startswith(("_", "hydra"))}
+def config_groups(primary: str = "train") -> set[str]:
+    """The config groups (configs/<group>/) the primary config's defaults list chooses from (group=option)."""
+    defaults = OmegaConf.create((files(PACKAGE) / f"{primary}.yaml").read_text()).get("defaults", [])
+    return {next(iter(entry)) for entry in defaults
+            if isinstance(entry, DictConfig) and not next(iter(entry)).startswith(("override", "hydra"))}
 
 
-def known_keys() -> dict[str, set[str]]:
-    """{dotted key: where it is defined: "train.yaml" or the options "group=option" that define it}."""
-    root, keys = files(PACKAGE), {}
-    for key in _dotted(OmegaConf.create((root / "train.yaml").read_text()), ""):
-        keys.setdefault(key, set()).add("train.yaml")
-    for group in sorted(config_groups()):
+def known_keys(primary: str = "train") -> dict[str, set[str]]:
+    """{dotted key: where it is defined: "<primary>.yaml" or the options "group=option" that define it}."""
+    root, here = files(PACKAGE), f"{primary}.yaml"
+    keys = {key: {here} for key in _dotted(OmegaConf.create((root / here).read_text()), "")}
+    for group in sorted(config_groups(primary)):
         for option in sorted(p for p in (root / group).iterdir() if p.name.endswith(".yaml")):
             text = option.read_text()
             node = OmegaConf.create(text) or OmegaConf.create({})
             prefix = "" if "@package _global_" in text else f"{group}."
             if prefix:
-                keys.setdefault(group, set()).add("train.yaml")  # its defaults list chooses an option
+                keys.setdefault(group, set()).add(here)  # its defaults list chooses an option
             for key in _dotted(node, prefix):
                 keys.setdefault(key, set()).add(f"{group}={option.name[:-len('.yaml')]}")
     return keys
 
 
-def unknown_key_line(key: str, override: str) -> str:
+def unknown_key_line(key: str, override: str, primary: str = "train") -> str:
     """The error line for an override of a key that the composed config does not have."""
-    keys = known_keys()
-    if key in keys and "train.yaml" not in keys[key]:  # an option of a group defines it, not the chosen one
+    keys, (command, listing) = known_keys(primary), COMMANDS[primary]
+    if key in keys and f"{primary}.yaml" not in keys[key]:  # an option of a group defines it, not the chosen one
         options = sorted(keys[key])
         choose = options[0] if len(options) == 1 else f"one of {', '.join(options)}"
         return f"{override}: {key} is a key of {' and '.join(options)} only; choose {choose} as well"
     close = difflib.get_close_matches(key, list(keys), n=1, cutoff=0.7)
     hint = f"; did you mean {close[0]}?" if close else ""
-    return f"{override}: vae-train's config has no key {key}{hint} (`vae-train --cfg job` prints them all)"
+    return f"{override}: {command}'s config has no key {key}{hint} ({listing})"
 
 
-def check_added_keys(args: list[str]) -> str | None:
-    """The error line for a `+key=value` or `++key=value` adding a key that no config defines (vae-train
+def check_added_keys(args: list[str], primary: str = "train") -> str | None:
+    """The error line for a `+key=value` or `++key=value` adding a key that no config defines (the command
     would read nothing from it and run as if it was not there), else None. Adding a config group
     (+experiment=...) and Hydra's own keys (hydra.*) are left to Hydra."""
     added = [arg for arg in args if arg.startswith("+")]
     if not added:
         return None
-    groups, keys = config_groups(), known_keys()
+    groups, keys = config_groups(primary), known_keys(primary)
     for arg in added:
         found = re.fullmatch(r"\+\+?([\w.]+)(@[\w.]+)?=.*", arg)
         if found is None:
             continue
         key = found.group(1)
         if key not in keys and key not in groups and key.split(".")[0] != "hydra":
-            return unknown_key_line(key, arg)
+            return unknown_key_line(key, arg, primary)
     return None
 
 
-def hydra_error_line(message: str) -> str:
-    """Hydra's error about an override, already joined into one line, made actionable: an unknown key named
-    with its likely meaning (not Hydra's advice to add it with +, which vae-train would ignore), and a
-    missing option with the group's options, without Hydra's search path."""
-    found = re.match(r"Could not override '([\w.]+)'\.; To append to your config use \+(.+?); Key '[^']*' is "
-                     r"not in struct", message)
+def hydra_error_line(message: str, primary: str = "train") -> str:
+    """Hydra's error about an override, in one line, made actionable: an unknown key named with its likely
+    meaning (not Hydra's advice to add it with +, which the command would ignore), and a missing option
+    with the group's options, without Hydra's search path."""
+    message = "; ".join(line.strip() for line in message.splitlines() if line.strip())
+    found = re.match(r"Could not override '([\w.]+)'\.; To append to your config use \+([^;]+)", message)
     if found:
-        return unknown_key_line(found.group(1), found.group(2))
+        return unknown_key_line(found.group(1), found.group(2), primary)
     message = message.split("; Config search path:")[0]
     return re.sub(r"Available options in '([\w/]+)':; (.*)",
                   lambda m: f"the options of {m.group(1)} are {m.group(2).replace('; ', ', ')}", message)

@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from vae_cli.cli import fail
+from vae_cli.config_keys import check_added_keys, hydra_error_line
 from vae_cli.errors import ConfigError
 from vae_cli.process_exit import ExitWithoutTeardown
 
@@ -50,11 +51,14 @@ Current values:
 
 def compose_eval_config(overrides: list[str]):
     """configs/eval.yaml with Hydra overrides, struct mode on; bad overrides become one-line ConfigErrors."""
+    added = check_added_keys(overrides, "eval")
+    if added:
+        raise ConfigError(added)
     try:
         with initialize_config_module("vae_cli.configs", version_base="1.3"):
             return compose("eval", overrides=overrides)
     except (HydraException, OmegaConfBaseException) as err:
-        raise ConfigError(f"vae-eval overrides {' '.join(overrides)}: {err}") from err
+        raise ConfigError(hydra_error_line(str(err), "eval")) from err
 
 
 def console() -> None:
