@@ -11,6 +11,9 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
+from conftest import run_cli
+from services import free_port
+
 from vae_cli.sweep import SweepSummary, summarize
 
 
@@ -194,10 +197,7 @@ def test_optuna_search_maximizes_the_objective_in_sqlite_beside_the_sweep_folder
                                             ("my-head", "not HOST:PORT")])
 def test_a_ray_address_nothing_answers_at_is_one_line_at_once(tmp_path, address, reason):
     """ray.init would retry for minutes; vae-train names the key and stops before composing anything."""
-    from conftest import run_cli
-    from services import free_port  # a port nothing listens on: bound, then released
-
-    address = address.format(port=free_port())
+    address = address.format(port=free_port())  # a port nothing listens on: bound, then released
     start = time.monotonic()
     result = run_cli("-m", "debug=smoke", "seed=0,1", "hydra/launcher=ray_jobs",
                      f"hydra.launcher.ray.init.address={address}", cwd=tmp_path)

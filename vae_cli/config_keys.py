@@ -2,6 +2,7 @@
 eval.yaml for vae-eval, and the groups their defaults lists choose from), for the error line of a mistyped
 key or option: the key it most likely meant, or the option of a config group that defines it."""
 import difflib
+import functools
 import re
 from importlib.resources import files
 
@@ -29,6 +30,7 @@ def config_groups(primary: str = "train") -> set[str]:
             if isinstance(entry, DictConfig) and not next(iter(entry)).startswith(("override", "hydra"))}
 
 
+@functools.cache
 def known_keys(primary: str = "train") -> dict[str, set[str]]:
     """{dotted key: where it is defined: "<primary>.yaml" or the options "group=option" that define it}."""
     root, here = files(PACKAGE), f"{primary}.yaml"
