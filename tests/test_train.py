@@ -1,6 +1,10 @@
 """train(cfg) end to end on synthetic data: metrics, files, TensorBoard tags, determinism, the CLI."""
 import json
 import math
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +19,7 @@ from vae_cli.summary import flatten
 from vae_cli.errors import ConfigError
 from vae_cli.estimators import TERM_NAMES
 from vae_cli.likelihoods import Bernoulli, binarize_pixels
-from vae_cli import loop as loop_module
+from vae_cli import device, loop as loop_module
 from vae_cli.estimators.fused_reparam import FusedReparamStep
 from vae_cli.eval_data import TEST_STREAM, VAL_STREAM, prepare_eval_sets
 from vae_cli.run_state import read_status
@@ -170,8 +174,6 @@ def test_the_test_set_does_not_depend_on_the_training_seed(smoke_cfg, tmp_path, 
 
 
 def test_threads_follow_the_launcher_share_and_a_busy_machine_is_named(monkeypatch):
-    from vae_cli import device
-
     monkeypatch.setattr(device, "available_cores", lambda: 8)
     for name in ("OMP_NUM_THREADS", "SLURM_CPUS_PER_TASK", "VAE_CLI_PARALLEL_JOBS"):
         monkeypatch.delenv(name, raising=False)
@@ -185,6 +187,26 @@ def test_threads_follow_the_launcher_share_and_a_busy_machine_is_named(monkeypat
     with pytest.raises(ConfigError, match="threads=0"):
         device.resolve_threads(0)
     monkeypatch.setattr(device.os, "getloadavg", lambda: (9.0, 9.0, 9.0))
-    assert "load average 9.0 on 8 cores" in device.busy_cores(8) and device.busy_cores(1) is None
+    monkeypatch.setattr(device, "other_running_threads", lambda: 3)
+    assert "load average 9.0 on 8 cores, 3 other threads running now" in device.busy_cores(8)
+    assert device.busy_cores(1) is None
+    monkeypatch.setattr(device, "other_running_threads", lambda: 0)  # the load of a run that has ended
+    assert device.busy_cores(8) is None
+    monkeypatch.setattr(device, "other_running_threads", lambda: None)  # no /proc: the load average alone
+    assert "load average 9.0 on 8 cores)" in device.busy_cores(8)
     monkeypatch.setattr(device.os, "getloadavg", lambda: (2.0, 2.0, 2.0))
     assert device.busy_cores(8) is None
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/loadavg"), reason="counts runnable threads in Linux's /proc")
+def test_other_running_threads_counts_a_busy_process():
+    """A spinning child process is counted (at least 1 besides the reader), and gone once it is killed."""
+    before = device.other_running_threads()
+    child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        assert max(device.other_running_threads() for _ in range(5)) >= 1
+    finally:
+        child.kill()
+        child.wait(timeout=30)
+    assert before is not None and before >= 0

@@ -61,23 +61,51 @@ def resolve_threads(value) -> int:
     return max(1, cores // max(jobs, 1))
 
 
+def other_running_threads() -> int | None:
+    """Threads of other processes runnable right now: /proc/loadavg's count of running threads less this
+    process's own (its reader, and torch's worker threads, which spin a while after each parallel
+    operator); None where there is no /proc. Unlike the load average it does not remember the last minute."""
+    try:
+        with open("/proc/loadavg") as file:
+            running = int(file.read().split()[3].split("/")[0])
+        own = 0
+        for thread in os.listdir("/proc/self/task"):
+            try:
+                with open(f"/proc/self/task/{thread}/stat") as file:
+                    own += file.read().rpartition(")")[2].split()[0] == "R"
+            except OSError:  # the thread has ended since the listing
+                pass
+    except (OSError, IndexError, ValueError):
+        return None
+    return max(0, running - own)
+
+
 def busy_cores(threads: int) -> str | None:
-    """A warning when other processes already keep the cores busy (1-minute load average): threads that
-    share cores with them wait on each other at every operator, and one thread is then often faster."""
+    """A warning when other processes keep the cores busy: threads that share cores with them wait on
+    each other at every operator, and one thread is then often faster. The 1-minute load average must
+    fill the cores and, where /proc says, another thread must be running now: the load average alone
+    still counts a run that has just ended (the previous run of a sequential sweep, vae-train just
+    before vae-eval) for a minute or two."""
     if threads < 2 or not hasattr(os, "getloadavg"):
         return None
     load, cores = os.getloadavg()[0], available_cores()
-    if load <= cores - 0.5:
+    # the fewest of three looks: a thread of this process that starts or stops between the two files
+    # of one look would count as another process's
+    looks = [other_running_threads() for _ in range(3)]
+    others = None if None in looks else min(looks)
+    if load <= cores - 0.5 or others == 0:
         return None
-    return (f"the machine is busy (load average {load:.1f} on {cores} cores): {threads} threads will wait on "
-            "other processes; threads=1 can run several times faster (README, Troubleshooting)")
+    now = "" if others is None else f", {others} other thread{'s' * (others != 1)} running now"
+    return (f"the machine is busy (load average {load:.1f} on {cores} cores{now}): {threads} threads will "
+            "wait on other processes; threads=1 can run several times faster (README, Troubleshooting)")
 
 
 def use_threads(value) -> int:
     """Set torch's intra-op threads from a `threads` setting (resolve_threads) and return the count; with
     auto, warn when other processes already keep the cores busy. vae-train and vae-eval call it."""
     threads = resolve_threads(value)
+    warning = busy_cores(threads) if value == "auto" else None  # before torch starts its worker threads
     torch.set_num_threads(threads)
-    if value == "auto" and (warning := busy_cores(threads)):
+    if warning:
         log.warning(warning)
     return threads
