@@ -49,6 +49,7 @@ FRESH_CASES = [
     (("++seeed=1",), ["++seeed=1:", "did you mean seed?"]),
     (("likelihood.scale=optimal",), ["likelihood.scale is a key of likelihood=gaussian only"]),
     (("data=fashion",), ["data/fashion", "the options of data are fashion_mnist, mnist, synthetic"]),
+    (("epochs=2", "checkpoint=[1"), ["checkpoint=[1: no viable alternative"]),  # syntax: which override
     (("epochs=abc",), ["epochs='abc'", "integer"]),  # wrong type
     (("optimizer.lr=0",), ["optimizer.lr=0", "> 0"]),
     (("optimizer.lr=-1",), ["optimizer.lr=-1", "> 0"]),

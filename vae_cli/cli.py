@@ -50,14 +50,14 @@ class HeldStderr(io.TextIOBase):
             self.real.write("".join(self.parts))
             sys.stderr = self.real
 
-    def one_line(self) -> str:
+    def one_line(self, args: list[str]) -> str:
         lines = [line.strip() for line in "".join(self.parts).splitlines()]
         lines = [line for line in lines if line and "HYDRA_FULL_ERROR" not in line]
         if any(line.startswith("Traceback") for line in lines):  # an OSError before the run: its last line
             last = lines[-1]
             hint = " (the run folder, hydra.run.dir, cannot be created or written there)" if "Error" in last else ""
             return last + hint
-        return hydra_error_line("; ".join(lines))
+        return hydra_error_line("; ".join(lines), args=args)
 
 
 def console() -> None:
@@ -103,7 +103,7 @@ def main() -> None:
         hydra_main()
     except SystemExit as done:
         if not held.released and done.code not in (0, None) and not os.environ.get("HYDRA_FULL_ERROR"):
-            message, held.parts = held.one_line(), []
+            message, held.parts = held.one_line(args), []
             held.release()
             print(f"error: {message}", file=sys.stderr, flush=True)
             sys.exit(EXIT_BAD_INPUT)

@@ -77,11 +77,30 @@ def check_added_keys(args: list[str], primary: str = "train") -> str | None:
     return None
 
 
-def hydra_error_line(message: str, primary: str = "train") -> str:
+def unparsable_override(args: list[str]) -> str | None:
+    """The first of args that Hydra's override grammar rejects (its error does not say which), else None."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    for arg in args:
+        if arg.startswith("-"):  # -m, --cfg job and the like are Hydra's flags, not overrides
+            continue
+        try:
+            parser.parse_override(arg)
+        except HydraException:
+            return arg
+    return None
+
+
+def hydra_error_line(message: str, primary: str = "train", args: list[str] = ()) -> str:
     """Hydra's error about an override, in one line, made actionable: an unknown key named with its likely
-    meaning (not Hydra's advice to add it with +, which the command would ignore), and a missing option
-    with the group's options, without Hydra's search path."""
+    meaning (not Hydra's advice to add it with +, which the command would ignore), a missing option
+    with the group's options, without Hydra's search path, and a syntax error with the override (args:
+    the command line's) that has it."""
     message = "; ".join(line.strip() for line in message.splitlines() if line.strip())
+    if "override_grammar" in message and (bad := unparsable_override(args)) and bad not in message:
+        return f"{bad}: {message}"
     found = re.match(r"Could not override '([\w.]+)'\.; To append to your config use \+([^;]+)", message)
     if found:
         return unknown_key_line(found.group(1), found.group(2), primary)

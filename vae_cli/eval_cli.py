@@ -58,7 +58,7 @@ def compose_eval_config(overrides: list[str]):
         with initialize_config_module("vae_cli.configs", version_base="1.3"):
             return compose("eval", overrides=overrides)
     except (HydraException, OmegaConfBaseException) as err:
-        raise ConfigError(hydra_error_line(str(err), "eval")) from err
+        raise ConfigError(hydra_error_line(str(err), "eval", overrides)) from err
 
 
 def console() -> None:
