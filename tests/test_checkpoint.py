@@ -9,6 +9,7 @@ import torch
 
 from vae_cli.checkpoint import load_checkpoint, save_checkpoint
 from vae_cli.errors import ConfigError
+from vae_cli.training_state import load_best_weights
 
 STATE = {"model": {"w": torch.arange(4.0)}, "config": {"seed": 0}, "step": 7}
 
@@ -57,6 +58,8 @@ def test_a_full_disk_leaves_the_previous_checkpoint(tmp_path):
 @pytest.mark.parametrize("content,message", [
     (lambda p: p.write_bytes(b""), "truncated"),
     (lambda p: p.write_bytes(b"PK\x03\x04 not really a zip"), "truncated, corrupt"),
+    (lambda p: p.write_text("junk\n"), "truncated, corrupt"),  # torch's unpickler: KeyError
+    (lambda p: p.write_text("hello world\n"), "truncated, corrupt"),
     (lambda p: torch.save({"weights": torch.zeros(2)}, p), "lacks model, config, step"),
     (lambda p: torch.save({**STATE, "model": Path("/etc")}, p), "pickled Python objects"),
 ])
@@ -74,3 +77,16 @@ def test_a_truncated_real_checkpoint_is_refused(tmp_path):
     path.write_bytes(path.read_bytes()[:-200])
     with pytest.raises(ConfigError, match="truncated"):
         load_checkpoint(path)
+
+
+def test_best_pt_at_the_end_of_a_run_unreadable_is_one_line_and_missing_is_the_last_model(tmp_path):
+    model = torch.nn.Linear(2, 1)
+    save_checkpoint(tmp_path / "best.pt", {**STATE, "model": torch.nn.Linear(2, 1).state_dict()})
+    best = {"step": 3, "epoch": 1}
+    assert load_best_weights(tmp_path / "best.pt", model, best, 6) == "best (epoch 1, step 3 of 6)"
+    assert torch.equal(model.weight, torch.load(tmp_path / "best.pt")["model"]["weight"])
+    (tmp_path / "best.pt").write_text("junk\n")
+    with pytest.raises(ConfigError, match="best.pt could not be read"):
+        load_best_weights(tmp_path / "best.pt", model, best, 6)
+    (tmp_path / "best.pt").unlink()
+    assert load_best_weights(tmp_path / "best.pt", model, best, 6) == "last (best.pt missing)"

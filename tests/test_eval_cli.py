@@ -61,6 +61,16 @@ def test_vae_eval_light_reproduces_the_figures_of_training(smoke_run):
     assert report["model_used"].startswith("best")
 
 
+def test_vae_eval_without_best_pt_evaluates_and_names_the_last_model(smoke_run, tmp_path):
+    run_dir = shutil.copytree(smoke_run[0], tmp_path / "run")
+    main([str(run_dir), "eval=light", "checkpoint=last"])
+    last = json.loads((run_dir / "eval.json").read_text())
+    (run_dir / "best.pt").unlink()
+    main([str(run_dir), "eval=light"])
+    report = json.loads((run_dir / "eval.json").read_text())
+    assert report["model_used"].startswith("last (epoch 2") and report["figures"] == last["figures"]
+
+
 def test_vae_eval_keeps_an_earlier_report_of_other_settings(smoke_run, tmp_path):
     """eval.json of other settings is renamed, not overwritten; the same settings again replace it."""
     run_dir = shutil.copytree(smoke_run[0], tmp_path / "run")

@@ -3,7 +3,6 @@ import json
 import os
 import pickle
 import tempfile
-import zipfile
 from pathlib import Path
 
 import torch
@@ -76,7 +75,7 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
                               "load (they can run code); point at a checkpoint written by vae-train") from err
         raise ConfigError(f"checkpoint {path} is not a torch checkpoint (corrupt or foreign); rerun the "
                           "training or point at another run") from err
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
+    except Exception as err:  # noqa: BLE001 - torch's unpickler raises KeyError, IndexError, ... on junk
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"checkpoint {path} could not be read ({first}); it is truncated, corrupt or "
                           "not written by vae-train: rerun the training or point at another run") from err

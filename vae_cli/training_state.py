@@ -1,13 +1,16 @@
 """What checkpoint.pt holds to resume a run exactly, and how it is put back: weights, optimizer, scheduler,
 estimator state, the loop's position and every random generator."""
+import logging
 import random
 
 import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+from vae_cli.checkpoint import load_checkpoint
 from vae_cli.errors import ConfigError
 
+log = logging.getLogger(__name__)
 FORMAT = 2  # checkpoint layout version: 2 resumes at any step (1: weights, optimizer, scheduler only)
 
 
@@ -82,6 +85,13 @@ def load_best_weights(path, model, best: dict, step: int) -> str:
     """Load best.pt's weights into model when the best epoch is not the current state; say which model."""
     if best.get("step") is None or best["step"] == step:
         return "last" if best.get("step") is None else f"best (= last: epoch {best['epoch']}, step {step})"
-    state = torch.load(path, map_location=next(model.parameters()).device, weights_only=True)
-    model.load_state_dict(state["model"])
+    if not path.is_file():
+        log.warning("%s is missing: the test figures are the last model's (step %d)", path, step)
+        return "last (best.pt missing)"
+    state = load_checkpoint(path, map_location=next(model.parameters()).device)  # one line if unreadable
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise ConfigError(f"{path}: its weights do not fit this run's model (a best.pt of another run?); "
+                          "rerun the training, or delete it to test the last model") from err
     return f"best (epoch {best['epoch']}, step {best['step']} of {step})"

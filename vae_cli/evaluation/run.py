@@ -148,6 +148,9 @@ def load_run(run_dir: Path, device: torch.device, which: str = "best"):
     weights = state
     if which == "best" and (run_dir / "best.pt").is_file():
         weights = load_checkpoint(run_dir / "best.pt", map_location=device)
+    elif which == "best":
+        log.warning("%s has no best.pt (a run stopped before its first validation?): evaluating its last "
+                    "model, checkpoint.pt", run_dir)
     cfg = OmegaConf.create(state["config"])
     data = build_data(cfg)
     recorded = cfg.get("data_source")
@@ -185,7 +188,7 @@ def evaluate_run(run_dir, eval_cfg: DictConfig) -> Evaluation:
     writer = RunWriter(run_dir)
     result.write(writer, step, prefix="vae-eval/")
     writer.close()
-    model_used = f"{eval_cfg.checkpoint} (epoch {weights.get('epoch')}, step {weights.get('step')})"
+    model_used = f"{'last' if weights is state else 'best'} (epoch {weights.get('epoch')}, step {weights.get('step')})"
     report = {"figures": result.figures, "notes": result.notes, "step": step, "model_used": model_used,
               "data_source": data.source, "device": str(device), "threads": threads,
               "settings": OmegaConf.to_container(eval_cfg.eval, resolve=True),
