@@ -8,7 +8,7 @@ from omegaconf import DictConfig
 
 from conftest import compose_config, run_cli
 from vae_cli.build import build_estimator, build_model, build_optimizer
-from vae_cli.config_keys import known_keys
+from vae_cli.config_keys import known_keys, unknown_key_line
 from vae_cli.errors import ConfigError
 from vae_cli.likelihoods import Bernoulli, pixel_levels
 from vae_cli.train import train
@@ -53,6 +53,13 @@ def test_known_keys_name_the_option_defining_a_key():
     assert known["likelihood.scale"] == {"likelihood=gaussian"} and "train.yaml" in known["epochs"]
     assert known["likelihood.dequantize"] == {"likelihood=gaussian", "likelihood=continuous_bernoulli"}
     assert known_keys("eval")["eval.num_samples"] == {"eval=full", "eval=light"} and "epochs" not in known_keys("eval")
+
+
+def test_a_key_without_its_group_is_matched_by_its_last_part():
+    assert "did you mean optimizer.lr?" in unknown_key_line("lr", "lr=0.01")
+    assert "did you mean estimator.num_samples or eval.num_samples?" in unknown_key_line("num_samples", "num_samples=4")
+    assert "did you mean eval.num_samples?" in unknown_key_line("num_samples", "num_samples=4", "eval")
+    assert "did you mean epochs?" in unknown_key_line("epoch", "epoch=3")  # no key ends so: the near spelling
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])

@@ -54,8 +54,10 @@ def unknown_key_line(key: str, override: str, primary: str = "train") -> str:
         options = sorted(keys[key])
         choose = options[0] if len(options) == 1 else f"one of {', '.join(options)}"
         return f"{override}: {key} is a key of {' and '.join(options)} only; choose {choose} as well"
-    close = difflib.get_close_matches(key, list(keys), n=1, cutoff=0.7)
-    hint = f"; did you mean {close[0]}?" if close else ""
+    last = key.rsplit(".", 1)[-1]  # lr for optimizer.lr: the keys that end the same way, then near spellings
+    close = sorted(k for k in keys if k.rsplit(".", 1)[-1] == last and k != key)[:3]
+    close = close or difflib.get_close_matches(key, list(keys), n=1, cutoff=0.7)
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
     return f"{override}: {command}'s config has no key {key}{hint} ({listing})"
 
 
