@@ -1,6 +1,9 @@
 """vae-eval on smoke runs' folders, in process and as the installed script; vae-train's light evaluation."""
 import json
 import shutil
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -163,3 +166,26 @@ def test_installed_vae_eval_runs_and_rejects_a_corrupt_checkpoint(smoke_run, tmp
     result = run_cli(str(broken), cwd=tmp_path, exe=vae_eval_exe())
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.returncode == 2 and len(lines) == 1 and "corrupt" in lines[0], result.stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_vae_eval_is_one_line_and_leaves_the_run_as_it_was(smoke_run, tmp_path):
+    run_dir = shutil.copytree(smoke_run[0], tmp_path / "run")
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as err:  # K large enough that the evaluation is still running when stopped
+        proc = subprocess.Popen([vae_eval_exe(), str(run_dir), "eval.num_samples=100000"], stderr=err,
+                                stdout=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 300
+            while "L_100000 on" not in log.read_text():
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=60)
+        finally:
+            proc.kill()
+    text = log.read_text()
+    assert proc.returncode == -signal.SIGINT and "Traceback" not in text, text
+    assert "stopped by SIGINT before vae-eval finished" in text
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before  # no eval.json

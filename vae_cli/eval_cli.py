@@ -11,6 +11,7 @@ from omegaconf.errors import OmegaConfBaseException
 from vae_cli.cli import fail
 from vae_cli.config_keys import check_added_keys, hydra_error_line
 from vae_cli.errors import ConfigError
+from vae_cli.interrupts import stop_at_once
 from vae_cli.process_exit import ExitWithoutTeardown
 
 USAGE = """usage: vae-eval RUN_FOLDER [key=value ...]
@@ -75,12 +76,13 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     run_dir, overrides = argv[0], argv[1:]
     try:
-        if "=" in run_dir and not Path(run_dir).exists():
-            raise ConfigError(f"the first argument must be the run folder, not {run_dir!r}; "
-                              "usage: vae-eval RUN_FOLDER [key=value ...]")
-        eval_cfg = compose_eval_config(overrides)
-        from vae_cli.evaluation import evaluate_run  # imported here so that bad arguments answer fast
+        with stop_at_once("before vae-eval finished; the same command again writes eval.json"):
+            if "=" in run_dir and not Path(run_dir).exists():
+                raise ConfigError(f"the first argument must be the run folder, not {run_dir!r}; "
+                                  "usage: vae-eval RUN_FOLDER [key=value ...]")
+            eval_cfg = compose_eval_config(overrides)
+            from vae_cli.evaluation import evaluate_run  # imported here so that bad arguments answer fast
 
-        evaluate_run(run_dir, eval_cfg)
+            evaluate_run(run_dir, eval_cfg)
     except ConfigError as err:
         fail(err)

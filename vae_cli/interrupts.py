@@ -1,4 +1,5 @@
 """Stop signals (Ctrl-C, a scheduler's SIGTERM, Slurm's SIGUSR1/2) turned into a checkpoint and a clean exit."""
+import contextlib
 import os
 import signal
 import sys
@@ -91,3 +92,20 @@ def before_the_run(signum, frame) -> None:
 def stop_quietly_until_the_run() -> None:
     for signum in STOP_SIGNALS:
         signal.signal(signum, before_the_run)
+
+
+@contextlib.contextmanager
+def stop_at_once(what: str):
+    """While active, a stop signal ends the process at once with one line, "stopped by SIGINT <what>", not
+    a KeyboardInterrupt traceback (vae-eval: nothing to save part way); the handlers before are restored."""
+    def handle(signum, frame):
+        sys.stdout.flush()
+        print(f"\nstopped by {signal.Signals(signum).name} {what}", file=sys.__stderr__, flush=True)
+        end_now(signum)
+
+    previous = {signum: signal.signal(signum, handle) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
