@@ -2,13 +2,18 @@
 fix it, a non-zero exit, no traceback, no events or checkpoint for a run that never started, and the files
 of an existing run untouched."""
 import gzip
+import json
 import shutil
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import run_cli
+from conftest import run_cli, vae_train_exe
+from vae_cli.run_state import FolderInUse, run_lock
 
 SMOKE = ("debug=smoke", "~eval")
 
@@ -52,6 +57,7 @@ FRESH_CASES = [
     (("epochs=2", "checkpoint=[1"), ["checkpoint=[1: no viable alternative"]),  # syntax: which override
     (("epochs=abc",), ["epochs='abc'", "integer"]),  # wrong type
     (("optimizer.lr=0",), ["optimizer.lr=0", "> 0"]),
+    (("optimizer.lr=abc",), ["optimizer.lr='abc' must be a number"]),  # not torch's "'<=' not supported"
     (("optimizer.lr=-1",), ["optimizer.lr=-1", "> 0"]),
     (("model.latent_dim=0",), ["model.latent_dim=0", ">= 1"]),
     (("batch_size=0",), ["batch_size=0", ">= 1"]),
@@ -67,6 +73,7 @@ FRESH_CASES = [
     (("latent=categorical", "estimator=exact"), ["estimator=exact", "configurations", "max_configurations"]),
     (("estimator=gumbel_softmax",), ["gumbel_softmax", "latent=categorical"]),
     (("objective.metric=test/elbo",), ["objective.metric='test/elbo'", "validation figure"]),
+    (("objective.metric=val/elbo_typo",), ["objective.metric='val/elbo_typo'", "one of val/recon", "val/elbo,"]),
     (("data=fashion_mnist", "data.root=/nonexistent/folder"), ["data.root", "/nonexistent/folder"]),
 ]
 DATA_CASES = [("truncated", ["train-images-idx3-ubyte", "truncated"]),
@@ -175,3 +182,49 @@ def test_bad_value_pointed_at_an_existing_run_changes_nothing(overrides, words, 
     assert result.returncode == 2, result.stderr
     one_error_line(result)
     assert snapshot(run_dir) == before
+
+
+def test_the_run_lock_refuses_a_second_holder(tmp_path):
+    with run_lock(tmp_path / "run"):
+        with pytest.raises(FolderInUse, match="in use by another vae-train"):
+            with run_lock(tmp_path / "run"):
+                pass
+    with run_lock(tmp_path / "run"):  # released at the end of the first
+        pass
+
+
+@pytest.mark.slow
+def test_a_second_vae_train_in_a_folder_in_use_is_refused_and_touches_nothing(tmp_path):
+    """Two commands in one folder (as two runs started in the same second get): the second is refused in
+    one line naming the first's pid, and the first's status.json and .hydra/ stay its own."""
+    first = subprocess.Popen([vae_train_exe(), *SMOKE, "epochs=100000", "hydra.run.dir=run"], cwd=tmp_path,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while (json.loads((tmp_path / "run/status.json").read_text()).get("state") != "running"
+               if (tmp_path / "run/status.json").is_file() else True):
+            assert time.monotonic() < deadline and first.poll() is None, "the first run did not start"
+            time.sleep(0.2)
+        second = run_cli(*SMOKE, "epochs=100000", "seed=1", "hydra.run.dir=run", cwd=tmp_path)
+        assert second.returncode == 2, second.stderr
+        line = one_error_line(second)
+        assert "in use by another vae-train" in line and f"pid {first.pid} " in line, line
+        status = json.loads((tmp_path / "run/status.json").read_text())
+        assert status["pid"] == first.pid and status["state"] == "running"
+        assert "seed=1" not in (tmp_path / "run/.hydra/overrides.yaml").read_text()
+    finally:
+        first.send_signal(signal.SIGINT)
+        _, err = first.communicate(timeout=120)
+    assert first.returncode == -signal.SIGINT, err  # died by SIGINT, as a shell expects
+    assert json.loads((tmp_path / "run/status.json").read_text())["state"] == "interrupted"
+
+
+def test_the_corrected_command_runs_in_the_folder_of_a_refused_one(tmp_path):
+    """A bad value leaves a failed status.json (for a sweep's summary) and nothing else of a run: the same
+    folder then takes the corrected command, which has other settings by construction."""
+    refused = run_cli(*SMOKE, "beta=-1", "hydra.run.dir=run", cwd=tmp_path)
+    assert refused.returncode == 2 and "beta=-1" in one_error_line(refused)
+    assert json.loads((tmp_path / "run/status.json").read_text())["state"] == "failed"
+    corrected = run_cli(*SMOKE, "beta=0.5", "hydra.run.dir=run", cwd=tmp_path)
+    assert corrected.returncode == 0, corrected.stderr
+    assert json.loads((tmp_path / "run/status.json").read_text())["state"] == "finished"

@@ -156,6 +156,16 @@ def test_a_finished_run_is_reported_not_retrained_and_epochs_extend_it(reference
     assert extended == straight
 
 
+def test_a_resume_asking_for_fewer_steps_than_taken_says_so(tmp_path, monkeypatch, caplog):
+    stop_at(monkeypatch, 20)  # in epoch 2 of the smoke run's 2 (14 steps each)
+    with pytest.raises(Stopped):
+        train(smoke("~eval"), tmp_path)
+    monkeypatch.undo()
+    train(smoke("~eval", "epochs=1"), tmp_path)  # 14 steps asked, 20 taken
+    assert "epochs=1 asks for 14 steps, and the run has taken 20 already: it ends without" in caplog.text
+    assert read_status(tmp_path)["step"] == 20
+
+
 def test_another_runs_folder_is_refused_unless_overwrite(references, tmp_path):
     import shutil
 

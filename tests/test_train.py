@@ -23,7 +23,7 @@ from vae_cli import device, loop as loop_module
 from vae_cli.estimators.fused_reparam import FusedReparamStep
 from vae_cli.eval_data import TEST_STREAM, VAL_STREAM, prepare_eval_sets
 from vae_cli.run_state import read_status
-from vae_cli.train import train
+from vae_cli.train import VAL_FIGURES, train
 
 
 def events(run_dir: Path) -> EventAccumulator:
@@ -36,6 +36,7 @@ def test_smoke_run_writes_metrics_checkpoint_and_tensorboard(smoke_cfg, tmp_path
     metrics = train(smoke_cfg(), tmp_path)
     assert all(math.isfinite(v) for v in metrics.values() if not isinstance(v, str))
     assert metrics["model_used"].startswith("best")
+    assert {k for k in metrics if k.startswith("val/")} == set(VAL_FIGURES)  # what objective.metric may name
     for split in ("val", "test"):
         assert metrics[f"{split}/elbo"] == pytest.approx(metrics[f"{split}/recon"] - metrics[f"{split}/kl"])
         assert metrics[f"{split}/kl"] == pytest.approx(

@@ -117,7 +117,7 @@ def hydra_main(cfg: DictConfig) -> float:
     if isinstance(sys.stderr, HeldStderr):
         sys.stderr.release()
     from vae_cli.loop import Diverged, Stopped  # imported here so that --help and bad overrides answer fast
-    from vae_cli.run_state import Status, run_files
+    from vae_cli.run_state import FolderInUse, Status, run_files
     from vae_cli.train import train
 
     hydra_cfg = HydraConfig.get()
@@ -131,7 +131,8 @@ def hydra_main(cfg: DictConfig) -> float:
         fail(ConfigError(f"{err.full_key} is required and has no value; set it with {err.full_key}=VALUE"))
     except (ConfigError, Diverged) as err:
         status = EXIT_DIVERGED if isinstance(err, Diverged) else EXIT_BAD_INPUT
-        if isinstance(err, ConfigError) and not run_files(run_dir) and run_dir.is_dir():
+        in_use = isinstance(err, FolderInUse)  # the folder is the other process's: nothing written
+        if isinstance(err, ConfigError) and not in_use and not run_files(run_dir) and run_dir.is_dir():
             save_hydra_files(run_dir, cfg, rewrite=False)  # a sweep's summary names the job's overrides
             Status(run_dir, state="failed", error=str(err), resume_command=None).update()
         if multirun and not cfg.get("fail_fast"):  # recorded in status.json; the other jobs go on

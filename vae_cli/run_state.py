@@ -1,5 +1,6 @@
 """A run folder as a unit: what it holds (nothing, an unfinished run, a finished one), status.json, and
 whether a new command may resume it."""
+import contextlib
 import datetime
 import json
 import os
@@ -12,6 +13,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from vae_cli.checkpoint import load_checkpoint, write_json
 from vae_cli.errors import ConfigError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no lock
+    fcntl = None
 
 CHECKPOINT, BEST, METRICS, STATUS = "checkpoint.pt", "best.pt", "metrics.json", "status.json"
 # What a run writes into its folder besides Hydra's .hydra/ and log file (removed by overwrite=true).
@@ -103,6 +109,39 @@ def remove_run_files(run_dir: Path) -> None:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
+class FolderInUse(ConfigError):
+    """Another process trains in this run folder (run_lock); its files are left as they are."""
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path):
+    """Hold an exclusive lock on run_dir while a run uses it (created if absent). A second vae-train in the
+    same folder (two runs started in the same second share Hydra's default folder; the same command run
+    twice) raises FolderInUse instead of mixing its files with the first's. The lock is flock on the
+    folder itself: no file is left behind, and the OS releases it however the process ends (a requeued
+    Slurm job takes it again). A file system without flock on folders (some NFS) runs without it."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
+    folder = os.open(run_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            status = read_status(run_dir) or {}
+            owner = (f" (pid {status['pid']} on {status['host']}, step {status.get('step')} of "
+                     f"{status.get('total_steps')})" if status.get("state") == "running" and "pid" in status
+                     else "")
+            raise FolderInUse(f"{run_dir} is in use by another vae-train{owner}; wait for it to end, or "
+                              "choose another folder (hydra.run.dir=...)") from None
+        except OSError:
+            pass  # no flock on this file system
+        yield
+    finally:
+        os.close(folder)
+
+
 @dataclass
 class Plan:
     """What train() does with a run folder: start afresh, resume from `state`, or report a finished run."""
@@ -119,7 +158,8 @@ def plan_run(run_dir: Path, cfg: DictConfig) -> Plan:
     - a checkpoint of the same settings (resumable keys aside): resume it; if metrics.json is there too,
       the run is finished, and is reported unless epochs (or max_steps) now asks for more steps;
     - a failed run, or files without a checkpoint (a run that died before its first epoch): started
-      afresh when the settings are the same;
+      afresh when the settings are the same, or whatever they are when it failed before training began
+      (no config.yaml: a bad value, now corrected);
     - anything else is another run's: refused, unless overwrite=true.
     """
     run_dir = Path(run_dir)
@@ -130,6 +170,8 @@ def plan_run(run_dir: Path, cfg: DictConfig) -> Plan:
     checkpoint = run_dir / CHECKPOINT
     state = load_checkpoint(checkpoint) if checkpoint.is_file() else None
     stored = state["config"] if state is not None else _stored_config(run_dir)
+    if state is None and stored is None and status.get("state") == "failed":
+        return Plan("fresh")  # refused before training began (a bad value): nothing there to keep
     changed = differences(settings(stored), settings(cfg)) if stored is not None else ["(no readable config)"]
     if changed:
         listed = "; ".join(changed[:4]) + ("; ..." if len(changed) > 4 else "")

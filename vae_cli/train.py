@@ -13,12 +13,13 @@ from vae_cli.build import build_data, build_estimator, build_model, build_optimi
 from vae_cli.checkpoint import write_json
 from vae_cli.device import resolve_device, use_threads
 from vae_cli.errors import ConfigError, check_choice, check_integer, check_number
+from vae_cli.estimators.terms import TERM_NAMES
 from vae_cli.estimators.train_step import make_train_step
 from vae_cli.eval_data import with_error
 from vae_cli.interrupts import StopSignals
 from vae_cli.loop import Diverged, Loop, Stopped
 from vae_cli.run_end import finish
-from vae_cli.run_state import METRICS, Status, plan_run, remove_run_files, run_files
+from vae_cli.run_state import METRICS, Status, plan_run, remove_run_files, run_files, run_lock
 from vae_cli.schedules import build_scheduler
 from vae_cli.training_state import restore
 
@@ -38,6 +39,9 @@ INTEGER_SETTINGS = {
 }
 
 
+VAL_FIGURES = tuple(f"val/{name}" for name in (*TERM_NAMES, "elbo_stderr"))  # what validation measures
+
+
 def check_settings(cfg: DictConfig) -> None:
     """The top-level numbers, each a one-line ConfigError naming the key when wrong (before any work)."""
     for key, (minimum, nullable, hint) in INTEGER_SETTINGS.items():
@@ -54,6 +58,9 @@ def check_settings(cfg: DictConfig) -> None:
     if not str(cfg.objective.metric).startswith("val/"):
         raise ConfigError(f"objective.metric={cfg.objective.metric!r} is not a validation figure: the test "
                           "set must never choose anything; use e.g. objective.metric=val/elbo")
+    if cfg.objective.metric not in VAL_FIGURES:
+        raise ConfigError(f"objective.metric={cfg.objective.metric!r} is not a figure validation measures; "
+                          f"choose one of {', '.join(VAL_FIGURES)}")
 
 
 def seed_everything(seed: int) -> None:
@@ -72,7 +79,8 @@ def train(cfg: DictConfig, run_dir: str | Path, on_start=None) -> dict:
     Raises ConfigError (bad input), Diverged, Stopped (a signal; checkpoint written), Interrupted (a signal
     outside the training loop, where there is no step to finish).
     """
-    with StopSignals() as signals:  # Ctrl-C while loading is one line too; in the loop, a step boundary
+    # Ctrl-C while loading is one line too; in the loop, a step boundary. One vae-train per folder.
+    with StopSignals() as signals, run_lock(Path(run_dir)):
         return checked_run(cfg, Path(run_dir), on_start, signals)
 
 
@@ -105,7 +113,6 @@ def checked_run(cfg: DictConfig, run_dir: Path, on_start, signals: StopSignals) 
         restore(plan.state, model, estimator, optimizer, scheduler)
 
     # Checked: from here on the run folder is written.
-    run_dir.mkdir(parents=True, exist_ok=True)
     if plan.action == "fresh" and run_files(run_dir):
         remove_run_files(run_dir)  # a failed run, or one that died before its first checkpoint
     if on_start is not None:
@@ -113,6 +120,10 @@ def checked_run(cfg: DictConfig, run_dir: Path, on_start, signals: StopSignals) 
     loop = Loop(cfg, run_dir, data, model, estimator, optimizer, scheduler, train_step, device, plan.state)
     log.info("data: %s; training step: %s; %d %s; %s", data, train_step.name, threads,
              "thread" if threads == 1 else "threads", f"resuming at step {loop.step}" if plan.state else "fresh run")
+    if plan.state and loop.step >= loop.total_steps:  # a mistyped epochs=2 for 20 would end it quietly
+        log.warning("epochs=%d%s asks for %d steps, and the run has taken %d already: it ends without "
+                    "training further", cfg.epochs, "" if cfg.max_steps is None else f", max_steps={cfg.max_steps}",
+                    loop.total_steps, loop.step)
     status = Status(run_dir, total_steps=loop.total_steps, threads=threads, step=loop.step, epoch=loop.epoch)
     status.update()
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
