@@ -55,6 +55,7 @@ FRESH_CASES = [
     (("likelihood.scale=optimal",), ["likelihood.scale is a key of likelihood=gaussian only"]),
     (("data=fashion",), ["data/fashion", "the options of data are fashion_mnist, mnist, synthetic"]),
     (("epochs=2", "checkpoint=[1"), ["checkpoint=[1: no viable alternative"]),  # syntax: which override
+    (("data.root=~/data",), ["data.root=~/data:", "write data.root=$HOME/data"]),  # no shell expanded ~
     (("epochs=abc",), ["epochs='abc'", "integer"]),  # wrong type
     (("optimizer.lr=0",), ["optimizer.lr=0", "> 0"]),
     (("optimizer.lr=abc",), ["optimizer.lr='abc' must be a number"]),  # not torch's "'<=' not supported"
@@ -228,3 +229,16 @@ def test_the_corrected_command_runs_in_the_folder_of_a_refused_one(tmp_path):
     corrected = run_cli(*SMOKE, "beta=0.5", "hydra.run.dir=run", cwd=tmp_path)
     assert corrected.returncode == 0, corrected.stderr
     assert json.loads((tmp_path / "run/status.json").read_text())["state"] == "finished"
+
+
+def test_version_names_vae_cli(tmp_path):
+    from importlib.metadata import version
+
+    for exe in ("vae-train", "vae-eval"):
+        result = run_cli("--version", cwd=tmp_path, exe=shutil.which(exe))
+        assert result.returncode == 0 and result.stdout.startswith(f"vae-cli {version('vae-cli')} (Hydra "), result
+
+
+def test_hydra_usage_error_before_the_task_is_one_line(tmp_path):
+    result = run_cli("-m", "beta=1,2", "--cfg", "job", cwd=tmp_path)  # Hydra raises a ValueError for it
+    assert result.returncode == 2 and "Only one of --run, --multirun, --cfg" in one_error_line(result)

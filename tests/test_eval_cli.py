@@ -131,6 +131,7 @@ def test_missing_folder_and_bad_override_are_one_line_errors(smoke_run, tmp_path
                           ([str(smoke_run[0]), "+checkpoin=last"], "no key checkpoin; did you mean checkpoint?"),
                           ([str(smoke_run[0]), "eval=lite"], "the options of eval are full, light"),
                           ([str(smoke_run[0]), "eval.num_samples=[1"], "eval.num_samples=[1: no viable"),
+                          ([str(smoke_run[0]), "--cfg", "job"], "--cfg: vae-eval takes key=value settings"),
                           ([str(smoke_run[0]), "eval.num_samples=0"], "eval.num_samples=0 must be"),
                           ([str(smoke_run[0]), "threads=0"], "threads=0"),
                           (["eval.num_samples=5"], "first argument must be the run folder")):

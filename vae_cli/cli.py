@@ -23,6 +23,13 @@ CONFIG_PATH = "pkg://vae_cli.configs"
 EXIT_BAD_INPUT, EXIT_DIVERGED = 2, 3
 
 
+def version_line() -> str:
+    """`vae-train --version`, `vae-eval --version`: the installed vae-cli and the Hydra it runs on."""
+    from importlib.metadata import version
+
+    return f"vae-cli {version('vae-cli')} (Hydra {version('hydra-core')}, omegaconf {version('omegaconf')})"
+
+
 def fail(err: Exception, status: int = EXIT_BAD_INPUT) -> None:
     print(f"error: {err}", file=sys.stderr, flush=True)
     sys.exit(status)
@@ -89,6 +96,9 @@ def check_ray_address(args: list[str], timeout: float = 5.0) -> None:
 def main() -> None:
     """vae-train [resume=RUN_FOLDER] [key=value ...] [-m]: see `vae-train --help`."""
     args = sys.argv[1:]
+    if "--version" in args:
+        print(version_line())
+        return
     check_ray_address(args)
     added = check_added_keys(args)
     if added:
@@ -108,6 +118,12 @@ def main() -> None:
             print(f"error: {message}", file=sys.stderr, flush=True)
             sys.exit(EXIT_BAD_INPUT)
         raise
+    except ValueError as err:  # Hydra's own usage errors (-m with --cfg) come before the task, untranslated
+        if held.released or os.environ.get("HYDRA_FULL_ERROR"):
+            raise
+        held.parts = []
+        held.release()
+        fail(ConfigError(f"{err} (vae-train --help)"))
     finally:
         held.release()
 

@@ -101,8 +101,12 @@ def hydra_error_line(message: str, primary: str = "train", args: list[str] = ())
     with the group's options, without Hydra's search path, and a syntax error with the override (args:
     the command line's) that has it."""
     message = "; ".join(line.strip() for line in message.splitlines() if line.strip())
-    if "override_grammar" in message and (bad := unparsable_override(args)) and bad not in message:
-        return f"{bad}: {message}"
+    if "override_grammar" in message and (bad := unparsable_override(args)):
+        message = message if bad in message else f"{bad}: {message}"
+        key, _, value = bad.partition("=")
+        if "~" in value:  # the shell left it (it expands ~ only at a word's start) and Hydra refuses it
+            return f"{bad}: Hydra's override grammar refuses ~ in a value; write {key}={value.replace('~', '$HOME')}"
+        return message
     found = re.match(r"Could not override '([\w.]+)'\.; To append to your config use \+([^;]+)", message)
     if found:
         return unknown_key_line(found.group(1), found.group(2), primary)

@@ -8,7 +8,7 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from vae_cli.cli import fail
+from vae_cli.cli import fail, version_line
 from vae_cli.config_keys import check_added_keys, hydra_error_line
 from vae_cli.errors import ConfigError
 from vae_cli.interrupts import stop_at_once
@@ -70,6 +70,9 @@ def console() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if "--version" in argv:
+        print(version_line())
+        return
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE + OmegaConf.to_yaml(compose_eval_config([])), file=sys.stdout if argv else sys.stderr)
         sys.exit(0 if argv else 2)
@@ -80,6 +83,10 @@ def main(argv: list[str] | None = None) -> None:
             if "=" in run_dir and not Path(run_dir).exists():
                 raise ConfigError(f"the first argument must be the run folder, not {run_dir!r}; "
                                   "usage: vae-eval RUN_FOLDER [key=value ...]")
+            flags = [arg for arg in overrides if arg.startswith("-")]
+            if flags:
+                raise ConfigError(f"{flags[0]}: vae-eval takes key=value settings after the run folder, no "
+                                  "options; `vae-eval --help` prints the settings and their values")
             eval_cfg = compose_eval_config(overrides)
             from vae_cli.evaluation import evaluate_run  # imported here so that bad arguments answer fast
 
