@@ -119,7 +119,7 @@ def test_stopped_and_resumed_run_is_bit_identical(name, stop_step, references, t
     assert read_status(tmp_path)["attempts"] == 2
 
 
-def test_stopped_during_the_evaluation_and_resumed_is_bit_identical(references, tmp_path, monkeypatch):
+def test_stopped_during_the_evaluation_and_resumed_is_bit_identical(references, tmp_path, monkeypatch, caplog):
     """A stop while L_K is being computed: training is done and checkpointed, so the resumed run only
     evaluates again, with the same draws (eval_seed), and ends with the same metrics.json."""
     reference = references("bernoulli")
@@ -136,6 +136,7 @@ def test_stopped_during_the_evaluation_and_resumed_is_bit_identical(references, 
     monkeypatch.undo()
     train(smoke(*CONFIGS["bernoulli"]), tmp_path)
     assert_same_run(reference, tmp_path)
+    assert "asks for" not in caplog.text  # all its steps were taken, none too many: no warning
 
 
 def test_a_finished_run_is_reported_not_retrained_and_epochs_extend_it(references, tmp_path):

@@ -120,7 +120,7 @@ def checked_run(cfg: DictConfig, run_dir: Path, on_start, signals: StopSignals) 
     loop = Loop(cfg, run_dir, data, model, estimator, optimizer, scheduler, train_step, device, plan.state)
     log.info("data: %s; training step: %s; %d %s; %s", data, train_step.name, threads,
              "thread" if threads == 1 else "threads", f"resuming at step {loop.step}" if plan.state else "fresh run")
-    if plan.state and loop.step >= loop.total_steps:  # a mistyped epochs=2 for 20 would end it quietly
+    if plan.state and loop.step > loop.total_steps:  # a mistyped epochs=2 for 20 would end it quietly
         log.warning("epochs=%d%s asks for %d steps, and the run has taken %d already: it ends without "
                     "training further", cfg.epochs, "" if cfg.max_steps is None else f", max_steps={cfg.max_steps}",
                     loop.total_steps, loop.step)
