@@ -188,7 +188,10 @@ def test_threads_follow_the_launcher_share_and_a_busy_machine_is_named(monkeypat
     with pytest.raises(ConfigError, match="threads=0"):
         device.resolve_threads(0)
     monkeypatch.setattr(device.os, "getloadavg", lambda: (9.0, 9.0, 9.0))
+    monkeypatch.setattr(device.os, "cpu_count", lambda: 64)  # a node, 8 of its cores this process's
     monkeypatch.setattr(device, "other_running_threads", lambda: 3)
+    assert device.busy_cores(8) is None  # 9 busy threads may all be on the other 56 cores
+    monkeypatch.setattr(device.os, "cpu_count", lambda: 8)
     assert "load average 9.0 on 8 cores, 3 other threads running now" in device.busy_cores(8)
     assert device.busy_cores(1) is None
     monkeypatch.setattr(device, "other_running_threads", lambda: 0)  # the load of a run that has ended

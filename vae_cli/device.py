@@ -85,10 +85,12 @@ def busy_cores(threads: int) -> str | None:
     each other at every operator, and one thread is then often faster. The 1-minute load average must
     fill the cores and, where /proc says, another thread must be running now: the load average alone
     still counts a run that has just ended (the previous run of a sequential sweep, vae-train just
-    before vae-eval) for a minute or two."""
+    before vae-eval) for a minute or two. Both count the whole machine, so they are set against all its
+    cores: on a node whose other cores run other jobs (Slurm gives this one its own), a full load of
+    those is not this process's business."""
     if threads < 2 or not hasattr(os, "getloadavg"):
         return None
-    load, cores = os.getloadavg()[0], available_cores()
+    load, cores = os.getloadavg()[0], os.cpu_count() or available_cores()
     # the fewest of three looks: a thread of this process that starts or stops between the two files
     # of one look would count as another process's
     looks = [other_running_threads() for _ in range(3)]
