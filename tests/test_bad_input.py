@@ -226,6 +226,7 @@ def test_the_corrected_command_runs_in_the_folder_of_a_refused_one(tmp_path):
     refused = run_cli(*SMOKE, "beta=-1", "hydra.run.dir=run", cwd=tmp_path)
     assert refused.returncode == 2 and "beta=-1" in one_error_line(refused)
     assert json.loads((tmp_path / "run/status.json").read_text())["state"] == "failed"
+    assert one_error_line(refused).removeprefix("error: ") in (tmp_path / "run/vae-train.log").read_text()
     corrected = run_cli(*SMOKE, "beta=0.5", "hydra.run.dir=run", cwd=tmp_path)
     assert corrected.returncode == 0, corrected.stderr
     assert json.loads((tmp_path / "run/status.json").read_text())["state"] == "finished"

@@ -58,6 +58,7 @@ def test_sigterm_mid_epoch_then_the_printed_command_resumes_to_the_same_metrics(
         assert process.returncode == 143, stderr  # 128 + SIGTERM, as a shell reports it
         assert "Traceback" not in stderr
         (line,) = [line for line in stderr.splitlines() if line.startswith("stopped by SIGTERM")]
+        assert line in (run_dir / "vae-train.log").read_text()  # the log ends as the terminal did
         status = json.loads((run_dir / "status.json").read_text())
         assert status["state"] == "interrupted" and not (run_dir / "metrics.json").exists()
         assert f"at step {status['step']} of {EPOCHS * STEPS_PER_EPOCH}" in line

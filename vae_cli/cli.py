@@ -1,5 +1,6 @@
 """Console entry point `vae-train`: compose the Hydra config, call train(cfg), turn failures into one line."""
 import io
+import logging
 import math
 import os
 import socket
@@ -151,21 +152,35 @@ def hydra_main(cfg: DictConfig) -> float:
         if isinstance(err, ConfigError) and not in_use and not run_files(run_dir) and run_dir.is_dir():
             save_hydra_files(run_dir, cfg, rewrite=False)  # a sweep's summary names the job's overrides
             Status(run_dir, state="failed", error=str(err), resume_command=None).update()
+        if not in_use:  # the log of the process that holds the folder is its own
+            to_log_file(str(err))
         if multirun and not cfg.get("fail_fast"):  # recorded in status.json; the other jobs go on
             print(f"error: job {hydra_cfg.job.num} ({run_dir}): {err}", file=sys.stderr, flush=True)
             return math.nan
         fail(err, status)
     except Stopped as stop:
+        to_log_file(str(stop))
         print(stop, file=sys.stderr, flush=True)
         sys.exit(exit_status(stop.signum))
     except Interrupted as stop:
         again = (f"vae-train resume={run_dir.resolve()}" if (run_dir / "checkpoint.pt").is_file()
                  else "the same command")
-        print(f"stopped by {stop} outside a training step (no step lost); continue with: {again}",
-              file=sys.stderr, flush=True)
+        line = f"stopped by {stop} outside a training step (no step lost); continue with: {again}"
+        to_log_file(line)
+        print(line, file=sys.stderr, flush=True)
         sys.exit(exit_status(stop.signum))
     value = metrics.get(cfg.objective.metric)
     return float(value) if value is not None else math.nan
+
+
+def to_log_file(line: str) -> None:
+    """The run's last line (a stop, an error), printed to the terminal, also into its vae-train.log: Hydra's
+    file handler on the root logger, the terminal's handler left out."""
+    record = logging.makeLogRecord({"name": "vae_cli.cli", "levelno": logging.ERROR, "levelname": "ERROR",
+                                    "msg": line})
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def save_hydra_files(run_dir: Path, cfg: DictConfig, rewrite: bool) -> None:
