@@ -120,6 +120,9 @@ def main() -> None:
             sys.exit(EXIT_BAD_INPUT)
         raise
     except ValueError as err:  # Hydra's own usage errors (-m with --cfg) come before the task, untranslated
+        if held.released and str(err) == "Record does not exist." and not os.environ.get("HYDRA_FULL_ERROR"):
+            fail(ConfigError("no trial of the Optuna study has finished, so it has no best trial: each one "
+                             "failed (the error lines above, and each trial's status.json, say why)"), 1)
         if held.released or os.environ.get("HYDRA_FULL_ERROR"):
             raise
         held.parts = []
@@ -130,7 +133,7 @@ def main() -> None:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
-def hydra_main(cfg: DictConfig) -> float:
+def hydra_main(cfg: DictConfig) -> float | None:
     if isinstance(sys.stderr, HeldStderr):
         sys.stderr.release()
     from vae_cli.loop import Diverged, Stopped  # imported here so that --help and bad overrides answer fast
@@ -156,7 +159,7 @@ def hydra_main(cfg: DictConfig) -> float:
             to_log_file(str(err))
         if multirun and not cfg.get("fail_fast"):  # recorded in status.json; the other jobs go on
             print(f"error: job {hydra_cfg.job.num} ({run_dir}): {err}", file=sys.stderr, flush=True)
-            return math.nan
+            return None  # no objective: Optuna records the trial as failed (a NaN it refuses, and crashes)
         fail(err, status)
     except Stopped as stop:
         to_log_file(str(stop))
@@ -170,7 +173,7 @@ def hydra_main(cfg: DictConfig) -> float:
         print(line, file=sys.stderr, flush=True)
         sys.exit(exit_status(stop.signum))
     value = metrics.get(cfg.objective.metric)
-    return float(value) if value is not None else math.nan
+    return float(value) if value is not None and math.isfinite(value) else None
 
 
 def to_log_file(line: str) -> None:
