@@ -172,3 +172,29 @@ def test_optuna_study_continues_with_the_same_command(tmp_path):
     swept = {key for key in rows[0] if key in ("optimizer.lr", "beta", "model.latent_dim", "model.hidden_sizes")}
     assert len(swept) == 4
     assert f"best: job {rows[0]['job']}" in second.stdout
+
+
+def test_a_failed_optuna_trial_is_recorded_failed_and_the_study_goes_on(tmp_path):
+    """A trial with a bad value (beta=-1) returns no objective: Optuna records it as FAIL (a NaN made it
+    raise 'Values were told', ending the study with a traceback), the others complete, and the sweep
+    ends with exit status 1 and the line naming the failed trials."""
+    import optuna
+
+    result = vae_train("-m", "hparams_search=optuna_mlp", *SMOKE, "epochs=1", "hydra.sweeper.n_trials=4",
+                       "hydra.sweeper.sampler.seed=0", "beta=choice(-1,1)", cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    study = optuna.load_study(study_name="optuna_mlp", storage=f"sqlite:///{tmp_path}/outputs/optuna_mlp/optuna.db")
+    states = {t.params["beta"]: t.state for t in study.trials}
+    assert states == {-1: optuna.trial.TrialState.FAIL, 1: optuna.trial.TrialState.COMPLETE}, states
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error: ") and "jobs failed" in line]
+    assert "beta=-1 must be a number >= 0" in line
+
+
+def test_a_failed_job_of_the_parallel_launcher_is_named_with_status_1(tmp_path):
+    """The jobs run in joblib's workers, so vae-train's held-back stderr was never released in the launching
+    process: the summary's failure line came out as 'error: error: ...' with status 2."""
+    result = vae_train("-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", *SMOKE, "epochs=1", "beta=-1,1",
+                       cwd=tmp_path)
+    assert result.returncode == 1, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors[-1].startswith("error: 1 of 2 jobs failed: job 0 (") and "error: error:" not in result.stderr

@@ -206,6 +206,10 @@ class SweepSummary(Callback):
             study_dir(config).mkdir(parents=True, exist_ok=True)  # SQLite creates the file, not its folder
 
     def on_multirun_end(self, config, **kwargs) -> None:
+        # vae-train holds stderr back until a job starts (cli.HeldStderr); with a launcher whose jobs run in
+        # other processes this process never starts one: released here, so that the failure line below
+        # is printed as it is, not taken for a command-line error ("error: error: ...", status 2)
+        getattr(sys.stderr, "release", lambda: None)()
         # An Optuna study in SQLite: the summary covers its folder, every command's trials.
         folder = study_dir(config) or Path(str(config.hydra.sweep.dir))
         if not folder.is_dir():
