@@ -120,9 +120,6 @@ def main() -> None:
             sys.exit(EXIT_BAD_INPUT)
         raise
     except ValueError as err:  # Hydra's own usage errors (-m with --cfg) come before the task, untranslated
-        if held.released and str(err) == "Record does not exist." and not os.environ.get("HYDRA_FULL_ERROR"):
-            fail(ConfigError("no trial of the Optuna study has finished, so it has no best trial: each one "
-                             "failed (the error lines above, and each trial's status.json, say why)"), 1)
         if held.released or os.environ.get("HYDRA_FULL_ERROR"):
             raise
         held.parts = []
