@@ -198,3 +198,21 @@ def test_a_failed_job_of_the_parallel_launcher_is_named_with_status_1(tmp_path):
     assert result.returncode == 1, result.stderr[-3000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert errors[-1].startswith("error: 1 of 2 jobs failed: job 0 (") and "error: error:" not in result.stderr
+
+
+def test_jobs_refused_in_a_rerun_are_named_with_status_1(tmp_path):
+    """A re-run with other values in the same sweep folder: jobs 2 and 3 now mean other settings, their
+    folders hold the first command's runs and are refused untouched; the summary heard nothing from
+    them (exit 0) until the refusals were recorded beside it."""
+    sweep = f"hydra.sweep.dir={tmp_path / 'sweep'}"
+    first = vae_train("-m", *SMOKE, "epochs=1", "beta=0.5,1", "seed=0,1", sweep, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    kept = (tmp_path / "sweep/3/metrics.json").read_bytes()
+    again = vae_train("-m", *SMOKE, "epochs=1", "beta=0.5,1", "seed=0,1,2", sweep, cwd=tmp_path)
+    assert again.returncode == 1, again.stderr[-3000:]
+    (line,) = [line for line in again.stderr.splitlines() if "jobs failed" in line]
+    assert line.startswith("error: 2 of 4 jobs failed: job 2 (") and "; job 3 (" in line
+    assert "holds another run's files, with other settings (seed: 1 -> 0)" in line
+    assert (tmp_path / "sweep/3/metrics.json").read_bytes() == kept
+    same = vae_train("-m", *SMOKE, "epochs=1", "beta=0.5,1", "seed=0,1,2", sweep, cwd=tmp_path)
+    assert same.returncode == 1 and "2 of 2 jobs failed" in same.stderr  # still refused, and said again

@@ -135,6 +135,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
         sys.stderr.release()
     from vae_cli.loop import Diverged, Stopped  # imported here so that --help and bad overrides answer fast
     from vae_cli.run_state import FolderInUse, Status, run_files
+    from vae_cli.sweep import record_refusal
     from vae_cli.train import train
 
     hydra_cfg = HydraConfig.get()
@@ -149,9 +150,13 @@ def hydra_main(cfg: DictConfig) -> float | None:
     except (ConfigError, Diverged) as err:
         status = EXIT_DIVERGED if isinstance(err, Diverged) else EXIT_BAD_INPUT
         in_use = isinstance(err, FolderInUse)  # the folder is the other process's: nothing written
+        recorded = isinstance(err, Diverged)  # train() wrote it into status.json
         if isinstance(err, ConfigError) and not in_use and not run_files(run_dir) and run_dir.is_dir():
             save_hydra_files(run_dir, cfg, rewrite=False)  # a sweep's summary names the job's overrides
             Status(run_dir, state="failed", error=str(err), resume_command=None).update()
+            recorded = True
+        if multirun and not recorded:  # the folder is another run's: the sweep's summary hears of it here
+            record_refusal(Path(hydra_cfg.sweep.dir), hydra_cfg.job.num, list(hydra_cfg.overrides.task), str(err))
         if not in_use:  # the log of the process that holds the folder is its own
             to_log_file(str(err))
         if multirun and not cfg.get("fail_fast"):  # recorded in status.json; the other jobs go on

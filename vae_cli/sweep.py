@@ -169,11 +169,26 @@ def plot_objective(summary: Summary, path: Path) -> Path:
     return path
 
 
-def failure_line(failed: list[Job], total: int) -> str:
-    """One line naming the failed jobs, their overrides and errors."""
-    named = "; ".join(f"job {job.name} ({' '.join(job.overrides)}): {job.status.get('error') or job.state}"
-                      for job in failed)
-    return f"error: {len(failed)} of {total} jobs failed: {named}"
+def failure_line(failed: list[Job], total: int, refused: list[dict] = ()) -> str:
+    """One line naming the failed jobs (and the refused ones), their overrides and errors."""
+    named = [f"job {job.name} ({' '.join(job.overrides)}): {job.status.get('error') or job.state}" for job in failed]
+    named += [f"job {r['job']} ({' '.join(r['overrides'])}): {r['error']}" for r in refused]
+    return f"error: {len(named)} of {total} jobs failed: {'; '.join(named)}"
+
+
+REFUSED = ".refused-job-*.json"  # in the sweep folder: jobs refused without writing into their folders
+
+
+def record_refusal(sweep_dir: Path, job: int, overrides: list[str], error: str) -> None:
+    """A job refused with its folder left alone (another run's files, or another vae-train in it): nothing
+    in that folder changes, so the summary would not count it; this file tells it (SweepSummary)."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    record = {"job": job, "overrides": overrides, "error": error}
+    write_atomic(sweep_dir / REFUSED.replace("*", str(job)), yaml.safe_dump(record))
+
+
+def refusals(sweep_dir: Path) -> list[dict]:
+    return sorted((yaml.safe_load(path.read_text()) for path in sweep_dir.glob(REFUSED)), key=lambda r: r["job"])
 
 
 class SweepSummary(Callback):
@@ -202,6 +217,8 @@ class SweepSummary(Callback):
     def on_multirun_start(self, config, **kwargs) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
         self.before = self._stamps(study_dir(config) or sweep_dir)
+        for path in sweep_dir.glob(REFUSED):  # an earlier command's
+            path.unlink()
         if study_dir(config) is not None:
             study_dir(config).mkdir(parents=True, exist_ok=True)  # SQLite creates the file, not its folder
 
@@ -219,8 +236,9 @@ class SweepSummary(Callback):
         launched = self._launched(folder)
         ran = [job for job in summary.jobs if job.folder in launched]
         failed = [job for job in ran if job.state != "finished"]
-        if failed:
-            print(failure_line(failed, len(ran)), file=sys.stderr, flush=True)
+        refused = refusals(Path(str(config.hydra.sweep.dir)))
+        if failed or refused:
+            print(failure_line(failed, len(ran) + len(refused), refused), file=sys.stderr, flush=True)
             sys.exit(1)  # SystemExit passes Hydra's error reporting: no traceback
 
 
