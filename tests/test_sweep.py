@@ -4,7 +4,9 @@ import csv
 import json
 import os
 import shutil
+import socket
 import subprocess
+import sys
 import time
 
 import pytest
@@ -104,6 +106,20 @@ def test_vae_sweep_on_a_running_sweep_exits_0(sweep):
     assert result.returncode == 0, result.stderr
     assert result.stderr == "" and "best: job 1" in result.stdout
     assert not (sweep / "summary.png").exists()
+
+
+def test_a_running_job_whose_process_is_gone_is_killed(tmp_path):
+    """status.json says running; the pid on this host is gone (SIGKILL, out of memory): killed. A live pid,
+    or a pid on another host, stays running."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait(timeout=60)
+    for name, pid, host in (("0", gone.pid, socket.gethostname()), ("1", os.getpid(), socket.gethostname()),
+                            ("2", gone.pid, "another-host")):
+        folder = make_job(tmp_path, name, [f"seed={name}"], "running", step=12)
+        status = json.loads((folder / "status.json").read_text())
+        (folder / "status.json").write_text(json.dumps({**status, "pid": pid, "host": host}))
+    states = {job.name: job.state for job in summarize(tmp_path, plot=False).jobs}
+    assert states == {"0": "killed", "1": "running", "2": "running"}
 
 
 def test_vae_sweep_refuses_a_folder_without_jobs(tmp_path):

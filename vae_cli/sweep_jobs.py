@@ -2,13 +2,15 @@
 the sweep varied, and the jobs ranked by their objective. vae_cli/sweep.py turns them into the summary."""
 import json
 import math
+import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 # Order of the states in the summary: finished jobs first (by objective), then the rest.
-STATE_RANK = {"finished": 0, "running": 1, "interrupted": 2, "failed": 3}
+STATE_RANK = {"finished": 0, "running": 1, "interrupted": 2, "killed": 3, "failed": 4}
 DEFAULT_OBJECTIVE = ("val/elbo", "maximize")
 
 
@@ -25,7 +27,10 @@ class Job:
 
     @property
     def state(self) -> str:
-        return self.status.get("state") or "no status.json"
+        """status.json's state; "killed" where it says running but its process, on this host, is gone
+        (SIGKILL, out of memory): it resumes from its last checkpoint like an interrupted one."""
+        state = self.status.get("state") or "no status.json"
+        return "killed" if state == "running" and process_gone(self.status) else state
 
     @property
     def value(self) -> float | None:
@@ -42,6 +47,20 @@ class Job:
             key, _, value = override.partition("=")
             pairs[key.lstrip("+~")] = value
         return pairs
+
+
+def process_gone(status: dict) -> bool:
+    """True when status.json's pid is on this host and no longer runs (on another host: not known)."""
+    pid = status.get("pid")
+    if status.get("host") != socket.gethostname() or not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's process: it exists
+        return False
+    return False
 
 
 def read_json(path: Path) -> dict:
