@@ -130,6 +130,8 @@ def test_killed_sweep_rerun_skips_finished_resumes_interrupted_runs_the_rest(tmp
             first.kill()
         log.close()
     assert first.returncode == 143, read_tail(tmp_path / "first.log")
+    rerun = f"the same command again with hydra.sweep.dir={sweep.resolve()} skips its finished jobs and resumes"
+    assert rerun in read_tail(tmp_path / "first.log")
     stopped = status(sweep / "1")
     assert stopped["state"] == "interrupted" and stopped["step"] > 0, stopped
     assert not (sweep / "2").exists()

@@ -16,6 +16,7 @@ from omegaconf.errors import MissingMandatoryValue
 import vae_cli.configs  # noqa: F401 - registers ${launch_dir:} (configs/__init__.py), also in sweep workers
 from vae_cli.config_keys import check_added_keys, hydra_error_line
 from vae_cli.errors import ConfigError
+from vae_cli import interrupts
 from vae_cli.interrupts import Interrupted, exit_status, stop_quietly_until_the_run
 from vae_cli.process_exit import ExitWithoutTeardown
 
@@ -141,6 +142,8 @@ def hydra_main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    if multirun:  # a stop between this job and the next says how to continue
+        interrupts.SWEEP_RERUN = sweep_rerun(hydra_cfg)
     try:
         if cfg.get("resume"):
             cfg = resumed_config(cfg, Path(cfg.resume), list(hydra_cfg.overrides.task))
@@ -166,6 +169,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
     except Stopped as stop:
         to_log_file(str(stop))
         print(stop, file=sys.stderr, flush=True)
+        print_sweep_rerun(multirun, hydra_cfg)
         sys.exit(exit_status(stop.signum))
     except Interrupted as stop:
         again = (f"vae-train resume={run_dir.resolve()}" if (run_dir / "checkpoint.pt").is_file()
@@ -173,9 +177,21 @@ def hydra_main(cfg: DictConfig) -> float | None:
         line = f"stopped by {stop} outside a training step (no step lost); continue with: {again}"
         to_log_file(line)
         print(line, file=sys.stderr, flush=True)
+        print_sweep_rerun(multirun, hydra_cfg)
         sys.exit(exit_status(stop.signum))
     value = metrics.get(cfg.objective.metric)
     return float(value) if value is not None and math.isfinite(value) else None
+
+
+def sweep_rerun(hydra_cfg) -> str:
+    """How to continue a stopped sweep (README, Re-running a sweep)."""
+    return (f"the sweep: the same command again with hydra.sweep.dir={Path(hydra_cfg.sweep.dir).resolve()} "
+            "skips its finished jobs and resumes the stopped one")
+
+
+def print_sweep_rerun(multirun: bool, hydra_cfg) -> None:
+    if multirun:
+        print(sweep_rerun(hydra_cfg), file=sys.stderr, flush=True)
 
 
 def to_log_file(line: str) -> None:

@@ -81,11 +81,16 @@ class StopSignals:
             handler(self.signum, None)
 
 
+# Set by a sweep's first job (cli.py): between two jobs, the stop line says how to continue the sweep.
+SWEEP_RERUN: str | None = None
+
+
 def before_the_run(signum, frame) -> None:
     """vae-train's handler until train() takes over (imports, composing the config): exit at once, one line."""
     sys.stdout.flush()
-    print(f"\nstopped by {signal.Signals(signum).name} before training started; nothing of the run was written",
-          file=sys.__stderr__, flush=True)
+    line = (f"\nstopped by {signal.Signals(signum).name} before training started; nothing of the run was written"
+            if SWEEP_RERUN is None else f"\nstopped by {signal.Signals(signum).name} between two jobs; {SWEEP_RERUN}")
+    print(line, file=sys.__stderr__, flush=True)
     end_now(signum)
 
 
