@@ -218,3 +218,48 @@ def test_jobs_refused_in_a_rerun_are_named_with_status_1(tmp_path):
     assert (tmp_path / "sweep/3/metrics.json").read_bytes() == kept
     same = vae_train("-m", *SMOKE, "epochs=1", "beta=0.5,1", "seed=0,1,2", sweep, cwd=tmp_path)
     assert same.returncode == 1 and "2 of 2 jobs failed" in same.stderr  # still refused, and said again
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for name in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{name}/stat") as file:
+                if int(file.read().rpartition(")")[2].split()[1]) == pid:
+                    found.append(int(name))
+        except (OSError, IndexError, ValueError):
+            pass
+    return found
+
+
+def test_a_stopped_parallel_sweep_checkpoints_its_jobs_and_leaves_no_worker(tmp_path):
+    """SIGINT to the launching process alone (kill -INT PID): it died at once and its joblib workers lived
+    on, orphaned; now it hands the signal to them, each job writes its checkpoint, and all end."""
+    command = [vae_train_exe(), "-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", *SMOKE,
+               "epochs=100000", "early_stopping.patience=null", "seed=0,1", "hydra.sweep.dir=sweep"]
+    log = open(tmp_path / "sweep.log", "w")
+    first = subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=python_env())
+    workers = []
+    try:
+        deadline = time.monotonic() + 240
+        while not all((tmp_path / f"sweep/{job}/status.json").exists() and status(tmp_path / f"sweep/{job}")["step"] > 0
+                      for job in (0, 1)):
+            assert first.poll() is None and time.monotonic() < deadline, read_tail(tmp_path / "sweep.log")
+            time.sleep(0.05)
+        workers = children_of(first.pid)
+        first.send_signal(signal.SIGINT)
+        first.wait(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+        log.close()
+    assert first.returncode == -signal.SIGINT, read_tail(tmp_path / "sweep.log")
+    for job in (0, 1):
+        assert status(tmp_path / f"sweep/{job}")["state"] == "interrupted"
+        assert (tmp_path / f"sweep/{job}/checkpoint.pt").is_file()
+    deadline = time.monotonic() + 30
+    while (alive := [pid for pid in workers if Path(f"/proc/{pid}").exists()]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid in alive:  # left behind: end them, then fail
+        os.kill(pid, signal.SIGKILL)
+    assert workers and not alive, (workers, alive)

@@ -109,11 +109,14 @@ def main() -> None:
     if resume and resume[0] not in ("", "null"):  # Hydra's run folder is the one being resumed
         sys.argv += [f"hydra.run.dir={resume[0]}"]
     stop_quietly_until_the_run()  # Ctrl-C while torch imports: one line, not a KeyboardInterrupt traceback
+    interrupts.MULTIRUN = "-m" in args or "--multirun" in args
     held = HeldStderr(sys.stderr)
     sys.stderr = held
     try:
         hydra_main()
+        end_after_forwarded_stop(held)
     except SystemExit as done:
+        end_after_forwarded_stop(held)
         if not held.released and done.code not in (0, None) and not os.environ.get("HYDRA_FULL_ERROR"):
             message, held.parts = held.one_line(args), []
             held.release()
@@ -121,13 +124,26 @@ def main() -> None:
             sys.exit(EXIT_BAD_INPUT)
         raise
     except ValueError as err:  # Hydra's own usage errors (-m with --cfg) come before the task, untranslated
+        end_after_forwarded_stop(held)
         if held.released or os.environ.get("HYDRA_FULL_ERROR"):
             raise
         held.parts = []
         held.release()
         fail(ConfigError(f"{err} (vae-train --help)"))
+    except BaseException:
+        end_after_forwarded_stop(held)
+        raise
     finally:
         held.release()
+
+
+def end_after_forwarded_stop(held: HeldStderr) -> None:
+    """A sweep whose job processes were handed a stop signal (interrupts.before_the_run) ends by that signal
+    once they have, whatever the launcher made of their exits: their own lines said what to do next."""
+    if interrupts.FORWARDED:
+        held.parts = []
+        held.release()
+        interrupts.end_now(interrupts.FORWARDED[0])
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")

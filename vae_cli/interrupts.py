@@ -3,6 +3,7 @@ import contextlib
 import os
 import signal
 import sys
+import time
 
 # What shells and schedulers send. SIGUSR1/SIGUSR2: what Slurm (--signal) and submitit send before a time
 # limit or a preemption. The exit status is 128 + the signal's number, as a shell reports a killed job.
@@ -34,6 +35,11 @@ def end_now(signum: int) -> None:
     os._exit(exit_status(signum))  # any other signal; and a safety net should SIGINT not end us
 
 
+# A sweep's job process can get one Ctrl-C twice: from the terminal (the whole process group) and from its
+# launching process, which hands it on (before_the_run). Two within this many seconds are one stop.
+SAME_STOP_SECONDS = 1.0
+
+
 class StopSignals:
     """While active, a stop signal is recorded, not acted on: the training loop asks `pending` at each step
     boundary, writes a checkpoint and leaves. Outside the training loop (`immediate`), the signal raises
@@ -46,6 +52,7 @@ class StopSignals:
 
     def __init__(self):
         self.signum: int | None = None
+        self.since = 0.0  # when the signal came
         self.immediate = True
         self.previous: dict = {}
 
@@ -63,9 +70,11 @@ class StopSignals:
 
     def _handle(self, signum, frame) -> None:
         if self.signum == signal.SIGINT and signum == signal.SIGINT:
+            if SWEEP_RERUN is not None and time.monotonic() - self.since < SAME_STOP_SECONDS:
+                return  # a sweep's job: the same stop, delivered twice
             print("\nsecond Ctrl-C: stopped at once, without a new checkpoint", file=sys.stderr, flush=True)
             end_now(signum)
-        self.signum = signum
+        self.signum, self.since = signum, time.monotonic()
         if self.immediate:
             raise Interrupted(signum)
 
@@ -85,8 +94,42 @@ class StopSignals:
 SWEEP_RERUN: str | None = None
 
 
+MULTIRUN = False  # vae-train -m: set by cli.main
+FORWARDED: list[int] = []  # the signal a sweep's launching process handed on to its job processes
+
+
+def child_processes() -> list[int]:
+    """The pids whose parent is this process (Linux's /proc; elsewhere none)."""
+    children = []
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return children
+    for name in names:
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as file:
+                    if int(file.read().rpartition(")")[2].split()[1]) == os.getpid():
+                        children.append(int(name))
+            except (OSError, IndexError, ValueError):
+                pass
+    return children
+
+
 def before_the_run(signum, frame) -> None:
-    """vae-train's handler until train() takes over (imports, composing the config): exit at once, one line."""
+    """vae-train's handler until train() takes over (imports, composing the config): exit at once, one line.
+    In a sweep's launching process whose jobs run in child processes (hydra/launcher=parallel), the first
+    signal is handed on to them instead: each writes its checkpoint and ends, and this process ends with
+    them (cli.main); it leaving first would orphan them. A second one ends it at once."""
+    children = child_processes() if MULTIRUN and not FORWARDED else []
+    if children:
+        FORWARDED.append(signum)
+        print(f"\nstopping the sweep's job processes ({signal.Signals(signum).name}): each writes its checkpoint "
+              "at its next step; again to stop at once", file=sys.__stderr__, flush=True)
+        for pid in children:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signum)
+        return
     sys.stdout.flush()
     line = (f"\nstopped by {signal.Signals(signum).name} before training started; nothing of the run was written"
             if SWEEP_RERUN is None else f"\nstopped by {signal.Signals(signum).name} between two jobs; {SWEEP_RERUN}")
