@@ -26,6 +26,14 @@ def read_tail(path: Path, chars: int = 3000) -> str:
     return path.read_text(errors="replace")[-chars:]
 
 
+def training(folder: Path) -> bool:
+    """The job in folder has taken a step (status.json says so)."""
+    try:
+        return (folder / "status.json").exists() and status(folder)["step"] > 0
+    except (ValueError, KeyError):  # being written
+        return False
+
+
 def status(folder: Path) -> dict:
     return json.loads((folder / "status.json").read_text())
 
@@ -117,11 +125,8 @@ def test_killed_sweep_rerun_skips_finished_resumes_interrupted_runs_the_rest(tmp
         while True:  # job 1 training: status.json says running at a step past 0
             assert first.poll() is None, f"the sweep ended before job 1 trained: {read_tail(tmp_path / 'first.log')}"
             assert time.monotonic() < deadline, "job 1 never started training"
-            try:
-                if (sweep / "1" / "status.json").exists() and status(sweep / "1")["step"] > 0:
-                    break
-            except (ValueError, KeyError):
-                pass
+            if training(sweep / "1"):
+                break
             time.sleep(0.02)
         first.send_signal(signal.SIGTERM)
         first.wait(timeout=120)
@@ -242,8 +247,7 @@ def test_a_stopped_parallel_sweep_checkpoints_its_jobs_and_leaves_no_worker(tmp_
     workers = []
     try:
         deadline = time.monotonic() + 240
-        while not all((tmp_path / f"sweep/{job}/status.json").exists() and status(tmp_path / f"sweep/{job}")["step"] > 0
-                      for job in (0, 1)):
+        while not (training(tmp_path / "sweep/0") and training(tmp_path / "sweep/1")):
             assert first.poll() is None and time.monotonic() < deadline, read_tail(tmp_path / "sweep.log")
             time.sleep(0.05)
         workers = children_of(first.pid)
