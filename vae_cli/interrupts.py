@@ -131,8 +131,16 @@ def before_the_run(signum, frame) -> None:
                 os.kill(pid, signum)
         return
     sys.stdout.flush()
-    line = (f"\nstopped by {signal.Signals(signum).name} before training started; nothing of the run was written"
-            if SWEEP_RERUN is None else f"\nstopped by {signal.Signals(signum).name} between two jobs; {SWEEP_RERUN}")
+    name = signal.Signals(signum).name
+    if FORWARDED:  # at once means the job processes too: none is left behind
+        for pid in child_processes():
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        line = f"\nstopped by a second {name}, with the sweep's job processes: each resumes from its last checkpoint"
+    elif SWEEP_RERUN is not None:
+        line = f"\nstopped by {name} between two jobs; {SWEEP_RERUN}"
+    else:
+        line = f"\nstopped by {name} before training started; nothing of the run was written"
     print(line, file=sys.__stderr__, flush=True)
     end_now(signum)
 
