@@ -34,6 +34,27 @@ def training(folder: Path) -> bool:
         return False
 
 
+def stop_when_training(command: list[str], cwd: Path, log_path: Path, folders: list[Path],
+                       signum: int) -> tuple[int, list[int]]:
+    """Start a sweep, send signum to its launching process once every job folder has taken a step: its exit
+    status and the child processes it had then."""
+    with open(log_path, "w") as log:  # a file, not a pipe: nothing blocks on a full pipe
+        process = subprocess.Popen(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=python_env())
+        try:
+            deadline = time.monotonic() + 240
+            while not all(training(folder) for folder in folders):
+                assert process.poll() is None, f"the sweep ended before its jobs trained: {read_tail(log_path)}"
+                assert time.monotonic() < deadline, f"the jobs never started training: {read_tail(log_path)}"
+                time.sleep(0.02)
+            children = children_of(process.pid)
+            process.send_signal(signum)
+            process.wait(timeout=120)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    return process.returncode, children
+
+
 def status(folder: Path) -> dict:
     return json.loads((folder / "status.json").read_text())
 
@@ -118,23 +139,8 @@ def run_files(folder: Path) -> dict[str, tuple[int, bytes]]:
 def test_killed_sweep_rerun_skips_finished_resumes_interrupted_runs_the_rest(tmp_path):
     command = [vae_train_exe(), "-m", *SMOKE, "epochs=12", "seed=0,1,2", "hydra.sweep.dir=sweep"]
     sweep = tmp_path / "sweep"
-    log = open(tmp_path / "first.log", "w")  # a file, not a pipe: nothing blocks on a full pipe
-    first = subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=python_env())
-    try:
-        deadline = time.monotonic() + 240
-        while True:  # job 1 training: status.json says running at a step past 0
-            assert first.poll() is None, f"the sweep ended before job 1 trained: {read_tail(tmp_path / 'first.log')}"
-            assert time.monotonic() < deadline, "job 1 never started training"
-            if training(sweep / "1"):
-                break
-            time.sleep(0.02)
-        first.send_signal(signal.SIGTERM)
-        first.wait(timeout=120)
-    finally:
-        if first.poll() is None:
-            first.kill()
-        log.close()
-    assert first.returncode == 143, read_tail(tmp_path / "first.log")
+    returncode, _ = stop_when_training(command, tmp_path, tmp_path / "first.log", [sweep / "1"], signal.SIGTERM)
+    assert returncode == 143, read_tail(tmp_path / "first.log")
     rerun = f"the same command again with hydra.sweep.dir={sweep.resolve()} skips its finished jobs and resumes"
     assert rerun in read_tail(tmp_path / "first.log")
     stopped = status(sweep / "1")
@@ -242,22 +248,9 @@ def test_a_stopped_parallel_sweep_checkpoints_its_jobs_and_leaves_no_worker(tmp_
     on, orphaned; now it hands the signal to them, each job writes its checkpoint, and all end."""
     command = [vae_train_exe(), "-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", *SMOKE,
                "epochs=100000", "early_stopping.patience=null", "seed=0,1", "hydra.sweep.dir=sweep"]
-    log = open(tmp_path / "sweep.log", "w")
-    first = subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=python_env())
-    workers = []
-    try:
-        deadline = time.monotonic() + 240
-        while not (training(tmp_path / "sweep/0") and training(tmp_path / "sweep/1")):
-            assert first.poll() is None and time.monotonic() < deadline, read_tail(tmp_path / "sweep.log")
-            time.sleep(0.05)
-        workers = children_of(first.pid)
-        first.send_signal(signal.SIGINT)
-        first.wait(timeout=120)
-    finally:
-        if first.poll() is None:
-            first.kill()
-        log.close()
-    assert first.returncode == -signal.SIGINT, read_tail(tmp_path / "sweep.log")
+    returncode, workers = stop_when_training(command, tmp_path, tmp_path / "sweep.log",
+                                             [tmp_path / "sweep/0", tmp_path / "sweep/1"], signal.SIGINT)
+    assert returncode == -signal.SIGINT, read_tail(tmp_path / "sweep.log")
     for job in (0, 1):
         assert status(tmp_path / f"sweep/{job}")["state"] == "interrupted"
         assert (tmp_path / f"sweep/{job}/checkpoint.pt").is_file()
