@@ -185,7 +185,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
     except Stopped as stop:
         to_log_file(str(stop))
         print(stop, file=sys.stderr, flush=True)
-        print_sweep_rerun(multirun, hydra_cfg)
+        print_sweep_rerun()
         sys.exit(exit_status(stop.signum))
     except Interrupted as stop:
         again = (f"vae-train resume={run_dir.resolve()}" if (run_dir / "checkpoint.pt").is_file()
@@ -193,7 +193,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
         line = f"stopped by {stop} outside a training step (no step lost); continue with: {again}"
         to_log_file(line)
         print(line, file=sys.stderr, flush=True)
-        print_sweep_rerun(multirun, hydra_cfg)
+        print_sweep_rerun()
         sys.exit(exit_status(stop.signum))
     value = metrics.get(cfg.objective.metric)
     return float(value) if value is not None and math.isfinite(value) else None
@@ -205,9 +205,10 @@ def sweep_rerun(hydra_cfg) -> str:
             "skips its finished jobs and resumes the stopped one")
 
 
-def print_sweep_rerun(multirun: bool, hydra_cfg) -> None:
-    if multirun:
-        print(sweep_rerun(hydra_cfg), file=sys.stderr, flush=True)
+def print_sweep_rerun() -> None:
+    """After a sweep job's stop line: how to continue the sweep (set by hydra_main; None in a single run)."""
+    if interrupts.SWEEP_RERUN is not None:
+        print(interrupts.SWEEP_RERUN, file=sys.stderr, flush=True)
 
 
 def to_log_file(line: str) -> None:
