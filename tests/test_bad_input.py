@@ -77,6 +77,10 @@ FRESH_CASES = [
     (("objective.metric=val/elbo_typo",), ["objective.metric='val/elbo_typo'", "one of val/recon", "val/elbo,"]),
     (("data=fashion_mnist", "data.root=/nonexistent/folder"), ["data.root", "/nonexistent/folder"]),
 ]
+# The end-of-run evaluation's settings (SMOKE turns the evaluation off): refused before training, where
+# they were refused after it, the run's training lost.
+EVAL_CASES = [("eval.num_samples=0", ["eval.num_samples=0", ">= 1"]),
+              ("eval.probe_sizes=[10,0]", ["eval.probe_sizes=[10, 0]", "positive integers"])]
 DATA_CASES = [("truncated", ["train-images-idx3-ubyte", "truncated"]),
               ("bad_magic", ["t10k-labels-idx1-ubyte", "magic"]),
               ("bad_gzip", ["train-labels-idx1-ubyte.gz", "cannot read"])]
@@ -91,6 +95,15 @@ def assert_nothing_started(run_dir: Path) -> None:
 @pytest.mark.parametrize("overrides,words", FRESH_CASES, ids=[" ".join(c[0]) for c in FRESH_CASES])
 def test_bad_value_is_one_line_exit_2_and_starts_nothing(overrides, words, tmp_path):
     result = run_cli(*SMOKE, *overrides, "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    line = one_error_line(result)
+    assert all(word in line for word in words), line
+    assert_nothing_started(tmp_path / "run")
+
+
+@pytest.mark.parametrize("override,words", EVAL_CASES, ids=[c[0] for c in EVAL_CASES])
+def test_a_bad_evaluation_setting_is_refused_before_training(override, words, tmp_path):
+    result = run_cli("debug=smoke", override, "hydra.run.dir=run", cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     line = one_error_line(result)
     assert all(word in line for word in words), line

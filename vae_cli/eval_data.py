@@ -5,10 +5,29 @@ from contextlib import contextmanager
 
 import torch
 
+from vae_cli.errors import ConfigError, check_integer
 from vae_cli.estimators import TERM_NAMES
 
 # Offsets from eval_seed, one stream each, so that no figure depends on how another was drawn.
 TEST_STREAM, VAL_STREAM, VAL_DRAWS, TEST_DRAWS, EVAL_DRAWS = range(5)
+
+
+def check_eval_settings(settings) -> None:
+    """configs/eval/'s numbers, each a one-line ConfigError naming the key: vae-train checks them before
+    training (a typo there must not cost the run's training), vae-eval before loading the run."""
+    for key in ("num_samples", "chunk_size", "batch_size"):
+        check_integer(f"eval.{key}", settings[key], 1)
+    check_sizes(settings.probe_sizes)
+
+
+def check_sizes(sizes) -> list:
+    """eval.probe_sizes: labelled examples per class, positive integers, or "all" (the whole train split)."""
+    sizes = list(sizes)
+    for n in sizes:
+        if n != "all" and not (isinstance(n, int) and not isinstance(n, bool) and n > 0):
+            raise ConfigError(f"eval.probe_sizes={sizes!r}: {n!r} is not accepted; use positive integers "
+                              "(labelled examples per class) or all, e.g. eval.probe_sizes=[10,100,all]")
+    return sizes
 
 
 def prepare_eval_sets(likelihood, data, device: torch.device, eval_seed: int):

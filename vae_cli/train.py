@@ -15,7 +15,7 @@ from vae_cli.device import resolve_device, use_threads
 from vae_cli.errors import ConfigError, check_choice, check_integer, check_number
 from vae_cli.estimators.terms import TERM_NAMES
 from vae_cli.estimators.train_step import make_train_step
-from vae_cli.eval_data import with_error
+from vae_cli.eval_data import check_eval_settings, with_error
 from vae_cli.interrupts import StopSignals
 from vae_cli.loop import Diverged, Loop, Stopped
 from vae_cli.run_end import finish
@@ -61,6 +61,8 @@ def check_settings(cfg: DictConfig) -> None:
     if cfg.objective.metric not in VAL_FIGURES:
         raise ConfigError(f"objective.metric={cfg.objective.metric!r} is not a figure validation measures; "
                           f"choose one of {', '.join(VAL_FIGURES)}")
+    if cfg.get("eval") is not None:  # the end-of-run evaluation's (configs/eval/), not after training
+        check_eval_settings(cfg.eval)
 
 
 def seed_everything(seed: int) -> None:

@@ -15,7 +15,7 @@ accuracy, coefficients and loss against scikit-learn itself.
 import numpy as np
 import torch
 
-from vae_cli.errors import ConfigError
+from vae_cli.eval_data import check_sizes
 
 MAX_ITER = 1000  # L-BFGS iterations at most (the scikit-learn probe used max_iter=1000 as well)
 # scikit-learn's stopping rule (lbfgs, tol=1e-4): the largest entry of the gradient of the objective
@@ -75,16 +75,6 @@ def minimise(evaluate, x: torch.Tensor, max_iter: int, tolerance: float):
                 break
             checked_loss = loss
     return x, (loss, grad, largest), iterations
-
-
-def check_sizes(sizes) -> list:
-    """eval.probe_sizes: labelled examples per class, positive integers, or "all" (the whole train split)."""
-    sizes = list(sizes)
-    for n in sizes:
-        if n != "all" and not (isinstance(n, int) and not isinstance(n, bool) and n > 0):
-            raise ConfigError(f"eval.probe_sizes={sizes!r}: {n!r} is not accepted; use positive integers "
-                              "(labelled examples per class) or all, e.g. eval.probe_sizes=[10,100,all]")
-    return sizes
 
 
 def labelled_subset(labels: np.ndarray, per_class, seed: int) -> np.ndarray:

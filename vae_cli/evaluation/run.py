@@ -11,12 +11,13 @@ from omegaconf import DictConfig, OmegaConf
 from vae_cli.build import build_data, build_model
 from vae_cli.checkpoint import load_checkpoint, write_json
 from vae_cli.device import resolve_device, use_threads
-from vae_cli.errors import ConfigError, check_choice, check_integer
-from vae_cli.eval_data import EVAL_DRAWS, PICTURE_TAGS, mean_stderr, picture_grids, prepare_eval_sets, seeded
+from vae_cli.errors import ConfigError, check_choice
+from vae_cli.eval_data import (EVAL_DRAWS, PICTURE_TAGS, check_eval_settings, mean_stderr, picture_grids,
+                               prepare_eval_sets, seeded)
 from vae_cli.evaluation.active_units import ACTIVE_THRESHOLD, activity, latent_means
 from vae_cli.evaluation.iwae import bits_per_dim, log_px_estimates
 from vae_cli.evaluation.pictures import interpolation, tile, traversal, write_embedding
-from vae_cli.evaluation.probe import check_sizes, probe
+from vae_cli.evaluation.probe import probe
 from vae_cli.likelihoods import Bernoulli, ContinuousBernoulli, dequantize, to_unit
 
 log = logging.getLogger(__name__)
@@ -48,12 +49,6 @@ class Evaluation:
         if self.embedding is not None:
             write_embedding(writer, *self.embedding, step)
         writer.text(prefix + "eval/notes", "\n\n".join(self.notes))
-
-
-def check_settings(settings: DictConfig) -> None:
-    for key in ("num_samples", "chunk_size", "batch_size"):
-        check_integer(f"eval.{key}", settings[key], 1)
-    check_sizes(settings.probe_sizes)
 
 
 def rows_per_pass(settings: DictConfig) -> int:
@@ -116,7 +111,7 @@ def evaluate(model, data, test_x: torch.Tensor, settings: DictConfig, eval_seed:
     Draws come from eval_seed on a forked RNG: the same model and settings give the same figures, whatever
     the training seed, and training's random stream is left as it was.
     """
-    check_settings(settings)
+    check_eval_settings(settings)
     model.eval()
     device, shape = test_x.device, data.image_shape
     with seeded(eval_seed * 16 + EVAL_DRAWS, device):
@@ -173,7 +168,7 @@ def evaluate_run(run_dir, eval_cfg: DictConfig) -> Evaluation:
 
     run_dir = Path(run_dir)
     run_dir = run_dir.parent if run_dir.is_file() else run_dir
-    check_settings(eval_cfg.eval)
+    check_eval_settings(eval_cfg.eval)
     device = resolve_device(eval_cfg.device)
     threads = use_threads(eval_cfg.threads)
     cfg, data, model, state, weights = load_run(run_dir, device, eval_cfg.checkpoint)
