@@ -201,7 +201,8 @@ def test_optuna_search_maximizes_the_objective_in_sqlite_beside_the_sweep_folder
     cfg = hydra_config("hparams_search=optuna_mlp", "objective.direction=minimize",
                        "hydra.sweeper.study_name=mine")
     sweeper = cfg.hydra.sweeper
-    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "minimize"
+    assert sweeper._target_.endswith("OptunaStudySweeper") and sweeper.direction == "minimize"
+    assert sweeper.sampler._target_.endswith("TPESampler") and sweeper.max_failure_rate == 1.0  # optuna@sweeper
     assert sweeper.storage == "sqlite:///outputs/mine/optuna.db"
     assert cfg.hydra.sweep.dir.startswith(f"{os.getcwd()}/outputs/mine/")  # ${launch_dir:}: absolute
     assert set(sweeper.params) == {"optimizer.lr", "beta", "model.latent_dim", "model.hidden_sizes"}

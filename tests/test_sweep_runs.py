@@ -204,6 +204,23 @@ def test_a_failed_optuna_trial_is_recorded_failed_and_the_study_goes_on(tmp_path
     assert "beta=-1 must be a number >= 0" in line
 
 
+def test_an_optuna_command_whose_every_trial_failed_ends_in_one_line(tmp_path):
+    """Every trial fails (beta=-1 fixed): the plugin asked the study for a best trial it did not have and
+    ended in a traceback before the summary (hydra_plugins/vae_cli_sweeper); now the summary is written,
+    one line names both failures, exit status 1, and the study holds two failed trials."""
+    import optuna
+
+    result = vae_train("-m", "hparams_search=optuna_mlp", *SMOKE, "epochs=1", "hydra.sweeper.n_trials=2",
+                       "beta=-1", cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    (line,) = [line for line in result.stderr.splitlines() if "jobs failed" in line]
+    assert line.startswith("error: 2 of 2 jobs failed: job ") and line.count("beta=-1 must be a number >= 0") == 2
+    study_dir = tmp_path / "outputs" / "optuna_mlp"
+    study = optuna.load_study(study_name="optuna_mlp", storage=f"sqlite:///{study_dir}/optuna.db")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 2
+    assert {r["state"] for r in summary_rows(study_dir)} == {"failed"} and len(summary_rows(study_dir)) == 2
+
+
 def test_a_failed_job_of_the_parallel_launcher_is_named_with_status_1(tmp_path):
     """The jobs run in joblib's workers, so vae-train's held-back stderr was never released in the launching
     process: the summary's failure line came out as 'error: error: ...' with status 2."""

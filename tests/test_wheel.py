@@ -60,6 +60,7 @@ def test_wheel_install_in_a_fresh_venv_trains(tmp_path):
     sources = {p.relative_to(ROOT).as_posix() for p in (ROOT / "vae_cli").rglob("*.py")}
     configs = {"vae_cli/" + p.relative_to(ROOT).as_posix() for p in (ROOT / "configs").rglob("*.yaml")}
     assert sources - set(names) == set() and configs - set(names) == set()  # every module and config
+    assert "hydra_plugins/vae_cli_sweeper/optuna_study.py" in names  # hparams_search's sweeper
     # The venv borrows torch and friends from this interpreter but gets its own copy of vae_cli.
     venv = tmp_path / "venv"
     python = make_venv_borrowing_packages(venv)

@@ -110,6 +110,8 @@ def main() -> None:
         sys.argv += [f"hydra.run.dir={resume[0]}"]
     stop_quietly_until_the_run()  # Ctrl-C while torch imports: one line, not a KeyboardInterrupt traceback
     interrupts.MULTIRUN = "-m" in args or "--multirun" in args
+    if interrupts.MULTIRUN:
+        register_sweeper()
     held = HeldStderr(sys.stderr)
     sys.stderr = held
     try:
@@ -137,6 +139,19 @@ def main() -> None:
         held.release()
 
 
+def register_sweeper() -> None:
+    """The class of configs/hydra/sweeper/optuna_study.yaml, for Hydra: it finds plugins by listing the
+    folders of the hydra_plugins namespace package, and an editable install (pip install -e) adds this
+    repository's folder through an import hook that such a listing does not see."""
+    try:
+        from hydra_plugins.vae_cli_sweeper.optuna_study import OptunaStudySweeper
+    except ImportError:  # hydra-optuna-sweeper is not installed (pip install "vae-cli[sweep]")
+        return
+    from hydra.core.plugins import Plugins
+
+    Plugins.instance().register(OptunaStudySweeper)
+
+
 def end_after_forwarded_stop(held: HeldStderr) -> None:
     """A sweep whose job processes were handed a stop signal (interrupts.before_the_run) ends by that signal
     once they have, whatever the launcher made of their exits: their own lines said what to do next."""
@@ -151,7 +166,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
     if isinstance(sys.stderr, HeldStderr):
         sys.stderr.release()
     from vae_cli.loop import Diverged, Stopped  # imported here so that --help and bad overrides answer fast
-    from vae_cli.run_state import FolderInUse, Status, run_files
+    from vae_cli.run_state import FolderInUse, Status, read_status, run_files
     from vae_cli.sweep import record_refusal
     from vae_cli.train import train
 
@@ -169,7 +184,8 @@ def hydra_main(cfg: DictConfig) -> float | None:
     except (ConfigError, Diverged) as err:
         status = EXIT_DIVERGED if isinstance(err, Diverged) else EXIT_BAD_INPUT
         in_use = isinstance(err, FolderInUse)  # the folder is the other process's: nothing written
-        recorded = isinstance(err, Diverged)  # train() wrote it into status.json
+        written = read_status(run_dir) or {}  # train() records an error met once it has written the folder
+        recorded = written.get("state") == "failed" and written.get("pid") == os.getpid()  # Diverged too
         if isinstance(err, ConfigError) and not in_use and not run_files(run_dir) and run_dir.is_dir():
             save_hydra_files(run_dir, cfg, rewrite=False)  # a sweep's summary names the job's overrides
             Status(run_dir, state="failed", error=str(err), resume_command=None).update()
