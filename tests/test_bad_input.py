@@ -256,3 +256,19 @@ def test_version_names_vae_cli(tmp_path):
 def test_hydra_usage_error_before_the_task_is_one_line(tmp_path):
     result = run_cli("-m", "beta=1,2", "--cfg", "job", cwd=tmp_path)  # Hydra raises a ValueError for it
     assert result.returncode == 2 and "Only one of --run, --multirun, --cfg" in one_error_line(result)
+
+
+def test_a_sweep_refused_before_its_first_job_leaves_no_sweep_folder(tmp_path):
+    """A typo in a swept key: Hydra had made outputs/multirun/<date>/<time> with only multirun.yaml in it,
+    an empty sweep to be taken for a real one. It goes, with the folders made for it; a folder that was
+    there before (a re-run into hydra.sweep.dir) stays, with what it holds."""
+    (tmp_path / "outputs").mkdir()
+    result = run_cli("-m", *SMOKE, "optimizer.lrr=1e-3,1e-2", cwd=tmp_path)
+    assert result.returncode == 2 and "did you mean optimizer.lr?" in one_error_line(result)
+    assert list((tmp_path / "outputs").iterdir()) == []
+    kept = tmp_path / "sweep"
+    kept.mkdir()
+    (kept / "multirun.yaml").write_text("an earlier command's\n")
+    result = run_cli("-m", *SMOKE, "data=fashion,mnist", f"hydra.sweep.dir={kept}", cwd=tmp_path)
+    assert result.returncode == 2 and "Could not find 'data/fashion'" in one_error_line(result)
+    assert kept.is_dir() and [p.name for p in kept.iterdir()] == ["multirun.yaml"]

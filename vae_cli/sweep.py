@@ -187,6 +187,29 @@ def record_refusal(sweep_dir: Path, job: int, overrides: list[str], error: str) 
     write_atomic(sweep_dir / REFUSED.replace("*", str(job)), yaml.safe_dump(record))
 
 
+CREATED: list[Path] = []  # (the sweep folder, its topmost folder this command created), by SweepSummary
+
+
+def remove_unused_sweep_folder() -> None:
+    """After a command error before any job started (a typo in a swept key): the sweep folder this command
+    created holds only Hydra's multirun.yaml; removed, with the folders created for it, so that no empty
+    sweep is left to be taken for a real one. A folder holding anything else is left as it is."""
+    if not CREATED:
+        return
+    folder, top = CREATED
+    if not folder.is_dir() or {path.name for path in folder.iterdir()} - {"multirun.yaml"}:
+        return
+    (folder / "multirun.yaml").unlink(missing_ok=True)
+    while True:
+        try:
+            folder.rmdir()  # only when empty
+        except OSError:
+            return
+        if folder == top:
+            return
+        folder = folder.parent
+
+
 def refusals(sweep_dir: Path) -> list[dict]:
     return sorted((yaml.safe_load(path.read_text()) for path in sweep_dir.glob(REFUSED)), key=lambda r: r["job"])
 
@@ -217,6 +240,10 @@ class SweepSummary(Callback):
     def on_multirun_start(self, config, **kwargs) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
         self.before = self._stamps(study_dir(config) or sweep_dir)
+        top = sweep_dir.absolute()
+        while not top.parent.exists():
+            top = top.parent
+        CREATED[:] = [sweep_dir.absolute(), top] if not sweep_dir.exists() else []
         for path in sweep_dir.glob(REFUSED):  # an earlier command's
             path.unlink()
         if study_dir(config) is not None:
