@@ -104,6 +104,22 @@ def test_a_bad_value_fails_its_job_only_and_the_sweep_reports_it(tmp_path):
     assert [r["state"] for r in rows] == ["finished", "finished", "failed"] and rows[2]["job"] == "1"
 
 
+def test_fail_fast_stops_at_the_first_failure_with_the_summary_so_far(tmp_path):
+    """fail_fast=true: job 1 fails, job 2 never starts; the failure is named with its job and folder, the
+    summary of jobs 0-1 is written (it was not: Hydra's end-of-multirun callback does not run), and the
+    line after says how to continue. Exit status 2, as the job's own."""
+    result = vae_train("-m", *SMOKE, "beta=1,-1,0.5", "fail_fast=true", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    sweep = tmp_path / "sweep"
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: job 1 ({sweep / '1'}): beta=-1 must be a number >= 0 (the KL weight)"], errors
+    assert result.stderr.strip().splitlines()[-1].startswith("the sweep stopped at this failure (fail_fast=true)")
+    assert not (sweep / "2").exists()
+    rows = summary_rows(sweep)
+    assert [(r["job"], r["state"]) for r in rows] == [("0", "finished"), ("1", "failed")]
+    assert "sweep summary: " in result.stdout and "(2 jobs: 1 finished, 1 failed)" in result.stdout
+
+
 class StatusWatcher:
     """Polls a job's status.json every 20 ms in a thread: (attempts, state, step) as they were written."""
 

@@ -126,6 +126,8 @@ def main() -> None:
                 remove_unused_sweep_folder()
             message, held.parts = held.one_line(args), []
             held.release()
+            if not message:  # a sweep's job in another process said it (fail_fast=true), in its own line
+                sys.exit(done.code)
             print(f"error: {message}", file=sys.stderr, flush=True)
             sys.exit(EXIT_BAD_INPUT)
         raise
@@ -198,9 +200,11 @@ def hydra_main(cfg: DictConfig) -> float | None:
             record_refusal(Path(hydra_cfg.sweep.dir), hydra_cfg.job.num, list(hydra_cfg.overrides.task), str(err))
         if not in_use:  # the log of the process that holds the folder is its own
             to_log_file(str(err))
-        if multirun and not cfg.get("fail_fast"):  # recorded in status.json; the other jobs go on
+        if multirun:
             print(f"error: job {hydra_cfg.job.num} ({run_dir}): {err}", file=sys.stderr, flush=True)
-            return None  # no objective: Optuna records the trial as failed (a NaN it refuses, and crashes)
+            if not cfg.get("fail_fast"):  # recorded in status.json; the other jobs go on
+                return None  # no objective: Optuna records the trial as failed (a NaN it refuses, and crashes)
+            stop_sweep_here(Path(hydra_cfg.sweep.dir), status)
         fail(err, status)
     except Stopped as stop:
         to_log_file(str(stop))
@@ -217,6 +221,18 @@ def hydra_main(cfg: DictConfig) -> float | None:
         sys.exit(exit_status(stop.signum))
     value = metrics.get(cfg.objective.metric)
     return float(value) if value is not None and math.isfinite(value) else None
+
+
+def stop_sweep_here(sweep_dir: Path, status: int) -> None:
+    """fail_fast=true: the sweep ends at this job's failure (its line printed), with the summary of the jobs
+    so far (Hydra's end-of-multirun callback does not run after it), and that exit status."""
+    from vae_cli.sweep import summarize
+
+    print(summarize(sweep_dir).report(), flush=True)
+    print(f"the sweep stopped at this failure (fail_fast=true); once it is mended, the same command again with "
+          f"hydra.sweep.dir={sweep_dir.resolve()} skips the finished jobs and runs the rest",
+          file=sys.stderr, flush=True)
+    sys.exit(status)
 
 
 def sweep_rerun(hydra_cfg) -> str:
