@@ -279,18 +279,23 @@ def children_of(pid: int) -> list[int]:
 
 def test_a_stopped_parallel_sweep_checkpoints_its_jobs_and_leaves_no_worker(tmp_path):
     """SIGINT to the launching process alone (kill -INT PID): it died at once and its joblib workers lived
-    on, orphaned; now it hands the signal to them and ends with them. A job stops at its next step with
-    its checkpoint; the first to stop makes joblib end the others, so one still in its step then is
-    `killed` (its process gone, status.json still saying running) and resumes from its last checkpoint."""
+    on, orphaned; then it handed the signal on, but the first job to stop ended by SystemExit, on which
+    joblib ended the other worker mid-step (that job `killed`, its last steps lost). Now every running job
+    stops at its next step with its checkpoint and returns, the queued job 2 never starts, the summary
+    says so, and the process ends by SIGINT once its workers are gone."""
     command = [vae_train_exe(), "-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", *SMOKE,
-               "epochs=100000", "early_stopping.patience=null", "seed=0,1", "hydra.sweep.dir=sweep"]
+               "epochs=100000", "early_stopping.patience=null", "seed=0,1,2", "hydra.sweep.dir=sweep"]
     returncode, workers = stop_when_training(command, tmp_path, tmp_path / "sweep.log",
                                              [tmp_path / "sweep/0", tmp_path / "sweep/1"], signal.SIGINT)
-    assert returncode == -signal.SIGINT, read_tail(tmp_path / "sweep.log")
+    output = read_tail(tmp_path / "sweep.log")
+    assert returncode == -signal.SIGINT, output
     states = {job.name: job.state for job in summarize(tmp_path / "sweep", plot=False).jobs}
-    assert set(states.values()) <= {"interrupted", "killed"} and "interrupted" in states.values(), states
-    for name in (name for name, state in states.items() if state == "interrupted"):
+    assert states == {"0": "interrupted", "1": "interrupted"}, states
+    for name in states:
         assert (tmp_path / f"sweep/{name}/checkpoint.pt").is_file()
+        assert status(tmp_path / f"sweep/{name}")["step"] > 0
+    assert not (tmp_path / "sweep/2/status.json").exists()
+    assert "(2 jobs: 2 interrupted)" in output and "resumes the stopped ones" in output and "error:" not in output
     deadline = time.monotonic() + 30
     while (alive := [pid for pid in workers if Path(f"/proc/{pid}").exists()]) and time.monotonic() < deadline:
         time.sleep(0.2)

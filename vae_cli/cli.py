@@ -3,6 +3,7 @@ import io
 import logging
 import math
 import os
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -160,11 +161,13 @@ def register_sweeper() -> None:
 
 def end_after_forwarded_stop(held: HeldStderr) -> None:
     """A sweep whose job processes were handed a stop signal (interrupts.before_the_run) ends by that signal
-    once they have, whatever the launcher made of their exits: their own lines said what to do next."""
+    once they have, whatever the launcher made of their exits: their own lines said what to do next. By
+    SystemExit, so that the exit handlers run (joblib's shuts its idle workers down, which would otherwise
+    outlive this process); process_exit ends the process by the signal itself when it is SIGINT."""
     if interrupts.FORWARDED:
         held.parts = []
         held.release()
-        interrupts.end_now(interrupts.FORWARDED[0])
+        raise SystemExit(exit_status(interrupts.FORWARDED[0]))
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
@@ -180,7 +183,13 @@ def hydra_main(cfg: DictConfig) -> float | None:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     if multirun:  # a stop between this job and the next says how to continue
-        interrupts.SWEEP_RERUN = sweep_rerun(hydra_cfg)
+        interrupts.SWEEP_RERUN = interrupts.sweep_rerun(hydra_cfg.sweep.dir)
+    parallel_worker = interrupts.in_parallel_worker(multirun)
+    if parallel_worker:
+        for signum in interrupts.STOP_SIGNALS:  # from here to the end of its last job
+            signal.signal(signum, interrupts.keep_stop_between_jobs)
+        if interrupts.WORKER_STOP:  # the sweep is stopping: this worker starts nothing more
+            return None
     try:
         if cfg.get("resume"):
             cfg = resumed_config(cfg, Path(cfg.resume), list(hydra_cfg.overrides.task))
@@ -209,18 +218,28 @@ def hydra_main(cfg: DictConfig) -> float | None:
     except Stopped as stop:
         to_log_file(str(stop))
         print(stop, file=sys.stderr, flush=True)
-        print_sweep_rerun()
-        sys.exit(exit_status(stop.signum))
+        return end_stopped_job(stop.signum, parallel_worker)
     except Interrupted as stop:
         again = (f"vae-train resume={run_dir.resolve()}" if (run_dir / "checkpoint.pt").is_file()
                  else "the same command")
         line = f"stopped by {stop} outside a training step (no step lost); continue with: {again}"
         to_log_file(line)
         print(line, file=sys.stderr, flush=True)
-        print_sweep_rerun()
-        sys.exit(exit_status(stop.signum))
+        return end_stopped_job(stop.signum, parallel_worker)
     value = metrics.get(cfg.objective.metric)
     return float(value) if value is not None and math.isfinite(value) else None
+
+
+def end_stopped_job(signum: int, parallel_worker: bool) -> None:
+    """After a stopped job's line: the process ends with the signal's status (a sweep's job first says how
+    to continue the sweep). A job in a parallel sweep's worker returns instead, with no objective: joblib
+    would end the other workers, mid-step, on its SystemExit; the launching process ends by the signal
+    once every job has returned (SweepSummary, cli.main)."""
+    if parallel_worker:
+        interrupts.WORKER_STOP.append(signum)
+        return None
+    print_sweep_rerun()
+    sys.exit(exit_status(signum))
 
 
 def stop_sweep_here(sweep_dir: Path, status: int) -> None:
@@ -233,12 +252,6 @@ def stop_sweep_here(sweep_dir: Path, status: int) -> None:
           f"hydra.sweep.dir={sweep_dir.resolve()} skips the finished jobs and runs the rest",
           file=sys.stderr, flush=True)
     sys.exit(status)
-
-
-def sweep_rerun(hydra_cfg) -> str:
-    """How to continue a stopped sweep (README, Re-running a sweep)."""
-    return (f"the sweep: the same command again with hydra.sweep.dir={Path(hydra_cfg.sweep.dir).resolve()} "
-            "skips its finished jobs and resumes the stopped one")
 
 
 def print_sweep_rerun() -> None:

@@ -4,6 +4,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 
 # What shells and schedulers send. SIGUSR1/SIGUSR2: what Slurm (--signal) and submitit send before a time
 # limit or a preemption. The exit status is 128 + the signal's number, as a shell reports a killed job.
@@ -62,6 +63,8 @@ class StopSignals:
                 self.previous[signum] = signal.signal(signum, self._handle)
             except ValueError:  # not the main thread (e.g. a launcher's worker thread): leave signals alone
                 break
+        if WORKER_STOP:  # a parallel sweep's worker told to stop just before this job: at its first step
+            self.signum, self.since = WORKER_STOP[0], time.monotonic()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -94,8 +97,31 @@ class StopSignals:
 SWEEP_RERUN: str | None = None
 
 
+def sweep_rerun(sweep_dir) -> str:
+    """How to continue a stopped sweep (README, Re-running a sweep)."""
+    return (f"the sweep: the same command again with hydra.sweep.dir={Path(str(sweep_dir)).resolve()} "
+            "skips its finished jobs and resumes the stopped ones")
+
+
 MULTIRUN = False  # vae-train -m: set by cli.main
 FORWARDED: list[int] = []  # the signal a sweep's launching process handed on to its job processes
+
+
+# hydra/launcher=parallel runs the jobs in joblib's worker processes, and a job that ends by SystemExit makes
+# joblib end the other workers at once, mid-step, before their checkpoints. So a stopped job there returns
+# instead, and its worker starts no further job: the signal is kept here (a list, set from a handler).
+WORKER_STOP: list[int] = []
+
+
+def in_parallel_worker(multirun: bool) -> bool:
+    """A sweep's job running in a joblib worker: not in the launching process (where cli.main set MULTIRUN),
+    under the parallel launcher (configs/hydra/launcher/parallel.yaml sets VAE_CLI_PARALLEL_JOBS)."""
+    return multirun and not MULTIRUN and bool(os.environ.get("VAE_CLI_PARALLEL_JOBS"))
+
+
+def keep_stop_between_jobs(signum, frame) -> None:
+    """A parallel worker's handler outside train(): the stop is kept for the next job (cli.hydra_main)."""
+    WORKER_STOP.append(signum)
 
 
 def child_processes() -> list[int]:

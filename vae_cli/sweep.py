@@ -13,6 +13,7 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
+from vae_cli import interrupts
 from vae_cli.sweep_jobs import DEFAULT_OBJECTIVE, Job, find_jobs, natural, ranked, swept_keys
 
 # The figures of metrics.json shown for every job (each with its _stderr where the run wrote one).
@@ -260,6 +261,9 @@ class SweepSummary(Callback):
             return
         summary = summarize(folder, plot=self.plot)
         print(summary.report(), flush=True)
+        if interrupts.FORWARDED:  # a stopped parallel sweep: each job said how it stopped; cli.main ends it
+            print(interrupts.sweep_rerun(config.hydra.sweep.dir), file=sys.stderr, flush=True)
+            return
         launched = self._launched(folder)
         ran = [job for job in summary.jobs if job.folder in launched]
         failed = [job for job in ran if job.state != "finished"]
