@@ -181,7 +181,8 @@ def test_killed_sweep_rerun_skips_finished_resumes_interrupted_runs_the_rest(tmp
 
 def test_optuna_study_continues_with_the_same_command(tmp_path):
     """hparams_search=optuna_mlp, 4 trials, then the same command: 8 trials in the SQLite study, and the
-    summary in the study's folder lists all 8."""
+    summary in the study's folder lists all 8. A third command that fixes another epochs is warned that
+    its trials are not comparable with the study's (threads, which changes no objective, is not named)."""
     import optuna
 
     command = ("-m", "hparams_search=optuna_mlp", *SMOKE, "epochs=1", "hydra.sweeper.n_trials=4")
@@ -202,6 +203,14 @@ def test_optuna_study_continues_with_the_same_command(tmp_path):
     swept = {key for key in rows[0] if key in ("optimizer.lr", "beta", "model.latent_dim", "model.hidden_sizes")}
     assert len(swept) == 4
     assert f"best: job {rows[0]['job']}" in second.stdout
+    assert "not comparable" not in first.stdout + first.stderr + second.stdout + second.stderr
+    time.sleep(1.1)
+    other = vae_train("-m", "hparams_search=optuna_mlp", *SMOKE, "epochs=2", "hydra.sweeper.n_trials=1", "threads=1",
+                      cwd=tmp_path)
+    assert other.returncode == 0, other.stderr[-3000:]
+    warned = [line for line in (other.stdout + other.stderr).splitlines() if "not comparable" in line]
+    assert len(warned) == 1 and "fixed settings [debug=smoke epochs=1]" in warned[0]
+    assert "this command's with [debug=smoke epochs=2]" in warned[0]  # threads, diagnostics: not compared
 
 
 def test_a_failed_optuna_trial_is_recorded_failed_and_the_study_goes_on(tmp_path):

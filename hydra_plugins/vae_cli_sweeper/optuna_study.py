@@ -1,11 +1,14 @@
-"""hparams_search's sweeper (configs/hydra/sweeper/optuna_study.yaml): hydra-optuna-sweeper's, except when
-every trial of the command failed.
+"""hparams_search's sweeper (configs/hydra/sweeper/optuna_study.yaml): hydra-optuna-sweeper's, with two
+changes for a study that lives on from command to command.
 
-The plugin ends its sweep by asking the study for its best trial, which a study without one finished
-trial answers with a ValueError, printed as a traceback before vae-cli's summary can run. Here that case
-ends like any sweep with a failed job: Hydra's callbacks run, and vae_cli.sweep.SweepSummary writes the
-summary, prints one line naming each failed trial and its error, and exits with status 1. Any other
-error is raised as before.
+- When every trial of the command failed, the plugin asked the study for its best trial, which a study
+  without one finished trial answers with a ValueError, printed as a traceback before vae-cli's summary
+  could run. Here that case ends like any sweep with a failed job: Hydra's callbacks run, and
+  vae_cli.sweep.SweepSummary writes the summary, prints one line naming each failed trial and its error,
+  and exits with status 1. Any other error is raised as before.
+- A study in a database records the settings its first command fixed (data=..., epochs=...: what each
+  trial computes, not how it reports); a later command that fixes others is warned that TPE and the
+  summary will rank trials whose objectives are not comparable, and how to start a study of its own.
 """
 import logging
 from pathlib import Path
@@ -21,20 +24,24 @@ except ImportError:  # vae-cli without its [sweep] extra: no class here (Hydra i
 
 log = logging.getLogger(__name__)
 
-if OptunaSweeper is not None:
-    class OptunaStudySweeper(OptunaSweeper):
-        def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-            super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
-            self.sweep_dir = Path(str(config.hydra.sweep.dir))
+SETTINGS_ATTR = "vae_cli_fixed_settings"  # the study's user attribute
+# Top-level keys that change how a trial runs or reports, not the objective it returns (run_state.RESUMABLE
+# less epochs, max_steps, early_stopping and objective, which do change it).
+NOT_COMPARED = ("device", "threads", "log_every", "eval_batch_size", "checkpoint", "eval", "fail_fast",
+                "diagnostics", "num_images", "hparams_search", "resume", "overwrite")
 
-        def sweep(self, arguments: List[str]) -> Any:
-            try:
-                return super().sweep(arguments)
-            except ValueError:
-                if any_trial_finished(self.sweep_dir):
-                    raise
-                log.warning("no trial of this command finished, so the study has no best trial yet")
-                return None
+
+def fixed_settings(arguments: List[str], searched: set) -> List[str]:
+    """The command's overrides that fix what every trial computes: not searched, not how it reports."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    fixed = []
+    for override in OverridesParser.create().parse_overrides(arguments):
+        key = override.key_or_group
+        if override.is_sweep_override() or key in searched or key.split(".")[0] in NOT_COMPARED:
+            continue
+        fixed.append(override.input_line)
+    return sorted(fixed)
 
 
 def any_trial_finished(sweep_dir: Path) -> bool:
@@ -42,3 +49,43 @@ def any_trial_finished(sweep_dir: Path) -> bool:
     from vae_cli.sweep_jobs import find_jobs
 
     return any(job.state == "finished" and job.value is not None for job in find_jobs(sweep_dir))
+
+
+if OptunaSweeper is not None:
+    class OptunaStudySweeper(OptunaSweeper):
+        def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+            super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+            self.sweep_dir = Path(str(config.hydra.sweep.dir))
+
+        def sweep(self, arguments: List[str]) -> Any:
+            fixed = fixed_settings(arguments, set(self.sweeper.params or {}))
+            earlier = self._study_attr()
+            if earlier is not None and earlier != fixed:
+                log.warning("warning: study %s: its earlier trials ran with fixed settings [%s], this command's with [%s]: "
+                            "their objectives are not comparable, yet TPE and the summary rank them together; "
+                            "give this search a study of its own with hydra.sweeper.study_name=NAME",
+                            self.sweeper.study_name, " ".join(earlier), " ".join(fixed))
+            try:
+                return super().sweep(arguments)
+            except ValueError:
+                if any_trial_finished(self.sweep_dir):
+                    raise
+                log.warning("warning: no trial of this command finished, so the study has no best trial yet")
+                return None
+            finally:
+                if earlier is None:
+                    self._study_attr(fixed)
+
+        def _study_attr(self, record: List[str] | None = None) -> List[str] | None:
+            """The fixed settings the study recorded (None: none, or no database), or record them."""
+            if self.sweeper.storage is None:
+                return None
+            import optuna
+
+            try:
+                study = optuna.load_study(study_name=self.sweeper.study_name, storage=self.sweeper.storage)
+            except KeyError:  # not created yet
+                return None
+            if record is not None:
+                study.set_user_attr(SETTINGS_ATTR, record)
+            return study.user_attrs.get(SETTINGS_ATTR)
