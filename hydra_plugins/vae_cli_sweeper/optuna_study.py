@@ -61,9 +61,9 @@ if OptunaSweeper is not None:
             fixed = fixed_settings(arguments, set(self.sweeper.params or {}))
             earlier = self._study_attr()
             if earlier is not None and earlier != fixed:
-                log.warning("warning: study %s: its earlier trials ran with fixed settings [%s], this command's with [%s]: "
-                            "their objectives are not comparable, yet TPE and the summary rank them together; "
-                            "give this search a study of its own with hydra.sweeper.study_name=NAME",
+                log.warning("warning: study %s: its earlier trials ran with fixed settings [%s], this command's "
+                            "with [%s]: their objectives are not comparable, yet TPE and the summary rank them "
+                            "together; give this search a study of its own with hydra.sweeper.study_name=NAME",
                             self.sweeper.study_name, " ".join(earlier), " ".join(fixed))
             try:
                 return super().sweep(arguments)
