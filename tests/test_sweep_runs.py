@@ -311,3 +311,44 @@ def test_a_stopped_parallel_sweep_checkpoints_its_jobs_and_leaves_no_worker(tmp_
     for pid in alive:  # left behind: end them, then fail
         os.kill(pid, signal.SIGKILL)
     assert workers and not alive, (workers, alive)
+
+
+@pytest.mark.parametrize("launcher", [(), ("hydra/launcher=parallel", "hydra.sweeper.n_jobs=2")],
+                         ids=["one_after_another", "parallel"])
+def test_a_stopped_optuna_command_fails_its_trials_and_launches_no_more(tmp_path, launcher):
+    """Ctrl-C on an Optuna command: a stopped trial stayed RUNNING in the study for good, and the re-run line
+    named hydra.sweep.dir, which for a study refuses its folders (new trials, other values). With the
+    parallel launcher the stopped jobs return, and the plugin went on to ask and launch the remaining
+    trials, each ending at once. Now every trial of the command is FAIL, only the stopped jobs have
+    folders (with their checkpoints), and the last line says to run the same command again."""
+    import optuna
+
+    command = [vae_train_exe(), "-m", "hparams_search=optuna_mlp", *launcher, "hydra.sweeper.n_trials=4", *SMOKE,
+               "epochs=100000", "early_stopping.patience=null"]
+    running = 2 if launcher else 1
+    study_dir = tmp_path / "outputs" / "optuna_mlp"
+
+    def job_folders() -> list[Path]:
+        return sorted(study_dir.glob("*/[0-9]"))
+
+    with open(tmp_path / "sweep.log", "w") as log:
+        process = subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=python_env())
+        try:
+            deadline = time.monotonic() + 240
+            while not (len(job_folders()) == running and all(training(folder) for folder in job_folders())):
+                assert process.poll() is None and time.monotonic() < deadline, read_tail(tmp_path / "sweep.log")
+                time.sleep(0.02)
+            process.send_signal(signal.SIGINT)
+            process.wait(timeout=120)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    output = read_tail(tmp_path / "sweep.log")
+    assert process.returncode == -signal.SIGINT, output
+    study = optuna.load_study(study_name="optuna_mlp", storage=f"sqlite:///{study_dir}/optuna.db")
+    assert study.trials and {t.state for t in study.trials} == {optuna.trial.TrialState.FAIL}, study.trials
+    assert len(job_folders()) == running
+    for folder in job_folders():
+        assert status(folder)["state"] == "interrupted" and (folder / "checkpoint.pt").is_file()
+    assert output.strip().splitlines()[-1] == ("the study optuna_mlp: the same command again adds new trials to "
+                                               "it (a stopped trial is recorded there as failed)")

@@ -183,7 +183,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     if multirun:  # a stop between this job and the next says how to continue
-        interrupts.SWEEP_RERUN = interrupts.sweep_rerun(hydra_cfg.sweep.dir)
+        interrupts.SWEEP_RERUN = interrupts.sweep_rerun(hydra_cfg)
     parallel_worker = interrupts.in_parallel_worker(multirun)
     if parallel_worker:
         for signum in interrupts.STOP_SIGNALS:  # from here to the end of its last job

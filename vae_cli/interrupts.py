@@ -97,9 +97,14 @@ class StopSignals:
 SWEEP_RERUN: str | None = None
 
 
-def sweep_rerun(sweep_dir) -> str:
-    """How to continue a stopped sweep (README, Re-running a sweep)."""
-    return (f"the sweep: the same command again with hydra.sweep.dir={Path(str(sweep_dir)).resolve()} "
+def sweep_rerun(hydra_node) -> str:
+    """How to continue a stopped sweep (README, Re-running a sweep), from Hydra's config (its `hydra` node).
+    An Optuna study is not re-run job by job: its next command asks it for new trials."""
+    sweeper = hydra_node.get("sweeper") or {}
+    if "optuna" in str(sweeper.get("_target_", "")).lower():
+        return (f"the study {sweeper.get('study_name')}: the same command again adds new trials to it (a stopped "
+                "trial is recorded there as failed)")
+    return (f"the sweep: the same command again with hydra.sweep.dir={Path(str(hydra_node.sweep.dir)).resolve()} "
             "skips its finished jobs and resumes the stopped ones")
 
 

@@ -262,7 +262,7 @@ class SweepSummary(Callback):
         summary = summarize(folder, plot=self.plot)
         print(summary.report(), flush=True)
         if interrupts.FORWARDED:  # a stopped parallel sweep: each job said how it stopped; cli.main ends it
-            print(interrupts.sweep_rerun(config.hydra.sweep.dir), file=sys.stderr, flush=True)
+            print(interrupts.sweep_rerun(config.hydra), file=sys.stderr, flush=True)
             return
         launched = self._launched(folder)
         ran = [job for job in summary.jobs if job.folder in launched]

@@ -6,6 +6,9 @@ changes for a study that lives on from command to command.
   could run. Here that case ends like any sweep with a failed job: Hydra's callbacks run, and
   vae_cli.sweep.SweepSummary writes the summary, prints one line naming each failed trial and its error,
   and exits with status 1. Any other error is raised as before.
+- A stopped command (Ctrl-C) launches no further trials, and the trials it stopped are told FAIL: left
+  RUNNING they would stay so in the database for good. (A stopped parallel sweep's jobs return, so the
+  plugin would otherwise ask for and launch its remaining trials, each ending at once.)
 - A study in a database records the settings its first command fixed (data=..., epochs=...: what each
   trial computes, not how it reports); a later command that fixes others is warned that TPE and the
   summary will rank trials whose objectives are not comparable, and how to start a study of its own.
@@ -21,6 +24,8 @@ try:
     from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 except ImportError:  # vae-cli without its [sweep] extra: no class here (Hydra imports this module at start)
     OptunaSweeper = None
+
+from vae_cli import interrupts
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +49,24 @@ def fixed_settings(arguments: List[str], searched: set) -> List[str]:
     return sorted(fixed)
 
 
+class SweepStopped(Exception):
+    """The command was stopped (its job processes were handed the signal): no new batch of trials."""
+
+
+class StopAwareLauncher:
+    """The sweeper's launcher, refusing a new batch of trials once the command was stopped."""
+
+    def __init__(self, launcher) -> None:
+        self.launcher = launcher
+        self.refused: List[set] = []  # the overrides of the batch it refused
+
+    def launch(self, job_overrides, initial_job_idx: int):
+        if interrupts.FORWARDED:
+            self.refused = [set(overrides) for overrides in job_overrides]
+            raise SweepStopped()
+        return self.launcher.launch(job_overrides, initial_job_idx=initial_job_idx)
+
+
 def any_trial_finished(sweep_dir: Path) -> bool:
     """Whether a job of this command (its folder in sweep_dir) finished with an objective."""
     from vae_cli.sweep_jobs import find_jobs
@@ -56,6 +79,7 @@ if OptunaSweeper is not None:
         def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
             super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
             self.sweep_dir = Path(str(config.hydra.sweep.dir))
+            self.sweeper.launcher = StopAwareLauncher(self.sweeper.launcher)
 
         def sweep(self, arguments: List[str]) -> Any:
             fixed = fixed_settings(arguments, set(self.sweeper.params or {}))
@@ -72,9 +96,33 @@ if OptunaSweeper is not None:
                     raise
                 log.warning("warning: no trial of this command finished, so the study has no best trial yet")
                 return None
+            except SweepStopped:  # Hydra's callbacks still write the summary; vae_cli.cli ends by the signal
+                self._fail_stopped_trials(self.sweeper.launcher.refused)
+                return None
+            except (SystemExit, KeyboardInterrupt):  # a stopped job ends the command
+                self._fail_stopped_trials()
+                raise
             finally:
                 if earlier is None:
                     self._study_attr(fixed)
+
+        def _fail_stopped_trials(self, unlaunched: List[set] = ()) -> None:
+            """Trials of this command still RUNNING in the study when a stop ends it (their jobs stopped, or
+            in a batch not launched: unlaunched, their overrides) are told FAIL."""
+            if self.sweeper.storage is None:
+                return
+            import optuna
+            from optuna.trial import TrialState
+
+            from vae_cli.sweep_jobs import find_jobs
+
+            study = optuna.load_study(study_name=self.sweeper.study_name, storage=self.sweeper.storage)
+            finished = [set(job.overrides) for job in find_jobs(self.sweep_dir) if job.state == "finished"]
+            jobs = [set(job.overrides) for job in find_jobs(self.sweep_dir)] + list(unlaunched)
+            for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                asked = {f"{name}={value}" for name, value in trial.params.items()}
+                if any(asked <= job for job in jobs) and not any(asked <= job for job in finished):
+                    study.tell(trial.number, state=TrialState.FAIL)
 
         def _study_attr(self, record: List[str] | None = None) -> List[str] | None:
             """The fixed settings the study recorded (None: none, or no database), or record them."""
