@@ -244,6 +244,7 @@ def test_an_optuna_command_whose_every_trial_failed_ends_in_one_line(tmp_path):
     study = optuna.load_study(study_name="optuna_mlp", storage=f"sqlite:///{study_dir}/optuna.db")
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 2
     assert {r["state"] for r in summary_rows(study_dir)} == {"failed"} and len(summary_rows(study_dir)) == 2
+    assert study.user_attrs == {}  # no settings recorded from a command that computed nothing
 
 
 def test_a_failed_job_of_the_parallel_launcher_is_named_with_status_1(tmp_path):
@@ -352,3 +353,32 @@ def test_a_stopped_optuna_command_fails_its_trials_and_launches_no_more(tmp_path
         assert status(folder)["state"] == "interrupted" and (folder / "checkpoint.pt").is_file()
     assert output.strip().splitlines()[-1] == ("the study optuna_mlp: the same command again adds new trials to "
                                                "it (a stopped trial is recorded there as failed)")
+
+
+def test_an_optuna_study_stopped_between_two_trials_leaves_none_running(tmp_path):
+    """SIGINT just after trial 0 finished, while the plugin tells it and asks for trial 1: the process died
+    at once (trial 1 RUNNING in the study for good, the line saying it was recorded as failed). Now the stop
+    waits for the plugin's next launch: trial 0 stays COMPLETE, every later trial is FAIL, none RUNNING."""
+    import optuna
+
+    command = [vae_train_exe(), "-m", "hparams_search=optuna_mlp", "hydra.sweeper.n_trials=5", *SMOKE]
+    study_dir = tmp_path / "outputs" / "optuna_mlp"
+    with open(tmp_path / "sweep.log", "w") as log:
+        process = subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=python_env())
+        try:
+            deadline = time.monotonic() + 240
+            while not list(study_dir.glob("*/0/metrics.json")):
+                assert process.poll() is None and time.monotonic() < deadline, read_tail(tmp_path / "sweep.log")
+                time.sleep(0.005)
+            time.sleep(0.05)
+            process.send_signal(signal.SIGINT)
+            process.wait(timeout=120)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    output = read_tail(tmp_path / "sweep.log")
+    assert process.returncode == -signal.SIGINT, output
+    study = optuna.load_study(study_name="optuna_mlp", storage=f"sqlite:///{study_dir}/optuna.db")
+    states = [t.state for t in study.trials]
+    assert states[0] == optuna.trial.TrialState.COMPLETE and optuna.trial.TrialState.RUNNING not in states, states
+    assert output.strip().splitlines()[-1].startswith("the study optuna_mlp: the same command again adds new trials")

@@ -188,8 +188,8 @@ def hydra_main(cfg: DictConfig) -> float | None:
     if parallel_worker:
         for signum in interrupts.STOP_SIGNALS:  # from here to the end of its last job
             signal.signal(signum, interrupts.keep_stop_between_jobs)
-        if interrupts.WORKER_STOP:  # the sweep is stopping: this worker starts nothing more
-            return None
+    if interrupts.WORKER_STOP or (multirun and interrupts.FORWARDED):  # the sweep is stopping: start nothing
+        return None
     try:
         if cfg.get("resume"):
             cfg = resumed_config(cfg, Path(cfg.resume), list(hydra_cfg.overrides.task))

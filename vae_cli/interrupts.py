@@ -63,8 +63,9 @@ class StopSignals:
                 self.previous[signum] = signal.signal(signum, self._handle)
             except ValueError:  # not the main thread (e.g. a launcher's worker thread): leave signals alone
                 break
-        if WORKER_STOP:  # a parallel sweep's worker told to stop just before this job: at its first step
-            self.signum, self.since = WORKER_STOP[0], time.monotonic()
+        stop = WORKER_STOP or FORWARDED  # the sweep was told to stop just before this job: at its first step
+        if stop:
+            self.signum, self.since = stop[0], time.monotonic()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -110,6 +111,9 @@ def sweep_rerun(hydra_node) -> str:
 
 MULTIRUN = False  # vae-train -m: set by cli.main
 FORWARDED: list[int] = []  # the signal a sweep's launching process handed on to its job processes
+# Set by a sweeper that launches no further job once FORWARDED is set (hydra_plugins/vae_cli_sweeper): a stop
+# between two of its jobs is kept in FORWARDED, and the sweep ends through it (recording its trials).
+SWEEPER_CHECKS_STOP = False
 
 
 # hydra/launcher=parallel runs the jobs in joblib's worker processes, and a job that ends by SystemExit makes
@@ -168,6 +172,11 @@ def before_the_run(signum, frame) -> None:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
         line = f"\nstopped by a second {name}, with the sweep's job processes: each resumes from its last checkpoint"
+    elif SWEEP_RERUN is not None and SWEEPER_CHECKS_STOP:  # it ends the sweep before its next job
+        FORWARDED.append(signum)
+        print(f"\nstopping the sweep ({name}) before its next job; again to stop at once", file=sys.__stderr__,
+              flush=True)
+        return
     elif SWEEP_RERUN is not None:
         line = f"\nstopped by {name} between two jobs; {SWEEP_RERUN}"
     else:

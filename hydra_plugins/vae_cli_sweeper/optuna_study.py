@@ -6,12 +6,14 @@ changes for a study that lives on from command to command.
   could run. Here that case ends like any sweep with a failed job: Hydra's callbacks run, and
   vae_cli.sweep.SweepSummary writes the summary, prints one line naming each failed trial and its error,
   and exits with status 1. Any other error is raised as before.
-- A stopped command (Ctrl-C) launches no further trials, and the trials it stopped are told FAIL: left
-  RUNNING they would stay so in the database for good. (A stopped parallel sweep's jobs return, so the
-  plugin would otherwise ask for and launch its remaining trials, each ending at once.)
-- A study in a database records the settings its first command fixed (data=..., epochs=...: what each
-  trial computes, not how it reports); a later command that fixes others is warned that TPE and the
-  summary will rank trials whose objectives are not comparable, and how to start a study of its own.
+- A stopped command (Ctrl-C) launches no further trials, and the trials it asked for and did not finish
+  are told FAIL: left RUNNING they would stay so in the database for good. A stop between two trials (the
+  plugin telling one and asking for the next) waits for the next launch (interrupts.SWEEPER_CHECKS_STOP);
+  a stopped parallel sweep's jobs return, and the plugin would otherwise launch its remaining trials.
+- A study in a database records the settings of its first command that finished a trial (data=...,
+  epochs=...: what each trial computes, not how it reports); a later command that fixes others is warned
+  that TPE and the summary will rank trials whose objectives are not comparable, and how to start a
+  study of its own.
 """
 import logging
 from pathlib import Path
@@ -54,15 +56,17 @@ class SweepStopped(Exception):
 
 
 class StopAwareLauncher:
-    """The sweeper's launcher, refusing a new batch of trials once the command was stopped."""
+    """The sweeper's launcher, refusing a new batch of trials once the command was stopped; it keeps the
+    overrides of every batch it was given, each job's trial values among them."""
 
     def __init__(self, launcher) -> None:
         self.launcher = launcher
-        self.refused: List[set] = []  # the overrides of the batch it refused
+        self.given: List[set] = []
+        interrupts.SWEEPER_CHECKS_STOP = True  # a stop between two trials waits for the next launch
 
     def launch(self, job_overrides, initial_job_idx: int):
+        self.given += [set(overrides) for overrides in job_overrides]
         if interrupts.FORWARDED:
-            self.refused = [set(overrides) for overrides in job_overrides]
             raise SweepStopped()
         return self.launcher.launch(job_overrides, initial_job_idx=initial_job_idx)
 
@@ -97,18 +101,19 @@ if OptunaSweeper is not None:
                 log.warning("warning: no trial of this command finished, so the study has no best trial yet")
                 return None
             except SweepStopped:  # Hydra's callbacks still write the summary; vae_cli.cli ends by the signal
-                self._fail_stopped_trials(self.sweeper.launcher.refused)
+                self._fail_stopped_trials()
                 return None
-            except (SystemExit, KeyboardInterrupt):  # a stopped job ends the command
+            except (SystemExit, KeyboardInterrupt):  # a stop in a job or between two ends the command
                 self._fail_stopped_trials()
                 raise
-            finally:
-                if earlier is None:
+            finally:  # the settings of the study's first command that computed something
+                if earlier is None and any_trial_finished(self.sweep_dir):
                     self._study_attr(fixed)
 
-        def _fail_stopped_trials(self, unlaunched: List[set] = ()) -> None:
-            """Trials of this command still RUNNING in the study when a stop ends it (their jobs stopped, or
-            in a batch not launched: unlaunched, their overrides) are told FAIL."""
+        def _fail_stopped_trials(self) -> None:
+            """Trials this command asked for (their values among the overrides of a batch its launcher was
+            given) still RUNNING in the study when a stop ends it are told FAIL; a trial whose job finished
+            just before the stop is left as it is."""
             if self.sweeper.storage is None:
                 return
             import optuna
@@ -118,10 +123,10 @@ if OptunaSweeper is not None:
 
             study = optuna.load_study(study_name=self.sweeper.study_name, storage=self.sweeper.storage)
             finished = [set(job.overrides) for job in find_jobs(self.sweep_dir) if job.state == "finished"]
-            jobs = [set(job.overrides) for job in find_jobs(self.sweep_dir)] + list(unlaunched)
             for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 asked = {f"{name}={value}" for name, value in trial.params.items()}
-                if any(asked <= job for job in jobs) and not any(asked <= job for job in finished):
+                given = any(asked <= job for job in self.sweeper.launcher.given)
+                if given and not any(asked <= job for job in finished):
                     study.tell(trial.number, state=TrialState.FAIL)
 
         def _study_attr(self, record: List[str] | None = None) -> List[str] | None:
