@@ -35,18 +35,19 @@ def training(folder: Path) -> bool:
         return False
 
 
-def stop_when_training(command: list[str], cwd: Path, log_path: Path, folders: list[Path],
-                       signum: int) -> tuple[int, list[int]]:
-    """Start a sweep, send signum to its launching process once every job folder has taken a step: its exit
-    status and the child processes it had then."""
+def stop_when(command: list[str], cwd: Path, log_path: Path, ready, signum: int,
+              delay: float = 0.0) -> tuple[int, list[int]]:
+    """Start a sweep, send signum to its launching process delay seconds after ready() first holds (polled
+    every 5 ms): its exit status and the child processes it had then."""
     with open(log_path, "w") as log:  # a file, not a pipe: nothing blocks on a full pipe
         process = subprocess.Popen(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=python_env())
         try:
             deadline = time.monotonic() + 240
-            while not all(training(folder) for folder in folders):
-                assert process.poll() is None, f"the sweep ended before its jobs trained: {read_tail(log_path)}"
-                assert time.monotonic() < deadline, f"the jobs never started training: {read_tail(log_path)}"
-                time.sleep(0.02)
+            while not ready():
+                assert process.poll() is None, f"the sweep ended before it was ready: {read_tail(log_path)}"
+                assert time.monotonic() < deadline, f"the sweep never got ready: {read_tail(log_path)}"
+                time.sleep(0.005)
+            time.sleep(delay)
             children = children_of(process.pid)
             process.send_signal(signum)
             process.wait(timeout=120)
@@ -54,6 +55,12 @@ def stop_when_training(command: list[str], cwd: Path, log_path: Path, folders: l
             if process.poll() is None:
                 process.kill()
     return process.returncode, children
+
+
+def stop_when_training(command: list[str], cwd: Path, log_path: Path, folders: list[Path],
+                       signum: int) -> tuple[int, list[int]]:
+    """stop_when every job folder has taken a step."""
+    return stop_when(command, cwd, log_path, lambda: all(training(folder) for folder in folders), signum)
 
 
 def status(folder: Path) -> dict:
@@ -332,20 +339,10 @@ def test_a_stopped_optuna_command_fails_its_trials_and_launches_no_more(tmp_path
     def job_folders() -> list[Path]:
         return sorted(study_dir.glob("*/[0-9]"))
 
-    with open(tmp_path / "sweep.log", "w") as log:
-        process = subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=python_env())
-        try:
-            deadline = time.monotonic() + 240
-            while not (len(job_folders()) == running and all(training(folder) for folder in job_folders())):
-                assert process.poll() is None and time.monotonic() < deadline, read_tail(tmp_path / "sweep.log")
-                time.sleep(0.02)
-            process.send_signal(signal.SIGINT)
-            process.wait(timeout=120)
-        finally:
-            if process.poll() is None:
-                process.kill()
+    returncode, _ = stop_when(command, tmp_path, tmp_path / "sweep.log", signum=signal.SIGINT, ready=lambda: (
+        len(job_folders()) == running and all(training(folder) for folder in job_folders())))
     output = read_tail(tmp_path / "sweep.log")
-    assert process.returncode == -signal.SIGINT, output
+    assert returncode == -signal.SIGINT, output
     study = optuna.load_study(study_name="optuna_mlp", storage=f"sqlite:///{study_dir}/optuna.db")
     assert study.trials and {t.state for t in study.trials} == {optuna.trial.TrialState.FAIL}, study.trials
     assert len(job_folders()) == running
@@ -363,21 +360,10 @@ def test_an_optuna_study_stopped_between_two_trials_leaves_none_running(tmp_path
 
     command = [vae_train_exe(), "-m", "hparams_search=optuna_mlp", "hydra.sweeper.n_trials=5", *SMOKE]
     study_dir = tmp_path / "outputs" / "optuna_mlp"
-    with open(tmp_path / "sweep.log", "w") as log:
-        process = subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=python_env())
-        try:
-            deadline = time.monotonic() + 240
-            while not list(study_dir.glob("*/0/metrics.json")):
-                assert process.poll() is None and time.monotonic() < deadline, read_tail(tmp_path / "sweep.log")
-                time.sleep(0.005)
-            time.sleep(0.05)
-            process.send_signal(signal.SIGINT)
-            process.wait(timeout=120)
-        finally:
-            if process.poll() is None:
-                process.kill()
+    returncode, _ = stop_when(command, tmp_path, tmp_path / "sweep.log", signum=signal.SIGINT, delay=0.05,
+                              ready=lambda: bool(list(study_dir.glob("*/0/metrics.json"))))
     output = read_tail(tmp_path / "sweep.log")
-    assert process.returncode == -signal.SIGINT, output
+    assert returncode == -signal.SIGINT, output
     study = optuna.load_study(study_name="optuna_mlp", storage=f"sqlite:///{study_dir}/optuna.db")
     states = [t.state for t in study.trials]
     assert states[0] == optuna.trial.TrialState.COMPLETE and optuna.trial.TrialState.RUNNING not in states, states
