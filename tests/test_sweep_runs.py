@@ -127,6 +127,24 @@ def test_fail_fast_stops_at_the_first_failure_with_the_summary_so_far(tmp_path):
     assert "sweep summary: " in result.stdout and "(2 jobs: 1 finished, 1 failed)" in result.stdout
 
 
+def test_fail_fast_in_an_optuna_study_says_to_ask_for_new_trials(tmp_path):
+    """fail_fast=true in a study: the summary went into the command's folder, not the study's, and the last
+    line said to re-run with hydra.sweep.dir, which for a study asks for other values and refuses the
+    folder it finds. The failed trial is FAIL in the study."""
+    import optuna
+
+    result = vae_train("-m", "hparams_search=optuna_mlp", "hydra.sweeper.n_trials=3", *SMOKE, "fail_fast=true",
+                       "beta=-1", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == ("the sweep stopped at this failure (fail_fast=true); once it "
+                                                      "is mended, the same command again adds new trials to the "
+                                                      "study optuna_mlp")
+    study_dir = tmp_path / "outputs" / "optuna_mlp"
+    assert [r["state"] for r in summary_rows(study_dir)] == ["failed"]
+    study = optuna.load_study(study_name="optuna_mlp", storage=f"sqlite:///{study_dir}/optuna.db")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL]
+
+
 class StatusWatcher:
     """Polls a job's status.json every 20 ms in a thread: (attempts, state, step) as they were written."""
 

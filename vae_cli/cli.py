@@ -213,7 +213,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
             print(f"error: job {hydra_cfg.job.num} ({run_dir}): {err}", file=sys.stderr, flush=True)
             if not cfg.get("fail_fast"):  # recorded in status.json; the other jobs go on
                 return None  # no objective: Optuna records the trial as failed (a NaN it refuses, and crashes)
-            stop_sweep_here(Path(hydra_cfg.sweep.dir), status)
+            stop_sweep_here(hydra_cfg, status)
         fail(err, status)
     except Stopped as stop:
         to_log_file(str(stop))
@@ -242,15 +242,20 @@ def end_stopped_job(signum: int, parallel_worker: bool) -> None:
     sys.exit(exit_status(signum))
 
 
-def stop_sweep_here(sweep_dir: Path, status: int) -> None:
+def stop_sweep_here(hydra_cfg, status: int) -> None:
     """fail_fast=true: the sweep ends at this job's failure (its line printed), with the summary of the jobs
     so far (Hydra's end-of-multirun callback does not run after it), and that exit status."""
-    from vae_cli.sweep import summarize
+    from vae_cli.sweep import study_dir, summarize
 
-    print(summarize(sweep_dir).report(), flush=True)
-    print(f"the sweep stopped at this failure (fail_fast=true); once it is mended, the same command again with "
-          f"hydra.sweep.dir={sweep_dir.resolve()} skips the finished jobs and runs the rest",
-          file=sys.stderr, flush=True)
+    study = study_dir(hydra_cfg)
+    print(summarize(study or Path(hydra_cfg.sweep.dir)).report(), flush=True)
+    if interrupts.optuna_study(hydra_cfg) is not None:  # new trials, not the same jobs again
+        again = f"the same command again adds new trials to the study {interrupts.optuna_study(hydra_cfg)}"
+    else:
+        again = (f"the same command again with hydra.sweep.dir={Path(hydra_cfg.sweep.dir).resolve()} skips the "
+                 "finished jobs and runs the rest")
+    print(f"the sweep stopped at this failure (fail_fast=true); once it is mended, {again}", file=sys.stderr,
+          flush=True)
     sys.exit(status)
 
 

@@ -98,12 +98,17 @@ class StopSignals:
 SWEEP_RERUN: str | None = None
 
 
+def optuna_study(hydra_node) -> str | None:
+    """The study's name when Hydra's config (its `hydra` node) sweeps with Optuna; else None."""
+    sweeper = hydra_node.get("sweeper") or {}
+    return sweeper.get("study_name") if "optuna" in str(sweeper.get("_target_", "")).lower() else None
+
+
 def sweep_rerun(hydra_node) -> str:
     """How to continue a stopped sweep (README, Re-running a sweep), from Hydra's config (its `hydra` node).
     An Optuna study is not re-run job by job: its next command asks it for new trials."""
-    sweeper = hydra_node.get("sweeper") or {}
-    if "optuna" in str(sweeper.get("_target_", "")).lower():
-        return (f"the study {sweeper.get('study_name')}: the same command again adds new trials to it (a stopped "
+    if optuna_study(hydra_node) is not None:
+        return (f"the study {optuna_study(hydra_node)}: the same command again adds new trials to it (a stopped "
                 "trial is recorded there as failed)")
     return (f"the sweep: the same command again with hydra.sweep.dir={Path(str(hydra_node.sweep.dir)).resolve()} "
             "skips its finished jobs and resumes the stopped ones")

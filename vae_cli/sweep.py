@@ -240,15 +240,15 @@ class SweepSummary(Callback):
 
     def on_multirun_start(self, config, **kwargs) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
-        self.before = self._stamps(study_dir(config) or sweep_dir)
+        self.before = self._stamps(study_dir(config.hydra) or sweep_dir)
         top = sweep_dir.absolute()
         while not top.parent.exists():
             top = top.parent
         CREATED[:] = [sweep_dir.absolute(), top] if not sweep_dir.exists() else []
         for path in sweep_dir.glob(REFUSED):  # an earlier command's
             path.unlink()
-        if study_dir(config) is not None:
-            study_dir(config).mkdir(parents=True, exist_ok=True)  # SQLite creates the file, not its folder
+        if study_dir(config.hydra) is not None:
+            study_dir(config.hydra).mkdir(parents=True, exist_ok=True)  # SQLite creates the file, not its folder
 
     def on_multirun_end(self, config, **kwargs) -> None:
         # vae-train holds stderr back until a job starts (cli.HeldStderr); with a launcher whose jobs run in
@@ -256,7 +256,7 @@ class SweepSummary(Callback):
         # is printed as it is, not taken for a command-line error ("error: error: ...", status 2)
         getattr(sys.stderr, "release", lambda: None)()
         # An Optuna study in SQLite: the summary covers its folder, every command's trials.
-        folder = study_dir(config) or Path(str(config.hydra.sweep.dir))
+        folder = study_dir(config.hydra) or Path(str(config.hydra.sweep.dir))
         if not folder.is_dir():
             return
         summary = summarize(folder, plot=self.plot)
@@ -273,9 +273,10 @@ class SweepSummary(Callback):
             sys.exit(1)  # SystemExit passes Hydra's error reporting: no traceback
 
 
-def study_dir(config) -> Path | None:
-    """The folder of the sweeper's SQLite storage (sqlite:///PATH), for an Optuna study; else None."""
-    storage = OmegaConf.select(config, "hydra.sweeper.storage", default=None)
+def study_dir(hydra_node) -> Path | None:
+    """The folder of the sweeper's SQLite storage (sqlite:///PATH), for an Optuna study; else None. hydra_node:
+    the config's `hydra` node (HydraConfig.get() in a job)."""
+    storage = OmegaConf.select(hydra_node, "sweeper.storage", default=None)
     if not isinstance(storage, str) or not storage.startswith("sqlite:///"):
         return None
     return Path(storage[len("sqlite:///"):]).parent
