@@ -260,15 +260,23 @@ def test_hydra_usage_error_before_the_task_is_one_line(tmp_path):
 
 def test_a_sweep_refused_before_its_first_job_leaves_no_sweep_folder(tmp_path):
     """A typo in a swept key: Hydra had made outputs/multirun/<date>/<time> with only multirun.yaml in it,
-    an empty sweep to be taken for a real one. It goes, with the folders made for it; a folder that was
-    there before (a re-run into hydra.sweep.dir) stays, with what it holds."""
+    an empty sweep to be taken for a real one. It goes, with the folders made for it. A folder that was
+    there before (a re-run into hydra.sweep.dir) stays as it was: its multirun.yaml had been overwritten
+    with the mistyped command, and its record of refused jobs deleted; an empty one got a stray
+    multirun.yaml."""
     (tmp_path / "outputs").mkdir()
     result = run_cli("-m", *SMOKE, "optimizer.lrr=1e-3,1e-2", cwd=tmp_path)
     assert result.returncode == 2 and "did you mean optimizer.lr?" in one_error_line(result)
     assert list((tmp_path / "outputs").iterdir()) == []
     kept = tmp_path / "sweep"
     kept.mkdir()
-    (kept / "multirun.yaml").write_text("an earlier command's\n")
+    files = {"multirun.yaml": "an earlier command's\n", ".refused-job-1.json": "job: 1\n"}
+    for name, text in files.items():
+        (kept / name).write_text(text)
     result = run_cli("-m", *SMOKE, "data=fashion,mnist", f"hydra.sweep.dir={kept}", cwd=tmp_path)
     assert result.returncode == 2 and "Could not find 'data/fashion'" in one_error_line(result)
-    assert kept.is_dir() and [p.name for p in kept.iterdir()] == ["multirun.yaml"]
+    assert {p.name: p.read_text() for p in kept.iterdir()} == files
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run_cli("-m", *SMOKE, "optimizer.lrr=1e-3,1e-2", f"hydra.sweep.dir={empty}", cwd=tmp_path)
+    assert result.returncode == 2 and list(empty.iterdir()) == []

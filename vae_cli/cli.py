@@ -121,10 +121,10 @@ def main() -> None:
     except SystemExit as done:
         end_after_forwarded_stop(held)
         if not held.released and done.code not in (0, None) and not os.environ.get("HYDRA_FULL_ERROR"):
-            if interrupts.MULTIRUN:  # no job started: the sweep folder Hydra made for them goes
-                from vae_cli.sweep import remove_unused_sweep_folder
+            if interrupts.MULTIRUN:  # no job started: the sweep folder is left as this command found it
+                from vae_cli.sweep import undo_sweep_folder
 
-                remove_unused_sweep_folder()
+                undo_sweep_folder()
             message, held.parts = held.one_line(args), []
             held.release()
             if not message:  # a sweep's job in another process said it (fail_fast=true), in its own line

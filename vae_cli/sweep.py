@@ -188,16 +188,36 @@ def record_refusal(sweep_dir: Path, job: int, overrides: list[str], error: str) 
     write_atomic(sweep_dir / REFUSED.replace("*", str(job)), yaml.safe_dump(record))
 
 
-CREATED: list[Path] = []  # (the sweep folder, its topmost folder this command created), by SweepSummary
+# The sweep folder as this command found it (SweepSummary.on_multirun_start), so that a command refused
+# before its first job (a typo in a swept key) can leave it so: undo_sweep_folder.
+FOUND: dict = {}
 
 
-def remove_unused_sweep_folder() -> None:
-    """After a command error before any job started (a typo in a swept key): the sweep folder this command
-    created holds only Hydra's multirun.yaml; removed, with the folders created for it, so that no empty
-    sweep is left to be taken for a real one. A folder holding anything else is left as it is."""
-    if not CREATED:
+def note_sweep_folder(sweep_dir: Path) -> None:
+    folder = sweep_dir.absolute()
+    top = folder  # the topmost folder this command will create for it (none when it exists)
+    while not top.parent.exists():
+        top = top.parent
+    earlier = folder / "multirun.yaml"
+    FOUND.clear()
+    FOUND.update(folder=folder, created=None if folder.exists() else top,
+                 multirun=earlier.read_bytes() if earlier.is_file() else None)
+
+
+def undo_sweep_folder() -> None:
+    """After a command error before any job started (a typo in a swept key), Hydra has written its
+    multirun.yaml for that command: a folder this command created, holding only that, is removed with the
+    folders created for it (no empty sweep left to be taken for a real one); in a folder that was there
+    (a re-run into hydra.sweep.dir), the earlier multirun.yaml is put back, or the new one removed."""
+    if not FOUND:
         return
-    folder, top = CREATED
+    folder, created, earlier = FOUND["folder"], FOUND["created"], FOUND["multirun"]
+    if created is None:
+        if earlier is not None:
+            write_atomic(folder / "multirun.yaml", earlier.decode())
+        else:
+            (folder / "multirun.yaml").unlink(missing_ok=True)
+        return
     if not folder.is_dir() or {path.name for path in folder.iterdir()} - {"multirun.yaml"}:
         return
     (folder / "multirun.yaml").unlink(missing_ok=True)
@@ -206,13 +226,17 @@ def remove_unused_sweep_folder() -> None:
             folder.rmdir()  # only when empty
         except OSError:
             return
-        if folder == top:
+        if folder == created:
             return
         folder = folder.parent
 
 
-def refusals(sweep_dir: Path) -> list[dict]:
-    return sorted((yaml.safe_load(path.read_text()) for path in sweep_dir.glob(REFUSED)), key=lambda r: r["job"])
+def refusals(sweep_dir: Path, before: dict | None = None) -> list[dict]:
+    """The refused jobs recorded in sweep_dir; with before (stamps of the files as a command found them), only
+    those that command recorded."""
+    paths = [path for path in sweep_dir.glob(REFUSED)
+             if before is None or before.get(path) != path.stat().st_mtime_ns]
+    return sorted((yaml.safe_load(path.read_text()) for path in paths), key=lambda r: r["job"])
 
 
 class SweepSummary(Callback):
@@ -223,6 +247,7 @@ class SweepSummary(Callback):
     def __init__(self, plot: bool = True) -> None:
         self.plot = plot
         self.before: dict[Path, float] = {}
+        self.refusals_before: dict[Path, int] = {}
 
     @staticmethod
     def _stamps(sweep_dir: Path) -> dict[Path, float]:
@@ -241,12 +266,9 @@ class SweepSummary(Callback):
     def on_multirun_start(self, config, **kwargs) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
         self.before = self._stamps(study_dir(config.hydra) or sweep_dir)
-        top = sweep_dir.absolute()
-        while not top.parent.exists():
-            top = top.parent
-        CREATED[:] = [sweep_dir.absolute(), top] if not sweep_dir.exists() else []
-        for path in sweep_dir.glob(REFUSED):  # an earlier command's
-            path.unlink()
+        note_sweep_folder(sweep_dir)
+        # an earlier command's refusals: left in place until this command has run its jobs
+        self.refusals_before = {path: path.stat().st_mtime_ns for path in sweep_dir.glob(REFUSED)}
         if study_dir(config.hydra) is not None:
             study_dir(config.hydra).mkdir(parents=True, exist_ok=True)  # SQLite creates the file, not its folder
 
@@ -267,7 +289,11 @@ class SweepSummary(Callback):
         launched = self._launched(folder)
         ran = [job for job in summary.jobs if job.folder in launched]
         failed = [job for job in ran if job.state != "finished"]
-        refused = refusals(Path(str(config.hydra.sweep.dir)))
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        refused = refusals(sweep_dir, self.refusals_before)
+        for path, stamp in self.refusals_before.items():  # an earlier command's, not recorded again
+            if path.is_file() and path.stat().st_mtime_ns == stamp:
+                path.unlink()
         if failed or refused:
             print(failure_line(failed, len(ran) + len(refused), refused), file=sys.stderr, flush=True)
             sys.exit(1)  # SystemExit passes Hydra's error reporting: no traceback
