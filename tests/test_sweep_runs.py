@@ -127,6 +127,22 @@ def test_fail_fast_stops_at_the_first_failure_with_the_summary_so_far(tmp_path):
     assert "sweep summary: " in result.stdout and "(2 jobs: 1 finished, 1 failed)" in result.stdout
 
 
+def test_fail_fast_in_a_parallel_sweep_ends_with_the_summary_from_the_launching_process(tmp_path):
+    """With hydra/launcher=parallel the failing job's worker printed the summary, showing the other job
+    `running` just before joblib ended it (then `killed`), and the launching process added nothing. Now
+    the launching process shows the summary once joblib has ended the jobs, and says they resume."""
+    result = vae_train("-m", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", *SMOKE, "fail_fast=true",
+                       "epochs=100000", "early_stopping.patience=null", "optimizer.lr=1e-3,1e9",
+                       "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert result.returncode == 3 and "Traceback" not in result.stderr, result.stderr[-3000:]  # diverged: 3
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: job 1 (") and "training diverged" in errors[0]
+    assert result.stdout.count("sweep summary: ") == 1 and " running" not in result.stdout
+    ends = [line for line in result.stderr.splitlines() if line.startswith("the sweep stopped at a failure")]
+    assert ends and ends[0].startswith("the sweep stopped at a failure (fail_fast=true), and its other running")
+    assert status(tmp_path / "sweep/1")["state"] == "failed"
+
+
 def test_fail_fast_in_an_optuna_study_says_to_ask_for_new_trials(tmp_path):
     """fail_fast=true in a study: the summary went into the command's folder, not the study's, and the last
     line said to re-run with hydra.sweep.dir, which for a study asks for other values and refuses the
@@ -183,7 +199,7 @@ def test_killed_sweep_rerun_skips_finished_resumes_interrupted_runs_the_rest(tmp
     sweep = tmp_path / "sweep"
     returncode, _ = stop_when_training(command, tmp_path, tmp_path / "first.log", [sweep / "1"], signal.SIGTERM)
     assert returncode == 143, read_tail(tmp_path / "first.log")
-    rerun = f"the same command again with hydra.sweep.dir={sweep.resolve()} skips its finished jobs and resumes"
+    rerun = f"the same command again with hydra.sweep.dir={sweep.resolve()} skips its finished jobs, resumes"
     assert rerun in read_tail(tmp_path / "first.log")
     stopped = status(sweep / "1")
     assert stopped["state"] == "interrupted" and stopped["step"] > 0, stopped
@@ -330,7 +346,8 @@ def test_a_stopped_parallel_sweep_checkpoints_its_jobs_and_leaves_no_worker(tmp_
         assert (tmp_path / f"sweep/{name}/checkpoint.pt").is_file()
         assert status(tmp_path / f"sweep/{name}")["step"] > 0
     assert not (tmp_path / "sweep/2/status.json").exists()
-    assert "(2 jobs: 2 interrupted)" in output and "resumes the stopped ones" in output and "error:" not in output
+    assert "(2 jobs: 2 interrupted)" in output and "resumes the stopped ones and runs the rest" in output
+    assert "error:" not in output
     deadline = time.monotonic() + 30
     while (alive := [pid for pid in workers if Path(f"/proc/{pid}").exists()]) and time.monotonic() < deadline:
         time.sleep(0.2)

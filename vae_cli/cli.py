@@ -127,7 +127,10 @@ def main() -> None:
                 undo_sweep_folder()
             message, held.parts = held.one_line(args), []
             held.release()
-            if not message:  # a sweep's job in another process said it (fail_fast=true), in its own line
+            if not message:  # a parallel sweep's fail_fast job said it, in its own line, and ended the sweep
+                from vae_cli.sweep import show_ended_sweep
+
+                show_ended_sweep(fail_fast=True)
                 sys.exit(done.code)
             print(f"error: {message}", file=sys.stderr, flush=True)
             sys.exit(EXIT_BAD_INPUT)
@@ -167,6 +170,9 @@ def end_after_forwarded_stop(held: HeldStderr) -> None:
     if interrupts.FORWARDED:
         held.parts = []
         held.release()
+        from vae_cli.sweep import show_ended_sweep
+
+        show_ended_sweep()  # when the launcher did not return (a job process ended as it started)
         raise SystemExit(exit_status(interrupts.FORWARDED[0]))
 
 
@@ -177,8 +183,6 @@ def hydra_main(cfg: DictConfig) -> float | None:
     from vae_cli.loop import Diverged, Stopped  # imported here so that --help and bad overrides answer fast
     from vae_cli.run_state import FolderInUse, Status, read_status, run_files
     from vae_cli.sweep import record_refusal
-    from vae_cli.train import train
-
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
@@ -193,9 +197,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
     try:
         if cfg.get("resume"):
             cfg = resumed_config(cfg, Path(cfg.resume), list(hydra_cfg.overrides.task))
-        metrics = train(cfg, run_dir, on_start=lambda plan: save_hydra_files(run_dir, cfg, plan.action == "fresh"))
-    except MissingMandatoryValue as err:  # a config value written ??? and not given
-        fail(ConfigError(f"{err.full_key} is required and has no value; set it with {err.full_key}=VALUE"))
+        metrics = train_named_keys(cfg, run_dir)
     except (ConfigError, Diverged) as err:
         status = EXIT_DIVERGED if isinstance(err, Diverged) else EXIT_BAD_INPUT
         in_use = isinstance(err, FolderInUse)  # the folder is the other process's: nothing written
@@ -213,7 +215,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
             print(f"error: job {hydra_cfg.job.num} ({run_dir}): {err}", file=sys.stderr, flush=True)
             if not cfg.get("fail_fast"):  # recorded in status.json; the other jobs go on
                 return None  # no objective: Optuna records the trial as failed (a NaN it refuses, and crashes)
-            stop_sweep_here(hydra_cfg, status)
+            stop_sweep_here(hydra_cfg, status, parallel_worker)
         fail(err, status)
     except Stopped as stop:
         to_log_file(str(stop))
@@ -230,6 +232,17 @@ def hydra_main(cfg: DictConfig) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
 
 
+def train_named_keys(cfg: DictConfig, run_dir: Path) -> dict:
+    """train(cfg, run_dir), Hydra's files written as it begins; a config value written ??? and not given
+    is a ConfigError naming its key (a sweep records it as that job's failure, as any bad value)."""
+    from vae_cli.train import train
+
+    try:
+        return train(cfg, run_dir, on_start=lambda plan: save_hydra_files(run_dir, cfg, plan.action == "fresh"))
+    except MissingMandatoryValue as err:
+        raise ConfigError(f"{err.full_key} is required and has no value; set it with {err.full_key}=VALUE") from None
+
+
 def end_stopped_job(signum: int, parallel_worker: bool) -> None:
     """After a stopped job's line: the process ends with the signal's status (a sweep's job first says how
     to continue the sweep). A job in a parallel sweep's worker returns instead, with no objective: joblib
@@ -242,11 +255,14 @@ def end_stopped_job(signum: int, parallel_worker: bool) -> None:
     sys.exit(exit_status(signum))
 
 
-def stop_sweep_here(hydra_cfg, status: int) -> None:
+def stop_sweep_here(hydra_cfg, status: int, parallel_worker: bool) -> None:
     """fail_fast=true: the sweep ends at this job's failure (its line printed), with the summary of the jobs
-    so far (Hydra's end-of-multirun callback does not run after it), and that exit status."""
+    so far (Hydra's end-of-multirun callback does not run after it), and that exit status. In a parallel
+    sweep's worker the launching process shows them, once joblib has ended the other jobs (cli.main)."""
     from vae_cli.sweep import study_dir, summarize
 
+    if parallel_worker:
+        sys.exit(status)
     study = study_dir(hydra_cfg)
     print(summarize(study or Path(hydra_cfg.sweep.dir)).report(), flush=True)
     if interrupts.optuna_study(hydra_cfg) is not None:  # new trials, not the same jobs again

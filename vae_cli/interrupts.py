@@ -111,7 +111,7 @@ def sweep_rerun(hydra_node) -> str:
         return (f"the study {optuna_study(hydra_node)}: the same command again adds new trials to it (a stopped "
                 "trial is recorded there as failed)")
     return (f"the sweep: the same command again with hydra.sweep.dir={Path(str(hydra_node.sweep.dir)).resolve()} "
-            "skips its finished jobs and resumes the stopped ones")
+            "skips its finished jobs, resumes the stopped ones and runs the rest")
 
 
 MULTIRUN = False  # vae-train -m: set by cli.main

@@ -93,8 +93,8 @@ class Summary:
         for job in self.jobs:
             counts[job.state] = counts.get(job.state, 0) + 1
         states = ", ".join(f"{n} {state}" for state, n in counts.items())  # in the table's order
-        lines = [f"sweep summary: {self.files[1] if len(self.files) > 1 else self.sweep_dir} "
-                 f"({len(self.jobs)} job{'' if len(self.jobs) == 1 else 's'}: {states})"]
+        count = f"{len(self.jobs)} job{'' if len(self.jobs) == 1 else 's'}: {states}" if self.jobs else "no job started"
+        lines = [f"sweep summary: {self.files[1] if len(self.files) > 1 else self.sweep_dir} ({count})"]
         best = self.best
         if best is not None:
             metric, direction = best.objective
@@ -193,7 +193,7 @@ def record_refusal(sweep_dir: Path, job: int, overrides: list[str], error: str) 
 FOUND: dict = {}
 
 
-def note_sweep_folder(sweep_dir: Path) -> None:
+def note_sweep_folder(sweep_dir: Path, hydra_node) -> None:
     folder = sweep_dir.absolute()
     top = folder  # the topmost folder this command will create for it (none when it exists)
     while not top.parent.exists():
@@ -201,7 +201,24 @@ def note_sweep_folder(sweep_dir: Path) -> None:
     earlier = folder / "multirun.yaml"
     FOUND.clear()
     FOUND.update(folder=folder, created=None if folder.exists() else top,
-                 multirun=earlier.read_bytes() if earlier.is_file() else None)
+                 multirun=earlier.read_bytes() if earlier.is_file() else None, hydra=hydra_node, shown=False)
+
+
+def show_ended_sweep(fail_fast: bool = False) -> None:
+    """A sweep ended in its launching process without Hydra's end-of-multirun callback (a stop while its
+    jobs' processes started; with fail_fast, a job ending a parallel sweep, joblib then ending the other
+    jobs): its summary so far, unless the callback showed it, and how to continue it."""
+    if not FOUND or FOUND["shown"]:
+        return
+    FOUND["shown"] = True
+    folder = study_dir(FOUND["hydra"]) or FOUND["folder"]
+    if folder.is_dir():
+        print(summarize(folder).report(), flush=True)
+    again = interrupts.sweep_rerun(FOUND["hydra"])
+    if fail_fast:
+        again = ("the sweep stopped at a failure (fail_fast=true), and its other running jobs with it (each "
+                 f"resumes from its last checkpoint); once it is mended, {again}")
+    print(again, file=sys.stderr, flush=True)
 
 
 def undo_sweep_folder() -> None:
@@ -266,7 +283,7 @@ class SweepSummary(Callback):
     def on_multirun_start(self, config, **kwargs) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
         self.before = self._stamps(study_dir(config.hydra) or sweep_dir)
-        note_sweep_folder(sweep_dir)
+        note_sweep_folder(sweep_dir, config.hydra)
         # an earlier command's refusals: left in place until this command has run its jobs
         self.refusals_before = {path: path.stat().st_mtime_ns for path in sweep_dir.glob(REFUSED)}
         if study_dir(config.hydra) is not None:
@@ -283,6 +300,7 @@ class SweepSummary(Callback):
             return
         summary = summarize(folder, plot=self.plot)
         print(summary.report(), flush=True)
+        FOUND["shown"] = True
         if interrupts.FORWARDED:  # a stopped parallel sweep: each job said how it stopped; cli.main ends it
             print(interrupts.sweep_rerun(config.hydra), file=sys.stderr, flush=True)
             return
