@@ -143,6 +143,21 @@ def test_fail_fast_in_a_parallel_sweep_ends_with_the_summary_from_the_launching_
     assert status(tmp_path / "sweep/1")["state"] == "failed"
 
 
+def test_fail_fast_in_a_parallel_optuna_study_ends_with_the_jobs_status(tmp_path):
+    """The launching process held back stderr, where Optuna's 'A new study created' line sat: the end was
+    taken for a command-line error, printed as 'error: [I ...] A new study created ...', exit 2, and no
+    summary. Now: the diverged job's status 3, the summary, and the line for a study."""
+    result = vae_train("-m", "hparams_search=optuna_mlp", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2",
+                       "hydra.sweeper.n_jobs=2", "hydra.sweeper.n_trials=2", *SMOKE, "fail_fast=true",
+                       "epochs=100000", "early_stopping.patience=null", "optimizer.lr=1e12", cwd=tmp_path)
+    assert result.returncode == 3, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors and all("training diverged" in line for line in errors), errors
+    assert "sweep summary: " in result.stdout
+    assert any(line.startswith("the sweep stopped at a failure (fail_fast=true), and its other running trials")
+               and line.endswith("adds new trials to the study optuna_mlp") for line in result.stderr.splitlines())
+
+
 def test_fail_fast_in_an_optuna_study_says_to_ask_for_new_trials(tmp_path):
     """fail_fast=true in a study: the summary went into the command's folder, not the study's, and the last
     line said to re-run with hydra.sweep.dir, which for a study asks for other values and refuses the
@@ -387,19 +402,25 @@ def test_a_stopped_optuna_command_fails_its_trials_and_launches_no_more(tmp_path
                                                "it (a stopped trial is recorded there as failed)")
 
 
-def test_an_optuna_study_stopped_between_two_trials_leaves_none_running(tmp_path):
-    """SIGINT just after trial 0 finished, while the plugin tells it and asks for trial 1: the process died
-    at once (trial 1 RUNNING in the study for good, the line saying it was recorded as failed). Now the stop
-    waits for the plugin's next launch: trial 0 stays COMPLETE, every later trial is FAIL, none RUNNING."""
+@pytest.mark.parametrize("moment", ["between_two_trials", "as_the_first_starts"])
+def test_an_optuna_study_stopped_between_two_trials_leaves_none_running(tmp_path, moment):
+    """SIGINT just after trial 0 finished, while the plugin tells it and asks for trial 1, or as trial 0's job
+    starts (vae-train still importing torch): the process died at once, the trial RUNNING in the study for
+    good, the line saying it was recorded as failed. Now the stop waits for the plugin's next launch: a
+    finished trial stays COMPLETE, every later trial is FAIL, none RUNNING."""
     import optuna
 
     command = [vae_train_exe(), "-m", "hparams_search=optuna_mlp", "hydra.sweeper.n_trials=5", *SMOKE]
     study_dir = tmp_path / "outputs" / "optuna_mlp"
-    returncode, _ = stop_when(command, tmp_path, tmp_path / "sweep.log", signum=signal.SIGINT, delay=0.05,
-                              ready=lambda: bool(list(study_dir.glob("*/0/metrics.json"))))
+    ready = "*/0/metrics.json" if moment == "between_two_trials" else "*/0"
+    returncode, _ = stop_when(command, tmp_path, tmp_path / "sweep.log", signum=signal.SIGINT,
+                              delay=0.05 if moment == "between_two_trials" else 0.0,
+                              ready=lambda: bool(list(study_dir.glob(ready))))
     output = read_tail(tmp_path / "sweep.log")
     assert returncode == -signal.SIGINT, output
     study = optuna.load_study(study_name="optuna_mlp", storage=f"sqlite:///{study_dir}/optuna.db")
     states = [t.state for t in study.trials]
-    assert states[0] == optuna.trial.TrialState.COMPLETE and optuna.trial.TrialState.RUNNING not in states, states
+    assert states and optuna.trial.TrialState.RUNNING not in states, states
+    if moment == "between_two_trials":
+        assert states[0] == optuna.trial.TrialState.COMPLETE, states
     assert output.strip().splitlines()[-1].startswith("the study optuna_mlp: the same command again adds new trials")

@@ -121,17 +121,16 @@ def main() -> None:
     except SystemExit as done:
         end_after_forwarded_stop(held)
         if not held.released and done.code not in (0, None) and not os.environ.get("HYDRA_FULL_ERROR"):
-            if interrupts.MULTIRUN:  # no job started: the sweep folder is left as this command found it
-                from vae_cli.sweep import undo_sweep_folder
+            if interrupts.MULTIRUN:
+                from vae_cli.sweep import jobs_started, show_ended_sweep, undo_sweep_folder
 
-                undo_sweep_folder()
+                if jobs_started():  # a parallel sweep's fail_fast job ended it, its own line saying why
+                    held.release()  # what the launcher logged meanwhile (an Optuna study's line), as it is
+                    show_ended_sweep(fail_fast=True)
+                    sys.exit(done.code)
+                undo_sweep_folder()  # no job started: the sweep folder is left as this command found it
             message, held.parts = held.one_line(args), []
             held.release()
-            if not message:  # a parallel sweep's fail_fast job said it, in its own line, and ended the sweep
-                from vae_cli.sweep import show_ended_sweep
-
-                show_ended_sweep(fail_fast=True)
-                sys.exit(done.code)
             print(f"error: {message}", file=sys.stderr, flush=True)
             sys.exit(EXIT_BAD_INPUT)
         raise
@@ -180,14 +179,14 @@ def end_after_forwarded_stop(held: HeldStderr) -> None:
 def hydra_main(cfg: DictConfig) -> float | None:
     if isinstance(sys.stderr, HeldStderr):
         sys.stderr.release()
-    from vae_cli.loop import Diverged, Stopped  # imported here so that --help and bad overrides answer fast
-    from vae_cli.run_state import FolderInUse, Status, read_status, run_files
-    from vae_cli.sweep import record_refusal
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    if multirun:  # a stop between this job and the next says how to continue
+    if multirun:  # a stop from here on, between this job and the next, says how to continue the sweep
         interrupts.SWEEP_RERUN = interrupts.sweep_rerun(hydra_cfg)
+    from vae_cli.loop import Diverged, Stopped  # imported here so that --help and bad overrides answer fast
+    from vae_cli.run_state import FolderInUse, Status, read_status, run_files
+    from vae_cli.sweep import record_refusal
     parallel_worker = interrupts.in_parallel_worker(multirun)
     if parallel_worker:
         for signum in interrupts.STOP_SIGNALS:  # from here to the end of its last job
@@ -222,9 +221,11 @@ def hydra_main(cfg: DictConfig) -> float | None:
         print(stop, file=sys.stderr, flush=True)
         return end_stopped_job(stop.signum, parallel_worker)
     except Interrupted as stop:
-        again = (f"vae-train resume={run_dir.resolve()}" if (run_dir / "checkpoint.pt").is_file()
-                 else "the same command")
-        line = f"stopped by {stop} outside a training step (no step lost); continue with: {again}"
+        line = f"stopped by {stop} outside a training step (no step lost)"
+        if (run_dir / "checkpoint.pt").is_file():
+            line += f"; continue with: vae-train resume={run_dir.resolve()}"
+        elif not multirun:  # a sweep's job: the sweep's line follows
+            line += "; continue with: the same command"
         to_log_file(line)
         print(line, file=sys.stderr, flush=True)
         return end_stopped_job(stop.signum, parallel_worker)
@@ -259,19 +260,13 @@ def stop_sweep_here(hydra_cfg, status: int, parallel_worker: bool) -> None:
     """fail_fast=true: the sweep ends at this job's failure (its line printed), with the summary of the jobs
     so far (Hydra's end-of-multirun callback does not run after it), and that exit status. In a parallel
     sweep's worker the launching process shows them, once joblib has ended the other jobs (cli.main)."""
-    from vae_cli.sweep import study_dir, summarize
+    from vae_cli.sweep import after_fail_fast, study_dir, summarize
 
     if parallel_worker:
         sys.exit(status)
-    study = study_dir(hydra_cfg)
-    print(summarize(study or Path(hydra_cfg.sweep.dir)).report(), flush=True)
-    if interrupts.optuna_study(hydra_cfg) is not None:  # new trials, not the same jobs again
-        again = f"the same command again adds new trials to the study {interrupts.optuna_study(hydra_cfg)}"
-    else:
-        again = (f"the same command again with hydra.sweep.dir={Path(hydra_cfg.sweep.dir).resolve()} skips the "
-                 "finished jobs and runs the rest")
-    print(f"the sweep stopped at this failure (fail_fast=true); once it is mended, {again}", file=sys.stderr,
-          flush=True)
+    print(summarize(study_dir(hydra_cfg) or Path(hydra_cfg.sweep.dir)).report(), flush=True)
+    print(f"the sweep stopped at this failure (fail_fast=true); once it is mended, {after_fail_fast(hydra_cfg)}",
+          file=sys.stderr, flush=True)
     sys.exit(status)
 
 

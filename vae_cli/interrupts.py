@@ -173,10 +173,12 @@ def before_the_run(signum, frame) -> None:
     sys.stdout.flush()
     name = signal.Signals(signum).name
     if FORWARDED:  # at once means the job processes too: none is left behind
-        for pid in child_processes():
+        children = child_processes()
+        for pid in children:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
-        line = f"\nstopped by a second {name}, with the sweep's job processes: each resumes from its last checkpoint"
+        line = (f"\nstopped by a second {name}, with the sweep's job processes: each resumes from its last checkpoint"
+                if children else f"\nstopped by a second {name}, at once; {SWEEP_RERUN or 'the same command again'}")
     elif SWEEP_RERUN is not None and SWEEPER_CHECKS_STOP:  # it ends the sweep before its next job
         FORWARDED.append(signum)
         print(f"\nstopping the sweep ({name}) before its next job; again to stop at once", file=sys.__stderr__,

@@ -6,6 +6,7 @@ import io
 import math
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -201,7 +202,24 @@ def note_sweep_folder(sweep_dir: Path, hydra_node) -> None:
     earlier = folder / "multirun.yaml"
     FOUND.clear()
     FOUND.update(folder=folder, created=None if folder.exists() else top,
-                 multirun=earlier.read_bytes() if earlier.is_file() else None, hydra=hydra_node, shown=False)
+                 multirun=earlier.read_bytes() if earlier.is_file() else None, hydra=hydra_node, shown=False,
+                 since=time.time())
+
+
+def jobs_started() -> bool:
+    """Whether a job of this command wrote its status.json (in the sweep folder this command noted)."""
+    if not FOUND or not FOUND["folder"].is_dir():
+        return False
+    return any(path.stat().st_mtime >= FOUND["since"] for path in FOUND["folder"].rglob("status.json"))
+
+
+def after_fail_fast(hydra_node) -> str:
+    """What to run once the failure that stopped a fail_fast=true sweep is mended."""
+    study = interrupts.optuna_study(hydra_node)
+    if study is not None:  # new trials, not the same jobs again
+        return f"the same command again adds new trials to the study {study}"
+    return (f"the same command again with hydra.sweep.dir={Path(str(hydra_node.sweep.dir)).resolve()} skips the "
+            "finished jobs, resumes the stopped ones and runs the rest")
 
 
 def show_ended_sweep(fail_fast: bool = False) -> None:
@@ -214,11 +232,14 @@ def show_ended_sweep(fail_fast: bool = False) -> None:
     folder = study_dir(FOUND["hydra"]) or FOUND["folder"]
     if folder.is_dir():
         print(summarize(folder).report(), flush=True)
-    again = interrupts.sweep_rerun(FOUND["hydra"])
     if fail_fast:
-        again = ("the sweep stopped at a failure (fail_fast=true), and its other running jobs with it (each "
-                 f"resumes from its last checkpoint); once it is mended, {again}")
-    print(again, file=sys.stderr, flush=True)
+        others = ("trials with it (failed in the study)" if interrupts.optuna_study(FOUND["hydra"]) is not None
+                  else "jobs with it (each goes on from its last checkpoint, if it wrote one)")
+        line = (f"the sweep stopped at a failure (fail_fast=true), and its other running {others}; once it is "
+                f"mended, {after_fail_fast(FOUND['hydra'])}")
+    else:
+        line = interrupts.sweep_rerun(FOUND["hydra"])
+    print(line, file=sys.stderr, flush=True)
 
 
 def undo_sweep_folder() -> None:

@@ -84,6 +84,7 @@ if OptunaSweeper is not None:
             super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
             self.sweep_dir = Path(str(config.hydra.sweep.dir))
             self.sweeper.launcher = StopAwareLauncher(self.sweeper.launcher)
+            interrupts.SWEEP_RERUN = interrupts.sweep_rerun(config.hydra)  # a stop before the first trial too
 
         def sweep(self, arguments: List[str]) -> Any:
             fixed = fixed_settings(arguments, set(self.sweeper.params or {}))
