@@ -184,13 +184,13 @@ def hydra_main(cfg: DictConfig) -> float | None:
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     if multirun:  # a stop from here on, between this job and the next, says how to continue the sweep
         interrupts.SWEEP_RERUN = interrupts.sweep_rerun(hydra_cfg)
+    parallel_worker = interrupts.in_parallel_worker(multirun)
+    if parallel_worker:
+        for signum in interrupts.STOP_SIGNALS:  # from here (torch's import too) to the end of its last job
+            signal.signal(signum, interrupts.keep_stop_between_jobs)
     from vae_cli.loop import Diverged, Stopped  # imported here so that --help and bad overrides answer fast
     from vae_cli.run_state import FolderInUse, Status, read_status, run_files
     from vae_cli.sweep import record_refusal
-    parallel_worker = interrupts.in_parallel_worker(multirun)
-    if parallel_worker:
-        for signum in interrupts.STOP_SIGNALS:  # from here to the end of its last job
-            signal.signal(signum, interrupts.keep_stop_between_jobs)
     if interrupts.WORKER_STOP or (multirun and interrupts.FORWARDED):  # the sweep is stopping: start nothing
         return None
     try:
