@@ -178,7 +178,7 @@ def before_the_run(signum, frame) -> None:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
         line = (f"\nstopped by a second {name}, with the sweep's job processes: each resumes from its last checkpoint"
-                if children else f"\nstopped by a second {name}, at once; {SWEEP_RERUN or 'the same command again'}")
+                if children else f"\nstopped by a second {name}, at once")
     elif SWEEP_RERUN is not None and SWEEPER_CHECKS_STOP:  # it ends the sweep before its next job
         FORWARDED.append(signum)
         print(f"\nstopping the sweep ({name}) before its next job; again to stop at once", file=sys.__stderr__,

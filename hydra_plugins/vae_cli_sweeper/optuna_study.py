@@ -1,4 +1,4 @@
-"""hparams_search's sweeper (configs/hydra/sweeper/optuna_study.yaml): hydra-optuna-sweeper's, with two
+"""hparams_search's sweeper (configs/hydra/sweeper/optuna_study.yaml): hydra-optuna-sweeper's, with three
 changes for a study that lives on from command to command.
 
 - When every trial of the command failed, the plugin asked the study for its best trial, which a study
