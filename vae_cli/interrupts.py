@@ -104,14 +104,21 @@ def optuna_study(hydra_node) -> str | None:
     return sweeper.get("study_name") if "optuna" in str(sweeper.get("_target_", "")).lower() else None
 
 
+def rerun_command(hydra_node) -> str:
+    """The command that continues a sweep (README, Re-running a sweep), from Hydra's config (its `hydra`
+    node). An Optuna study is not re-run job by job: its next command asks it for new trials."""
+    if optuna_study(hydra_node) is not None:
+        return f"the same command again adds new trials to the study {optuna_study(hydra_node)}"
+    return (f"the same command again with hydra.sweep.dir={Path(str(hydra_node.sweep.dir)).resolve()} "
+            "skips its finished jobs, resumes the stopped ones and runs the rest")
+
+
 def sweep_rerun(hydra_node) -> str:
-    """How to continue a stopped sweep (README, Re-running a sweep), from Hydra's config (its `hydra` node).
-    An Optuna study is not re-run job by job: its next command asks it for new trials."""
+    """The line after a stopped sweep's last one: how to continue it."""
     if optuna_study(hydra_node) is not None:
         return (f"the study {optuna_study(hydra_node)}: the same command again adds new trials to it (a stopped "
                 "trial is recorded there as failed)")
-    return (f"the sweep: the same command again with hydra.sweep.dir={Path(str(hydra_node.sweep.dir)).resolve()} "
-            "skips its finished jobs, resumes the stopped ones and runs the rest")
+    return f"the sweep: {rerun_command(hydra_node)}"
 
 
 MULTIRUN = False  # vae-train -m: set by cli.main

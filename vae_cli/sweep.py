@@ -213,15 +213,6 @@ def jobs_started() -> bool:
     return any(path.stat().st_mtime >= FOUND["since"] for path in FOUND["folder"].rglob("status.json"))
 
 
-def after_fail_fast(hydra_node) -> str:
-    """What to run once the failure that stopped a fail_fast=true sweep is mended."""
-    study = interrupts.optuna_study(hydra_node)
-    if study is not None:  # new trials, not the same jobs again
-        return f"the same command again adds new trials to the study {study}"
-    return (f"the same command again with hydra.sweep.dir={Path(str(hydra_node.sweep.dir)).resolve()} skips the "
-            "finished jobs, resumes the stopped ones and runs the rest")
-
-
 def show_ended_sweep(fail_fast: bool = False) -> None:
     """A sweep ended in its launching process without Hydra's end-of-multirun callback (a stop while its
     jobs' processes started; with fail_fast, a job ending a parallel sweep, joblib then ending the other
@@ -236,7 +227,7 @@ def show_ended_sweep(fail_fast: bool = False) -> None:
         others = ("trials with it (failed in the study)" if interrupts.optuna_study(FOUND["hydra"]) is not None
                   else "jobs with it (each goes on from its last checkpoint, if it wrote one)")
         line = (f"the sweep stopped at a failure (fail_fast=true), and its other running {others}; once it is "
-                f"mended, {after_fail_fast(FOUND['hydra'])}")
+                f"mended, {interrupts.rerun_command(FOUND['hydra'])}")
     else:
         line = interrupts.sweep_rerun(FOUND["hydra"])
     print(line, file=sys.stderr, flush=True)
