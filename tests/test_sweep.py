@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from conftest import run_cli
 from services import free_port
 
-from vae_cli.sweep import SweepSummary, summarize
+from vae_cli.sweep import SweepSummary, planned_jobs, summarize
 
 
 def make_job(sweep, name, overrides, state, value=None, direction="maximize", error=None, step=40):
@@ -132,6 +132,31 @@ def test_vae_sweep_refuses_a_folder_without_jobs(tmp_path):
 def multirun_config(sweep_dir, storage=None):
     hydra = {"sweep": {"dir": str(sweep_dir)}, "sweeper": {"storage": storage}}
     return OmegaConf.create({"hydra": hydra})
+
+
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+@pytest.mark.parametrize("task, params, expected", [
+    (["beta=0.5,1", "seed=range(0,3)", "epochs=1"], None, 6),  # 2 x 3, the fixed key counting once
+    (["beta=0.5,1"], {"seed": "0,1", "model.hidden": "[400],[200],[100]"}, 12),  # hydra.sweeper.params too
+    (["epochs=1"], None, 1),
+    (["model=glob(*)"], None, None),  # its options are known only to Hydra's config loader
+])
+def test_planned_jobs_counts_the_grid_of_the_basic_sweeper(task, params, expected):
+    hydra_node = OmegaConf.create({"sweeper": {"_target_": BASIC_SWEEPER, "params": params},
+                                   "overrides": {"task": task}})
+    assert planned_jobs(hydra_node) == expected
+    study = OmegaConf.create({"sweeper": {"_target_": "hydra_plugins.vae_cli_sweeper.optuna_study."
+                                                      "OptunaStudySweeper", "params": params}, "overrides": {"task": task}})
+    assert planned_jobs(study) is None  # an Optuna study asks for its trials a batch at a time
+
+
+def test_the_report_counts_the_jobs_a_stopped_sweep_did_not_start(sweep):
+    summary = summarize(sweep, plot=False)
+    assert "(5 jobs: 3 finished, 1 running, 1 failed)" in summary.report()
+    assert "(7 jobs: 3 finished, 1 running, 1 failed, 2 not started)" in summary.report(planned=7)
+    assert "(5 jobs: 3 finished, 1 running, 1 failed)" in summary.report(planned=4)  # an earlier command's too
 
 
 def test_callback_fails_only_for_jobs_this_command_ran(tmp_path, capsys):

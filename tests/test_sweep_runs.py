@@ -124,7 +124,8 @@ def test_fail_fast_stops_at_the_first_failure_with_the_summary_so_far(tmp_path):
     assert not (sweep / "2").exists()
     rows = summary_rows(sweep)
     assert [(r["job"], r["state"]) for r in rows] == [("0", "finished"), ("1", "failed")]
-    assert "sweep summary: " in result.stdout and "(2 jobs: 1 finished, 1 failed)" in result.stdout
+    # the job not started is counted (the summary counted only job folders: "2 jobs")
+    assert "sweep summary: " in result.stdout and "(3 jobs: 1 finished, 1 failed, 1 not started)" in result.stdout
 
 
 def test_fail_fast_in_a_parallel_sweep_ends_with_the_summary_from_the_launching_process(tmp_path):
@@ -361,7 +362,7 @@ def test_a_stopped_parallel_sweep_checkpoints_its_jobs_and_leaves_no_worker(tmp_
         assert (tmp_path / f"sweep/{name}/checkpoint.pt").is_file()
         assert status(tmp_path / f"sweep/{name}")["step"] > 0
     assert not (tmp_path / "sweep/2/status.json").exists()
-    assert "(2 jobs: 2 interrupted)" in output and "resumes the stopped ones and runs the rest" in output
+    assert "(3 jobs: 2 interrupted, 1 not started)" in output and "resumes the stopped ones and runs the rest" in output
     assert "error:" not in output
     deadline = time.monotonic() + 30
     while (alive := [pid for pid in workers if Path(f"/proc/{pid}").exists()]) and time.monotonic() < deadline:

@@ -260,11 +260,11 @@ def stop_sweep_here(hydra_cfg, status: int, parallel_worker: bool) -> None:
     """fail_fast=true: the sweep ends at this job's failure (its line printed), with the summary of the jobs
     so far (Hydra's end-of-multirun callback does not run after it), and that exit status. In a parallel
     sweep's worker the launching process shows them, once joblib has ended the other jobs (cli.main)."""
-    from vae_cli.sweep import study_dir, summarize
+    from vae_cli.sweep import FOUND, study_dir, summarize
 
     if parallel_worker:
         sys.exit(status)
-    print(summarize(study_dir(hydra_cfg) or Path(hydra_cfg.sweep.dir)).report(), flush=True)
+    print(summarize(study_dir(hydra_cfg) or Path(hydra_cfg.sweep.dir)).report(FOUND.get("planned")), flush=True)
     print(f"the sweep stopped at this failure (fail_fast=true); once it is mended, "
           f"{interrupts.rerun_command(hydra_cfg)}", file=sys.stderr, flush=True)
     sys.exit(status)

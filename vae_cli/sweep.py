@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
@@ -88,13 +90,17 @@ class Summary:
     def failed(self) -> list[Job]:
         return [job for job in self.jobs if job.state == "failed"]
 
-    def report(self) -> str:
-        """The lines for the terminal: where the summary is, the count of each state, the best job."""
+    def report(self, planned: int | None = None) -> str:
+        """The lines for the terminal: where the summary is, the count of each state, the best job; planned:
+        the jobs the sweep's command asks for (planned_jobs), to count those it has not started."""
         counts: dict[str, int] = {}
         for job in self.jobs:
             counts[job.state] = counts.get(job.state, 0) + 1
+        if planned is not None and planned > len(self.jobs):  # a sweep stopped before its last job started
+            counts["not started"] = planned - len(self.jobs)
+        total = sum(counts.values())
         states = ", ".join(f"{n} {state}" for state, n in counts.items())  # in the table's order
-        count = f"{len(self.jobs)} job{'' if len(self.jobs) == 1 else 's'}: {states}" if self.jobs else "no job started"
+        count = f"{total} job{'' if total == 1 else 's'}: {states}" if self.jobs else "no job started"
         lines = [f"sweep summary: {self.files[1] if len(self.files) > 1 else self.sweep_dir} ({count})"]
         best = self.best
         if best is not None:
@@ -194,6 +200,24 @@ def record_refusal(sweep_dir: Path, job: int, overrides: list[str], error: str) 
 FOUND: dict = {}
 
 
+def planned_jobs(hydra_node) -> int | None:
+    """How many jobs Hydra's basic sweeper makes of the command's overrides (and hydra.sweeper.params): the
+    product of the sizes of its choice and range sweeps. None for another sweeper (an Optuna study asks for
+    its trials a batch at a time) or a sweep whose size is not known before it runs (glob)."""
+    if "BasicSweeper" not in str(OmegaConf.select(hydra_node, "sweeper._target_", default="")):
+        return None
+    params = OmegaConf.select(hydra_node, "sweeper.params", default=None) or {}
+    overrides = [*hydra_node.overrides.task, *(f"{key}={value}" for key, value in params.items())]
+    planned = 1
+    try:
+        for override in OverridesParser.create().parse_overrides(overrides):
+            if override.is_sweep_override():
+                planned *= len(list(override.sweep_string_iterator()))
+    except HydraException:  # a glob needs the config groups' options; an interval is not a grid
+        return None
+    return planned
+
+
 def note_sweep_folder(sweep_dir: Path, hydra_node) -> None:
     folder = sweep_dir.absolute()
     top = folder  # the topmost folder this command will create for it (none when it exists)
@@ -203,7 +227,7 @@ def note_sweep_folder(sweep_dir: Path, hydra_node) -> None:
     FOUND.clear()
     FOUND.update(folder=folder, created=None if folder.exists() else top,
                  multirun=earlier.read_bytes() if earlier.is_file() else None, hydra=hydra_node, shown=False,
-                 since=time.time())
+                 since=time.time(), planned=planned_jobs(hydra_node))
 
 
 def jobs_started() -> bool:
@@ -222,7 +246,7 @@ def show_ended_sweep(fail_fast: bool = False) -> None:
     FOUND["shown"] = True
     folder = study_dir(FOUND["hydra"]) or FOUND["folder"]
     if folder.is_dir():
-        print(summarize(folder).report(), flush=True)
+        print(summarize(folder).report(FOUND["planned"]), flush=True)
     if fail_fast:
         others = ("trials with it (failed in the study)" if interrupts.optuna_study(FOUND["hydra"]) is not None
                   else "jobs with it (each goes on from its last checkpoint, if it wrote one)")
@@ -311,7 +335,7 @@ class SweepSummary(Callback):
         if not folder.is_dir():
             return
         summary = summarize(folder, plot=self.plot)
-        print(summary.report(), flush=True)
+        print(summary.report(FOUND.get("planned")), flush=True)
         FOUND["shown"] = True
         if interrupts.FORWARDED:  # a stopped parallel sweep: each job said how it stopped; cli.main ends it
             print(interrupts.sweep_rerun(config.hydra), file=sys.stderr, flush=True)
