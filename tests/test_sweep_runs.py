@@ -5,6 +5,8 @@ import json
 import os
 import signal
 import subprocess
+import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -425,3 +427,26 @@ def test_an_optuna_study_stopped_between_two_trials_leaves_none_running(tmp_path
     if moment == "between_two_trials":
         assert states[0] == optuna.trial.TrialState.COMPLETE, states
     assert output.strip().splitlines()[-1].startswith("the study optuna_mlp: the same command again adds new trials")
+
+
+def test_a_command_after_a_stopped_sweep_in_the_same_process_starts_afresh(tmp_path):
+    """cli.main() run twice in one process (as a notebook or a test might): what the first command left in
+    module state (the stop it handed on to its jobs, the sweep folder it noted) ended the second at once,
+    with the first sweep's summary and status 130."""
+    script = textwrap.dedent(f"""
+        import signal, sys
+        from pathlib import Path
+        from vae_cli import cli, interrupts, sweep
+        interrupts.FORWARDED.append(signal.SIGINT)  # as a stopped parallel sweep leaves them
+        interrupts.WORKER_STOP.append(signal.SIGINT)
+        interrupts.SWEEP_RERUN = "the sweep: the same command again"
+        sweep.FOUND.update(folder=Path("{tmp_path / 'old_sweep'}"), shown=False, hydra=None, planned=None)
+        sys.argv = ["vae-train", *{list(SMOKE)!r}, "~eval", "hydra.run.dir=run"]
+        cli.main()
+        print("returned")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0 and result.stdout.strip().endswith("returned"), result.stderr[-3000:]
+    assert status(tmp_path / "run")["state"] == "finished"
+    assert "sweep" not in result.stderr

@@ -110,7 +110,9 @@ def main() -> None:
     if resume and resume[0] not in ("", "null"):  # Hydra's run folder is the one being resumed
         sys.argv += [f"hydra.run.dir={resume[0]}"]
     stop_quietly_until_the_run()  # Ctrl-C while torch imports: one line, not a KeyboardInterrupt traceback
-    interrupts.MULTIRUN = "-m" in args or "--multirun" in args
+    interrupts.new_command(multirun="-m" in args or "--multirun" in args)
+    if "vae_cli.sweep" in sys.modules:  # imported by an earlier command in this process (not at start-up)
+        sys.modules["vae_cli.sweep"].FOUND.clear()
     if interrupts.MULTIRUN:
         register_sweeper()
     held = HeldStderr(sys.stderr)

@@ -134,6 +134,15 @@ SWEEPER_CHECKS_STOP = False
 WORKER_STOP: list[int] = []
 
 
+def new_command(multirun: bool) -> None:
+    """This module's state for a new vae-train command (cli.main), not what an earlier one in the same process
+    left: a stop handed on (FORWARDED) would end the next command at once."""
+    global MULTIRUN, SWEEP_RERUN, SWEEPER_CHECKS_STOP
+    MULTIRUN, SWEEP_RERUN, SWEEPER_CHECKS_STOP = multirun, None, False
+    FORWARDED.clear()
+    WORKER_STOP.clear()
+
+
 def in_parallel_worker(multirun: bool) -> bool:
     """A sweep's job running in a joblib worker: not in the launching process (where cli.main set MULTIRUN),
     under the parallel launcher (configs/hydra/launcher/parallel.yaml sets VAE_CLI_PARALLEL_JOBS)."""
