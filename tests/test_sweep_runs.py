@@ -286,6 +286,7 @@ def test_a_failed_optuna_trial_is_recorded_failed_and_the_study_goes_on(tmp_path
     assert states == {-1: optuna.trial.TrialState.FAIL, 1: optuna.trial.TrialState.COMPLETE}, states
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("error: ") and "jobs failed" in line]
     assert "beta=-1 must be a number >= 0" in line
+    assert "Failed experiment" not in result.stderr + result.stdout  # the plugin's: "must be float-castable"
 
 
 def test_an_optuna_command_whose_every_trial_failed_ends_in_one_line(tmp_path):

@@ -1,5 +1,6 @@
 """hparams_search's sweeper (configs/hydra/sweeper/optuna_study.yaml): hydra-optuna-sweeper's, with three
-changes for a study that lives on from command to command.
+changes for a study that lives on from command to command (and without the plugin's warning for each
+trial that returned no objective: vae-train's own lines name the failed or stopped job).
 
 - When every trial of the command failed, the plugin asked the study for its best trial, which a study
   without one finished trial answers with a ValueError, printed as a traceback before vae-cli's summary
@@ -71,6 +72,13 @@ class StopAwareLauncher:
         return self.launcher.launch(job_overrides, initial_job_idx=initial_job_idx)
 
 
+def said_by_vae_cli(record: logging.LogRecord) -> bool:
+    """A logging filter for the plugin's logger: False for its warning about a trial that returned no
+    objective ("Failed experiment: Return value must be float-castable. Got 'None'."), which is how every
+    failed or stopped vae-train job returns; that job's own line, and the summary's, say what happened."""
+    return not record.getMessage().startswith("Failed experiment: Return value must be float-castable. Got 'None'")
+
+
 def any_trial_finished(sweep_dir: Path) -> bool:
     """Whether a job of this command (its folder in sweep_dir) finished with an objective."""
     from vae_cli.sweep_jobs import find_jobs
@@ -84,6 +92,9 @@ if OptunaSweeper is not None:
             super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
             self.sweep_dir = Path(str(config.hydra.sweep.dir))
             self.sweeper.launcher = StopAwareLauncher(self.sweeper.launcher)
+            plugin_log = logging.getLogger(type(self.sweeper).__module__)
+            if said_by_vae_cli not in plugin_log.filters:
+                plugin_log.addFilter(said_by_vae_cli)
             interrupts.SWEEP_RERUN = interrupts.sweep_rerun(config.hydra)  # a stop before the first trial too
 
         def sweep(self, arguments: List[str]) -> Any:
