@@ -79,6 +79,20 @@ def test_sigterm_mid_epoch_then_the_printed_command_resumes_to_the_same_metrics(
     assert json.loads((run_dir / "metrics.json").read_text())["step"] == (EPOCHS + 1) * STEPS_PER_EPOCH
 
 
+def test_resume_of_a_run_started_with_overwrite_keeps_it(tmp_path):
+    """overwrite=true is the first command's request, stored in the checkpoint's config: resume= read it
+    back and started afresh, deleting the run's checkpoint, events and metrics (a finished run retrained,
+    a stopped one back at step 0)."""
+    first = run_cli("debug=smoke", "~eval", "overwrite=true", "hydra.run.dir=run", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    run_dir = tmp_path / "run"
+    kept = {path.name: path.read_bytes() for path in run_dir.iterdir() if path.is_file()
+            and (path.name.startswith("events.out") or path.suffix in (".pt", ".json"))}
+    again = run_cli(f"resume={run_dir}", cwd=tmp_path)
+    assert again.returncode == 0 and "is finished" in again.stdout + again.stderr, again.stderr
+    assert {name: (run_dir / name).read_bytes() for name in kept} == kept
+
+
 SECOND_CTRL_C = """
 import os, signal, time
 from vae_cli.interrupts import StopSignals

@@ -159,6 +159,17 @@ def test_the_report_counts_the_jobs_a_stopped_sweep_did_not_start(sweep):
     assert "(5 jobs: 3 finished, 1 running, 1 failed)" in summary.report(planned=4)  # an earlier command's too
 
 
+@pytest.mark.parametrize("task, again", [(["beta=0.5,1"], "the same command again with"),
+                                          (["beta=0.5,1", "overwrite=true"], "the same command again without "
+                                                                               "overwrite=true with")])
+def test_the_rerun_line_drops_overwrite_which_would_start_every_job_afresh(task, again, tmp_path):
+    from vae_cli.interrupts import rerun_command
+
+    hydra_node = OmegaConf.create({"sweeper": {"_target_": BASIC_SWEEPER}, "overrides": {"task": task},
+                                   "sweep": {"dir": str(tmp_path / "sweep")}})
+    assert rerun_command(hydra_node).startswith(f"{again} hydra.sweep.dir={tmp_path / 'sweep'} skips its finished")
+
+
 def test_callback_fails_only_for_jobs_this_command_ran(tmp_path, capsys):
     """An old failed job (a study's or a re-run's) is listed but not blamed; a new one is, with exit 1."""
     root = tmp_path / "sweep"

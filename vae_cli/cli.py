@@ -313,6 +313,9 @@ def resumed_config(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> Dict
         raise ConfigError(f"resume={run_dir}: no checkpoint.pt there, so nothing to resume; pass the folder "
                           "of a run started by vae-train (outputs/<date>/<time>)")
     stored = OmegaConf.create({k: v for k, v in load_checkpoint(run_dir)["config"].items() if k not in RECORDED})
+    # overwrite=true is what the run's first command asked (start afresh there), not this one: kept, it
+    # would start the resumed run afresh, deleting its checkpoint
+    OmegaConf.update(stored, "overwrite", False, force_add=True)
     refused = []
     for override in OverridesParser.create().parse_overrides(overrides):
         key = override.key_or_group.split("@")[0].lstrip("+~")

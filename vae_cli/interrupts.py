@@ -109,7 +109,10 @@ def rerun_command(hydra_node) -> str:
     node). An Optuna study is not re-run job by job: its next command asks it for new trials."""
     if optuna_study(hydra_node) is not None:
         return f"the same command again adds new trials to the study {optuna_study(hydra_node)}"
-    return (f"the same command again with hydra.sweep.dir={Path(str(hydra_node.sweep.dir)).resolve()} "
+    # overwrite=true would start every job afresh, the finished ones too
+    again = "again without overwrite=true" if "overwrite=true" in [str(o).lower() for o in
+                                                                    hydra_node.overrides.task] else "again"
+    return (f"the same command {again} with hydra.sweep.dir={Path(str(hydra_node.sweep.dir)).resolve()} "
             "skips its finished jobs, resumes the stopped ones and runs the rest")
 
 
