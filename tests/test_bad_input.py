@@ -76,11 +76,15 @@ FRESH_CASES = [
     (("objective.metric=test/elbo",), ["objective.metric='test/elbo'", "validation figure"]),
     (("objective.metric=val/elbo_typo",), ["objective.metric='val/elbo_typo'", "one of val/recon", "val/elbo,"]),
     (("data=fashion_mnist", "data.root=/nonexistent/folder"), ["data.root", "/nonexistent/folder"]),
+    (("overwrite=no",), ["overwrite='no' must be true or false"]),  # a string: it counted as true
+    (("likelihood=gaussian", "likelihood.dequantize=maybe"), ["likelihood.dequantize='maybe' must be true or false"]),
 ]
 # The end-of-run evaluation's settings (SMOKE turns the evaluation off): refused before training, where
 # they were refused after it, the run's training lost.
 EVAL_CASES = [("eval.num_samples=0", ["eval.num_samples=0", ">= 1"]),
-              ("eval.probe_sizes=[10,0]", ["eval.probe_sizes=[10, 0]", "positive integers"])]
+              ("eval.probe_sizes=[10,0]", ["eval.probe_sizes=[10, 0]", "positive integers"]),
+              ("eval.probe_sizes=5", ["eval.probe_sizes=5 must be a list", "eval.probe_sizes=[5]"]),  # a traceback
+              ("eval.pictures=maybe", ["eval.pictures='maybe' must be true or false"])]
 DATA_CASES = [("truncated", ["train-images-idx3-ubyte", "truncated"]),
               ("bad_magic", ["t10k-labels-idx1-ubyte", "magic"]),
               ("bad_gzip", ["train-labels-idx1-ubyte.gz", "cannot read"])]

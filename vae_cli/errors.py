@@ -34,3 +34,11 @@ def check_number(key: str, value, minimum: float | None = None, hint: str = "") 
         bound = f" >= {minimum}" if minimum is not None else ""
         raise ConfigError(f"{key}={value!r} must be a number{bound}" + (f" ({hint})" if hint else ""))
     return float(value)
+
+
+def check_bool(key: str, value) -> bool:
+    """Return ``value`` if it is true or false; else ConfigError (Hydra reads no, off, yes as strings, which
+    would count as true)."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}={value!r} must be true or false")
+    return value

@@ -5,7 +5,7 @@ from contextlib import contextmanager
 
 import torch
 
-from vae_cli.errors import ConfigError, check_integer
+from vae_cli.errors import ConfigError, check_bool, check_integer
 from vae_cli.estimators import TERM_NAMES
 
 # Offsets from eval_seed, one stream each, so that no figure depends on how another was drawn.
@@ -17,11 +17,16 @@ def check_eval_settings(settings) -> None:
     training (a typo there must not cost the run's training), vae-eval before loading the run."""
     for key in ("num_samples", "chunk_size", "batch_size"):
         check_integer(f"eval.{key}", settings[key], 1)
+    for key in ("pixel_baseline", "pictures", "embedding"):
+        check_bool(f"eval.{key}", settings[key])
     check_sizes(settings.probe_sizes)
 
 
 def check_sizes(sizes) -> list:
     """eval.probe_sizes: labelled examples per class, positive integers, or "all" (the whole train split)."""
+    if isinstance(sizes, (str, int, float)):  # eval.probe_sizes=100: one size, which is not a list
+        raise ConfigError(f"eval.probe_sizes={sizes!r} must be a list; use e.g. eval.probe_sizes=[{sizes}] or "
+                          "eval.probe_sizes=[10,100,all]")
     sizes = list(sizes)
     for n in sizes:
         if n != "all" and not (isinstance(n, int) and not isinstance(n, bool) and n > 0):

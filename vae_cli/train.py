@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from vae_cli.build import build_data, build_estimator, build_model, build_optimizer
 from vae_cli.checkpoint import write_json
 from vae_cli.device import resolve_device, use_threads
-from vae_cli.errors import ConfigError, check_choice, check_integer, check_number
+from vae_cli.errors import ConfigError, check_bool, check_choice, check_integer, check_number
 from vae_cli.estimators.terms import TERM_NAMES
 from vae_cli.estimators.train_step import make_train_step
 from vae_cli.eval_data import check_eval_settings, with_error
@@ -42,12 +42,20 @@ INTEGER_SETTINGS = {
 VAL_FIGURES = tuple(f"val/{name}" for name in (*TERM_NAMES, "elbo_stderr"))  # what validation measures
 
 
+# Switches, where the chosen config groups have them.
+BOOLEAN_SETTINGS = ("overwrite", "fail_fast", "data.download", "data.retry_download", "likelihood.dequantize",
+                    "estimator.straight_through")
+
+
 def check_settings(cfg: DictConfig) -> None:
     """The top-level numbers, each a one-line ConfigError naming the key when wrong (before any work)."""
     for key, (minimum, nullable, hint) in INTEGER_SETTINGS.items():
         value = OmegaConf.select(cfg, key)
         if not (nullable and value is None):
             check_integer(key, value, minimum, hint)
+    for key in BOOLEAN_SETTINGS:
+        if OmegaConf.select(cfg, key, default=None) is not None:
+            check_bool(key, OmegaConf.select(cfg, key))
     check_number("beta", cfg.beta, 0, "the KL weight")
     check_number("checkpoint.every_minutes", cfg.checkpoint.every_minutes, 0, "0: at epoch ends only")
     clip = cfg.optimizer.get("clip_grad_norm")
