@@ -36,15 +36,17 @@ def end_now(signum: int) -> None:
     os._exit(exit_status(signum))  # any other signal; and a safety net should SIGINT not end us
 
 
-# A sweep's job process can get one Ctrl-C twice: from the terminal (the whole process group) and from its
-# launching process, which hands it on (before_the_run). Two within this many seconds are one stop.
+# One Ctrl-C can arrive twice: from the terminal (the whole process group) and from a process above that
+# hands it on (`timeout`, srun, a sweep's launching process: before_the_run). Two within this many seconds
+# are one stop.
 SAME_STOP_SECONDS = 1.0
 
 
 class StopSignals:
     """While active, a stop signal is recorded, not acted on: the training loop asks `pending` at each step
     boundary, writes a checkpoint and leaves. Outside the training loop (`immediate`), the signal raises
-    Interrupted at once. A second SIGINT exits at once (status 130), whatever the loop is doing.
+    Interrupted at once. A second SIGINT (SAME_STOP_SECONDS after the first or later) ends the process at
+    once, whatever the loop is doing.
 
     The handlers that were installed before (submitit installs its own for SIGUSR2 and SIGTERM, to requeue
     a preempted job) are restored on exit, and `forward` hands the signal on to them once the checkpoint
@@ -74,8 +76,8 @@ class StopSignals:
 
     def _handle(self, signum, frame) -> None:
         if self.signum == signal.SIGINT and signum == signal.SIGINT:
-            if SWEEP_RERUN is not None and time.monotonic() - self.since < SAME_STOP_SECONDS:
-                return  # a sweep's job: the same stop, delivered twice
+            if time.monotonic() - self.since < SAME_STOP_SECONDS:
+                return  # the same stop, delivered twice
             print("\nsecond Ctrl-C: stopped at once, without a new checkpoint", file=sys.stderr, flush=True)
             end_now(signum)
         self.signum, self.since = signum, time.monotonic()
