@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from vae_cli.checkpoint import load_checkpoint, save_checkpoint
-from vae_cli.errors import ConfigError
+from vae_cli.errors import ConfigError, WriteError
 from vae_cli.training_state import load_best_weights
 
 STATE = {"model": {"w": torch.arange(4.0)}, "config": {"seed": 0}, "step": 7}
@@ -24,7 +24,7 @@ def test_an_exception_inside_the_write_leaves_the_previous_checkpoint(tmp_path, 
         raise RuntimeError("injected failure")  # ... and then the write fails before the rename
 
     monkeypatch.setattr(torch, "save", failing)
-    with pytest.raises(RuntimeError, match="injected"):
+    with pytest.raises(WriteError, match=r"could not write .*checkpoint.pt \(injected failure\); the earlier one is kept"):
         save_checkpoint(path, {**STATE, "step": 8})
     monkeypatch.undo()
     assert load_checkpoint(path)["step"] == 7
@@ -40,8 +40,8 @@ signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails wi
 resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
 try:
     save_checkpoint(path, {"model": {"w": torch.zeros(100_000)}, "config": {}, "step": 2})
-except Exception as err:  # torch's writer reports the short write as a RuntimeError
-    print("write failed:", type(err).__name__)
+except Exception as err:  # torch's writer reports the short write as a RuntimeError, told as a WriteError
+    print("write failed:", type(err).__name__, err)
 print("step", load_checkpoint(path)["step"])
 """
 
@@ -51,7 +51,8 @@ def test_a_full_disk_leaves_the_previous_checkpoint(tmp_path):
     result = subprocess.run([sys.executable, "-c", FULL_DISK, str(path)], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr
-    assert "write failed" in result.stdout and "step 1" in result.stdout  # the write fails; the old one stays
+    assert "step 1" in result.stdout  # the write fails; the old one stays
+    assert "write failed: WriteError could not write" in result.stdout and "Is the disk full?" in result.stdout
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
 
 

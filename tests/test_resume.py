@@ -1,5 +1,6 @@
 """Runs that survive: stopped at any step (by a real signal) and resumed, a run ends bit for bit as the
 uninterrupted one; TensorBoard shows each step once; finished runs are reported, not retrained."""
+import errno
 import json
 import math
 import os
@@ -12,7 +13,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import compose_config
 from vae_cli import loop as loop_module
-from vae_cli.errors import ConfigError
+from vae_cli.checkpoint import atomic_write
+from vae_cli.errors import ConfigError, WriteError
 from vae_cli.evaluation import run as evaluation_run
 from vae_cli.interrupts import Interrupted
 from vae_cli.loop import Loop, Stopped
@@ -217,6 +219,33 @@ def test_best_validation_model_is_evaluated_and_early_stopping(tmp_path, monkeyp
     model.eval()
     test = real(model, estimator, test_x, 256, 1.0, seed=TEST_DRAWS)
     assert test["elbo"] == metrics["test/elbo"]
+
+
+def test_a_full_disk_fails_the_run_in_one_line_and_the_same_command_resumes_it(tmp_path, monkeypatch):
+    """The second epoch's checkpoint cannot be written (ENOSPC): the run fails with a WriteError naming the
+    file (a traceback before, from torch's writer), the first epoch's checkpoint kept. The same command then
+    resumed from it; before, a failed run started afresh, deleting that checkpoint."""
+    reference = tmp_path / "reference"
+    train(smoke("~eval"), reference)
+    real_save = loop_module.save_checkpoint
+
+    def no_space(f):
+        raise OSError(errno.ENOSPC, "No space left on device")  # as a write or its fsync meets it
+
+    def full_disk(path, state):  # full from the second epoch (steps 15-28) on
+        return real_save(path, state) if state["step"] <= 14 else atomic_write(path, no_space)
+
+    monkeypatch.setattr(loop_module, "save_checkpoint", full_disk)
+    run_dir = tmp_path / "run"
+    with pytest.raises(WriteError, match=r"could not write .*best.pt \(\[Errno 28\] No space left on device\); "
+                                         r"the earlier one is kept\. Is the disk full\?"):
+        train(smoke("~eval"), run_dir)
+    assert read_status(run_dir)["state"] == "failed"
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["step"] == 14
+    assert sorted(p.name for p in run_dir.iterdir() if p.name.endswith(".tmp")) == []
+    monkeypatch.undo()
+    train(smoke("~eval"), run_dir)  # space freed: the same command
+    assert_same_run(reference, run_dir)
 
 
 def test_non_finite_values_stop_the_run_and_keep_the_last_good_checkpoint(tmp_path, monkeypatch):

@@ -1,4 +1,5 @@
 """Checkpoints that cannot corrupt: written to a temporary file, fsynced, renamed; loaded with weights_only."""
+import errno
 import json
 import os
 import pickle
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from vae_cli.errors import ConfigError
+from vae_cli.errors import ConfigError, WriteError
 
 REQUIRED_KEYS = ("model", "config", "step")
 
@@ -30,11 +31,13 @@ def atomic_write(path: Path, write) -> None:
     """write(file) into a temporary file beside path, fsync it, then rename it over path.
 
     A failure anywhere (a full disk, an exception inside write, a kill) leaves path as it was: the
-    previous version stays complete and loadable, and the temporary file is removed.
+    previous version stays complete and loadable, and the temporary file is removed. A file system
+    error (OSError; torch.save reports a full disk as a RuntimeError) is raised as WriteError, one line.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -43,8 +46,16 @@ def atomic_write(path: Path, write) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; these are ordinary files
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, (OSError, RuntimeError)):
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            kept = "the earlier one is kept" if path.exists() else "none was there before"
+            full = not isinstance(err, OSError) or err.errno in (errno.ENOSPC, errno.EDQUOT)  # torch: RuntimeError
+            mend = "Is the disk full? Free some space" if full else "Mend that"
+            raise WriteError(f"could not write {path} ({reason}); {kept}. {mend} and run the same command "
+                             "again (a run resumes from its last checkpoint)") from err
         raise
     _fsync_folder(path.parent)
 

@@ -13,6 +13,11 @@ class ConfigError(ValueError):
         super().__init__(" ".join(message.split()))
 
 
+class WriteError(ConfigError):
+    """A file of the run could not be written (a full disk, a folder made read-only): the earlier version
+    of that file is kept whole (checkpoint.atomic_write), so the run resumes from its last checkpoint."""
+
+
 def check_choice(key: str, value, accepted) -> None:
     """Raise ConfigError unless ``value`` is one of ``accepted`` (the message names all three)."""
     if value not in accepted:

@@ -157,9 +157,9 @@ def plan_run(run_dir: Path, cfg: DictConfig) -> Plan:
     - no run files: a fresh run;
     - a checkpoint of the same settings (resumable keys aside): resume it; if metrics.json is there too,
       the run is finished, and is reported unless epochs (or max_steps) now asks for more steps;
-    - a failed run, or files without a checkpoint (a run that died before its first epoch): started
-      afresh when the settings are the same, or whatever they are when it failed before training began
-      (no config.yaml: a bad value, now corrected);
+    - files without a checkpoint (a run that failed or died before its first one): started afresh when
+      the settings are the same, or whatever they are when it failed before training began (no
+      config.yaml: a bad value, now corrected); a failed run with a checkpoint resumes from it;
     - anything else is another run's: refused, unless overwrite=true.
     """
     run_dir = Path(run_dir)
@@ -178,8 +178,9 @@ def plan_run(run_dir: Path, cfg: DictConfig) -> Plan:
         raise ConfigError(f"{run_dir} holds another run's files, with other settings ({listed}); resume it "
                           f"as it was with `{resume_command(run_dir)}`, choose another folder "
                           "(hydra.run.dir=...), or start afresh there with overwrite=true (deletes its files)")
-    if state is None or status.get("state") == "failed":
-        return Plan("fresh")
+    if state is None:
+        return Plan("fresh")  # a run that failed or died before its first checkpoint
+    # a failed run with a checkpoint (a full disk, a divergence) resumes from it: its steps are not thrown away
     metrics_path = run_dir / METRICS
     if metrics_path.is_file():
         metrics = json.loads(metrics_path.read_text())

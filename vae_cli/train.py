@@ -19,7 +19,7 @@ from vae_cli.eval_data import check_eval_settings, with_error
 from vae_cli.interrupts import StopSignals
 from vae_cli.loop import Diverged, Loop, Stopped
 from vae_cli.run_end import finish
-from vae_cli.run_state import METRICS, Status, plan_run, remove_run_files, run_files, run_lock
+from vae_cli.run_state import CHECKPOINT, METRICS, Status, plan_run, remove_run_files, run_files, run_lock
 from vae_cli.schedules import build_scheduler
 from vae_cli.training_state import restore
 
@@ -153,9 +153,10 @@ def checked_run(cfg: DictConfig, run_dir: Path, on_start, signals: StopSignals) 
         raise
     except BaseException as err:
         interrupted = getattr(err, "signum", None) is not None
+        resumable = (run_dir / CHECKPOINT).is_file()  # else nothing to resume: the same command starts it again
         status.update(time.perf_counter() - start, state="interrupted" if interrupted else "failed",
                       error=None if interrupted else f"{type(err).__name__}: {err}".splitlines()[0],
-                      step=loop.step)
+                      step=loop.step, **({} if resumable else {"resume_command": None}))
         raise
     finally:
         if not finished:  # the events so far on disk; an error in that must not hide the run's own
