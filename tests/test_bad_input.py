@@ -202,6 +202,30 @@ def test_bad_value_pointed_at_an_existing_run_changes_nothing(overrides, words, 
     assert snapshot(run_dir) == before
 
 
+RESUME_CASES = [
+    ("resume=", ["resume= names no folder"]),  # resume=$RUN with RUN unset: it trained a new run
+    ("resume=absent", ["resume=absent: no such folder"]),  # the folder was created, a failed run recorded in it
+    ("resume=a_file", ["resume=a_file is a file; pass its folder"]),
+    ("resume=empty", ["resume=empty: no checkpoint.pt there"]),  # a failed run was recorded in the user's folder
+    ("resume=busy", ["busy is in use by another vae-train"]),  # said "no checkpoint.pt" before its first one
+    ("resume=empty overwrite=true", ["overwrite=true deletes it; give one of them"]),  # it started afresh
+]
+
+
+@pytest.mark.parametrize("arguments,words", RESUME_CASES, ids=[c[0] for c in RESUME_CASES])
+def test_a_bad_resume_folder_is_refused_before_anything_is_written(arguments, words, tmp_path):
+    (tmp_path / "a_file").write_text("")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "busy").mkdir()
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    with run_lock(tmp_path / "busy"):  # as a run before its first checkpoint holds it
+        result = run_cli(*arguments.split(" "), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    line = one_error_line(result)
+    assert all(word in line for word in words), line
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before  # not even a log file
+
+
 def test_the_run_lock_refuses_a_second_holder(tmp_path):
     with run_lock(tmp_path / "run"):
         with pytest.raises(FolderInUse, match="in use by another vae-train"):

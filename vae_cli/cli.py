@@ -106,10 +106,14 @@ def main() -> None:
     added = check_added_keys(args)
     if added:
         fail(ConfigError(added))
-    resume = [a.split("=", 1)[1] for a in args if a.startswith("resume=")]
-    if resume and resume[0] not in ("", "null"):  # Hydra's run folder is the one being resumed
-        sys.argv += [f"hydra.run.dir={resume[0]}"]
     stop_quietly_until_the_run()  # Ctrl-C while torch imports: one line, not a KeyboardInterrupt traceback
+    resume = [a.split("=", 1)[1] for a in args if a.startswith("resume=")]
+    if resume and resume[0] != "null":  # Hydra's run folder is the one being resumed
+        try:
+            check_resume(resume[0], args)
+        except ConfigError as err:
+            fail(err)
+        sys.argv += [f"hydra.run.dir={resume[0]}"]
     interrupts.new_command(multirun="-m" in args or "--multirun" in args)
     if "vae_cli.sweep" in sys.modules:  # imported by an earlier command in this process (not at start-up)
         sys.modules["vae_cli.sweep"].FOUND.clear()
@@ -148,6 +152,27 @@ def main() -> None:
         raise
     finally:
         held.release()
+
+
+def check_resume(folder: str, args: list[str]) -> None:
+    """resume=FOLDER before Hydra creates its run folder (and log file) there: a folder of a run with its
+    checkpoint, which no other vae-train is using; ConfigError otherwise, nothing written."""
+    from vae_cli.run_state import CHECKPOINT, run_lock
+
+    path = Path(folder)
+    hint = "pass the folder of a run started by vae-train (outputs/<date>/<time>)"
+    if not folder:
+        raise ConfigError(f"resume= names no folder (an unset shell variable?); {hint}")
+    if any(a.lstrip("+") in ("overwrite=true", "overwrite=True") for a in args):
+        raise ConfigError("resume= continues the run in its folder and overwrite=true deletes it; give one of them")
+    if path.is_file():
+        raise ConfigError(f"resume={folder} is a file; pass its folder: resume={path.parent}")
+    if not path.is_dir():
+        raise ConfigError(f"resume={folder}: no such folder; {hint}")
+    with run_lock(path):  # FolderInUse: another vae-train runs there (perhaps before its first checkpoint)
+        pass
+    if not (path / CHECKPOINT).is_file():
+        raise ConfigError(f"resume={folder}: no checkpoint.pt there, so nothing to resume; {hint}")
 
 
 def register_sweeper() -> None:
