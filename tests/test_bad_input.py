@@ -226,6 +226,22 @@ def test_a_bad_resume_folder_is_refused_before_anything_is_written(arguments, wo
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before  # not even a log file
 
 
+def test_resume_refuses_a_group_of_settings_it_would_have_ignored(tmp_path):
+    """experiment=, debug= set keys all over the config and have no node of their own: on resume they were
+    neither compared nor applied, so `resume=RUN experiment=burda_mlp` went on with the run's model, exit 0.
+    The run's own choice (from its first command) is accepted."""
+    first = run_cli(*SMOKE, "hydra.run.dir=run", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    kept = (tmp_path / "run/metrics.json").read_bytes()
+    other = run_cli("resume=run", "experiment=burda_mlp", cwd=tmp_path)
+    assert other.returncode == 2, other.stderr
+    line = one_error_line(other)
+    assert "experiment=burda_mlp would change what the run computes" in line, line
+    same = run_cli("resume=run", "debug=smoke", cwd=tmp_path)
+    assert same.returncode == 0 and "is finished" in same.stdout + same.stderr, same.stderr
+    assert (tmp_path / "run/metrics.json").read_bytes() == kept
+
+
 def test_the_run_lock_refuses_a_second_holder(tmp_path):
     with run_lock(tmp_path / "run"):
         with pytest.raises(FolderInUse, match="in use by another vae-train"):

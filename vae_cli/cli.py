@@ -329,6 +329,8 @@ def save_hydra_files(run_dir: Path, cfg: DictConfig, rewrite: bool) -> None:
 def resumed_config(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> DictConfig:
     """The config stored in run_dir, with the command line's changes to resumable keys (epochs, device,
     ...); a change to anything the run computes (model, data, ...) is refused with one line."""
+    from importlib import resources
+
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from vae_cli.checkpoint import load_checkpoint
@@ -341,13 +343,21 @@ def resumed_config(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> Dict
     # overwrite=true is what the run's first command asked (start afresh there), not this one: kept, it
     # would start the resumed run afresh, deleting its checkpoint
     OmegaConf.update(stored, "overwrite", False, force_add=True)
+    try:  # the command that started the run (save_hydra_files)
+        first_command = [str(o) for o in OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")]
+    except Exception:  # absent or unreadable: no group override is taken for the run's own
+        first_command = []
     refused = []
     for override in OverridesParser.create().parse_overrides(overrides):
         key = override.key_or_group.split("@")[0].lstrip("+~")
         if key in ("resume", "hydra") or key.startswith("hydra."):
             continue
         new = OmegaConf.select(cfg, key, default=None)
-        if key.split(".")[0] in RESUMABLE:
+        if key not in cfg and (resources.files("vae_cli.configs") / key).is_dir():
+            # experiment=, debug=: a group of settings with no node of its own, accepted only as the run had it
+            if override.input_line not in first_command:
+                refused.append(override.input_line)
+        elif key.split(".")[0] in RESUMABLE:
             OmegaConf.update(stored, key, new, force_add=True)
         elif OmegaConf.select(stored, key, default=None) != new:
             refused.append(override.input_line)
