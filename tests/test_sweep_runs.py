@@ -451,3 +451,38 @@ def test_a_command_after_a_stopped_sweep_in_the_same_process_starts_afresh(tmp_p
     assert result.returncode == 0 and result.stdout.strip().endswith("returned"), result.stderr[-3000:]
     assert status(tmp_path / "run")["state"] == "finished"
     assert "sweep" not in result.stderr
+
+
+CTRL_C_IN_THE_LAST_WRITES = """
+import os, signal, sys
+import vae_cli.evaluation.pictures as pictures
+real, sent = pictures.save_png, []
+
+def save_png(images, path):  # called only as a run writes its last files, where a stop is held back
+    if not sent:
+        sent.append(os.kill(os.getpid(), signal.SIGINT))
+    return real(images, path)
+
+pictures.save_png = save_png
+from vae_cli import cli
+sys.argv = ["vae-train", *sys.argv[1:]]
+cli.console()
+"""
+
+
+@pytest.mark.parametrize("arguments", [("hydra.run.dir=run",), ("-m", "seed=0,1", "hydra.sweep.dir=sweep")],
+                         ids=["run", "sweep"])
+def test_a_ctrl_c_while_a_run_writes_its_last_files_is_acted_on_once_they_are_written(arguments, tmp_path):
+    """The stop was held back so that the finished run's files are whole, and then dropped: the sweep went
+    on to its next job and exited 0, as did a single run after the user pressed Ctrl-C."""
+    result = subprocess.run([sys.executable, "-c", CTRL_C_IN_THE_LAST_WRITES, *arguments, *SMOKE], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == -signal.SIGINT, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    if "-m" in arguments:
+        assert last.startswith("stopped by SIGINT between two jobs; the sweep: the same command again"), last
+        assert status(tmp_path / "sweep/0")["state"] == "finished" and not (tmp_path / "sweep/1").exists()
+    else:
+        assert last == "stopped by SIGINT as the run ended; it is finished (metrics.json), nothing lost"
+        assert status(tmp_path / "run")["state"] == "finished" and (tmp_path / "run/metrics.json").is_file()

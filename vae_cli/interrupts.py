@@ -139,11 +139,25 @@ SWEEPER_CHECKS_STOP = False
 WORKER_STOP: list[int] = []
 
 
+# Set when a run's last files were written after a stop signal came (stop_after_the_run).
+RUN_ENDED = False
+
+
+def stop_after_the_run(signum: int) -> None:
+    """A stop that came while a run wrote its last files (they are written whatever arrives then), acted on
+    now that the run is finished: the signal goes again to this process, whose handler outside the run
+    ends it (before_the_run: a sweep stops before its next job; a single run says it is finished), or
+    records it (a parallel sweep's worker), or raises KeyboardInterrupt (train() called from Python)."""
+    global RUN_ENDED
+    RUN_ENDED = True
+    os.kill(os.getpid(), signum)
+
+
 def new_command(multirun: bool) -> None:
     """This module's state for a new vae-train command (cli.main), not what an earlier one in the same process
     left: a stop handed on (FORWARDED) would end the next command at once."""
-    global MULTIRUN, SWEEP_RERUN, SWEEPER_CHECKS_STOP
-    MULTIRUN, SWEEP_RERUN, SWEEPER_CHECKS_STOP = multirun, None, False
+    global MULTIRUN, SWEEP_RERUN, SWEEPER_CHECKS_STOP, RUN_ENDED
+    MULTIRUN, SWEEP_RERUN, SWEEPER_CHECKS_STOP, RUN_ENDED = multirun, None, False, False
     FORWARDED.clear()
     WORKER_STOP.clear()
 
@@ -207,6 +221,8 @@ def before_the_run(signum, frame) -> None:
         return
     elif SWEEP_RERUN is not None:
         line = f"\nstopped by {name} between two jobs; {SWEEP_RERUN}"
+    elif RUN_ENDED:
+        line = f"\nstopped by {name} as the run ended; it is finished (metrics.json), nothing lost"
     else:
         line = f"\nstopped by {name} before training started; nothing of the run was written"
     print(line, file=sys.__stderr__, flush=True)

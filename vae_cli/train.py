@@ -16,7 +16,7 @@ from vae_cli.errors import ConfigError, check_bool, check_choice, check_integer,
 from vae_cli.estimators.terms import TERM_NAMES
 from vae_cli.estimators.train_step import make_train_step
 from vae_cli.eval_data import check_eval_settings, with_error
-from vae_cli.interrupts import StopSignals
+from vae_cli.interrupts import StopSignals, stop_after_the_run
 from vae_cli.loop import Diverged, Loop, Stopped
 from vae_cli.run_end import finish
 from vae_cli.run_state import CHECKPOINT, METRICS, Status, plan_run, remove_run_files, run_files, run_lock
@@ -91,7 +91,10 @@ def train(cfg: DictConfig, run_dir: str | Path, on_start=None) -> dict:
     """
     # Ctrl-C while loading is one line too; in the loop, a step boundary. One vae-train per folder.
     with StopSignals() as signals, run_lock(Path(run_dir)):
-        return checked_run(cfg, Path(run_dir), on_start, signals)
+        metrics = checked_run(cfg, Path(run_dir), on_start, signals)
+    if signals.pending:  # a stop while the finished run wrote its last files: acted on now
+        stop_after_the_run(signals.signum)
+    return metrics
 
 
 def checked_run(cfg: DictConfig, run_dir: Path, on_start, signals: StopSignals) -> dict:
