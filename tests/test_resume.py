@@ -248,6 +248,23 @@ def test_a_full_disk_fails_the_run_in_one_line_and_the_same_command_resumes_it(t
     assert_same_run(reference, run_dir)
 
 
+def test_a_damaged_metrics_json_is_computed_again_and_stale_temporary_files_go(tmp_path, caplog):
+    """A finished run's metrics.json cut short: the next command ended in a JSONDecodeError traceback; it
+    now resumes the finished run, whose figures are computed again, the same. A temporary file of a write
+    killed part way (SIGKILL skips its clean-up) was left for good; the next command removes it."""
+    run_dir = tmp_path / "run"
+    metrics = train(smoke("~eval"), run_dir)
+    written = (run_dir / "metrics.json").read_bytes()
+    (run_dir / "metrics.json").write_bytes(written[:20])
+    stale = run_dir / ".checkpoint.pt.k1ll3d.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    with caplog.at_level("WARNING"):
+        again = train(smoke("~eval"), run_dir)
+    assert "metrics.json is unreadable" in caplog.text
+    assert again == metrics and (run_dir / "metrics.json").read_bytes() == written
+    assert not stale.exists()
+
+
 def test_non_finite_values_stop_the_run_and_keep_the_last_good_checkpoint(tmp_path, monkeypatch):
     real = loop_module.Loop.next_batch
 

@@ -3,6 +3,7 @@ whether a new command may resume it."""
 import contextlib
 import datetime
 import json
+import logging
 import os
 import shutil
 import socket
@@ -13,6 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from vae_cli.checkpoint import load_checkpoint, write_json
 from vae_cli.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 try:
     import fcntl
@@ -25,6 +28,8 @@ RUN_FILES = (CHECKPOINT, BEST, METRICS, STATUS, "eval.json", "config.yaml", "rec
              "samples.png", "projector_config.pbtxt")
 RUN_GLOBS = ("events.out.tfevents.*", "[0-9][0-9][0-9][0-9][0-9]",  # TensorBoard events, projector folders
              "eval-[0-9]*.json")  # vae-eval's reports of earlier settings
+# Temporary files of train()'s atomic writes (checkpoint.atomic_write), left by a process killed during one.
+TEMPORARY_GLOBS = tuple(f".{name}.*.tmp" for name in (CHECKPOINT, BEST, METRICS, STATUS))
 
 # Keys a resumed run may change: how long it runs and how it reports, never what it computes.
 RESUMABLE = ("epochs", "max_steps", "device", "log_every", "eval_batch_size", "checkpoint", "early_stopping",
@@ -102,6 +107,14 @@ def run_files(run_dir: Path) -> list[Path]:
     for pattern in RUN_GLOBS:
         found += sorted(run_dir.glob(pattern))
     return found
+
+
+def remove_temporary_files(run_dir: Path) -> None:
+    """The temporary files a vae-train killed during a write left in run_dir (SIGKILL skips their clean-up);
+    called with the folder's lock held, so no vae-train is writing them now."""
+    for pattern in TEMPORARY_GLOBS:
+        for path in run_dir.glob(pattern):
+            path.unlink(missing_ok=True)
 
 
 def remove_run_files(run_dir: Path) -> None:
@@ -183,8 +196,13 @@ def plan_run(run_dir: Path, cfg: DictConfig) -> Plan:
     # a failed run with a checkpoint (a full disk, a divergence) resumes from it: its steps are not thrown away
     metrics_path = run_dir / METRICS
     if metrics_path.is_file():
-        metrics = json.loads(metrics_path.read_text())
-        if state.get("training_done") and not wants_more_steps(state, cfg):
+        try:
+            metrics = json.loads(metrics_path.read_text())
+        except (OSError, ValueError):
+            metrics = None
+        if not isinstance(metrics, dict):  # damaged: the run resumes, which computes its figures again
+            log.warning("%s is unreadable; the run's figures are computed again from its checkpoint", metrics_path)
+        elif state.get("training_done") and not wants_more_steps(state, cfg):
             return Plan("finished", metrics=metrics)
     return Plan("resume", state=state)
 

@@ -19,7 +19,8 @@ from vae_cli.eval_data import check_eval_settings, with_error
 from vae_cli.interrupts import StopSignals, stop_after_the_run
 from vae_cli.loop import Diverged, Loop, Stopped
 from vae_cli.run_end import finish
-from vae_cli.run_state import CHECKPOINT, METRICS, Status, plan_run, remove_run_files, run_files, run_lock
+from vae_cli.run_state import (CHECKPOINT, METRICS, Status, plan_run, remove_run_files, remove_temporary_files,
+                               run_files, run_lock)
 from vae_cli.schedules import build_scheduler
 from vae_cli.training_state import restore
 
@@ -99,6 +100,7 @@ def train(cfg: DictConfig, run_dir: str | Path, on_start=None) -> dict:
 
 def checked_run(cfg: DictConfig, run_dir: Path, on_start, signals: StopSignals) -> dict:
     check_settings(cfg)
+    remove_temporary_files(run_dir)  # the lock is held: no other vae-train writes them
     plan = plan_run(run_dir, cfg)
     if plan.action == "finished":
         log.info("%s is finished (metrics.json); not trained again: %s", run_dir, summary_line(plan.metrics))
