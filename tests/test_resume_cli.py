@@ -93,6 +93,31 @@ def test_resume_of_a_run_started_with_overwrite_keeps_it(tmp_path):
     assert {name: (run_dir / name).read_bytes() for name in kept} == kept
 
 
+@pytest.mark.parametrize("nohup", [False, True], ids=["terminal", "nohup"])
+def test_a_closed_terminal_sighup_checkpoints_the_run_unless_started_with_nohup(nohup, tmp_path):
+    """SIGHUP (a dropped ssh session) killed the run with no checkpoint and status.json left `running`.
+    Under nohup, which ignores SIGHUP, the run must go on as nohup promises."""
+    run_dir = tmp_path / "run"
+    disposition = signal.SIG_IGN if nohup else signal.SIG_DFL
+    process = subprocess.Popen([vae_train_exe(), *ARGS[:-1], OFTEN, "epochs=100000", f"hydra.run.dir={run_dir}"],
+                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGHUP, disposition))
+    try:
+        wait_until_mid_epoch(process, run_dir)
+        process.send_signal(signal.SIGHUP)
+        if nohup:
+            time.sleep(1)
+            assert process.poll() is None  # still training
+            process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    name, status = ("SIGTERM", 143) if nohup else ("SIGHUP", 129)
+    assert process.returncode == status, stderr
+    assert f"stopped by {name} at step" in stderr and "checkpoint written" in stderr and "Traceback" not in stderr
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "interrupted"
+
+
 SECOND_CTRL_C = """
 import os, signal, time
 from vae_cli.interrupts import StopSignals

@@ -6,10 +6,12 @@ import sys
 import time
 from pathlib import Path
 
-# What shells and schedulers send. SIGUSR1/SIGUSR2: what Slurm (--signal) and submitit send before a time
+# What shells and schedulers send. SIGHUP: the terminal closed (an ssh session dropped), unless the process
+# was started to ignore it (nohup). SIGUSR1/SIGUSR2: what Slurm (--signal) and submitit send before a time
 # limit or a preemption. The exit status is 128 + the signal's number, as a shell reports a killed job.
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2")
-                     if hasattr(signal, name))
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2")
+                     if hasattr(signal, name)
+                     and not (name == "SIGHUP" and signal.getsignal(signal.SIGHUP) == signal.SIG_IGN))
 
 
 class Interrupted(Exception):
