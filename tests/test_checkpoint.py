@@ -91,3 +91,16 @@ def test_best_pt_at_the_end_of_a_run_unreadable_is_one_line_and_missing_is_the_l
         load_best_weights(tmp_path / "best.pt", model, best, 6)
     (tmp_path / "best.pt").unlink()
     assert load_best_weights(tmp_path / "best.pt", model, best, 6) == "last (best.pt missing)"
+
+
+def test_a_state_dict_mismatch_is_named_by_its_first_detail():
+    """load_state_dict's first line is only 'Error(s) in loading state_dict for Linear:': the one-line errors
+    quoted it, naming nothing."""
+    from vae_cli.errors import reason
+
+    with pytest.raises(RuntimeError) as raised:
+        torch.nn.Linear(2, 3).load_state_dict(torch.nn.Linear(2, 4).state_dict())
+    assert reason(raised.value).startswith("size mismatch for weight: copying a param with shape torch.Size([4, 2])")
+    assert reason(RuntimeError("PytorchStreamReader failed reading zip archive: failed finding central directory. "
+                               "If you are seeing this error...")) == ("PytorchStreamReader failed reading zip "
+                                                                        "archive: failed finding central directory")

@@ -74,6 +74,24 @@ def test_vae_eval_without_best_pt_evaluates_and_names_the_last_model(smoke_run, 
     assert report["model_used"].startswith("last (epoch 2") and report["figures"] == last["figures"]
 
 
+def test_vae_eval_of_a_checkpoint_file_evaluates_the_model_it_holds(smoke_run, tmp_path, capsys):
+    """RUN/checkpoint.pt evaluated best.pt (the folder's default), though the error text itself offers a
+    checkpoint.pt's path; another file of the folder was taken for the folder."""
+    run_dir = shutil.copytree(smoke_run[0], tmp_path / "run")
+    main([str(run_dir / "checkpoint.pt"), "eval=light"])
+    assert json.loads((run_dir / "eval.json").read_text())["model_used"].startswith("last (epoch 2")
+    (run_dir / "best.pt").write_bytes((run_dir / "best.pt").read_bytes()[:1000])  # truncated
+    for argv, message in (([str(run_dir / "config.yaml")], "config.yaml is a file, not a run folder"),
+                          ([str(run_dir / "best.pt"), "checkpoint=last"], "best model, and checkpoint=last asks"),
+                          ([str(run_dir)], "or evaluate the run's last model instead: checkpoint=last")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+        assert len(lines) == 1 and message in lines[0], (argv, lines)
+        assert len(lines[0]) < 400  # torch's 500 characters of advice about zip archives left out
+
+
 def test_vae_eval_keeps_an_earlier_report_of_other_settings(smoke_run, tmp_path):
     """eval.json of other settings is renamed, not overwritten; the same settings again replace it."""
     run_dir = shutil.copytree(smoke_run[0], tmp_path / "run")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from vae_cli.errors import ConfigError, WriteError
+from vae_cli.errors import ConfigError, WriteError, reason
 
 REQUIRED_KEYS = ("model", "config", "step")
 
@@ -50,11 +50,10 @@ def atomic_write(path: Path, write) -> None:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
         if isinstance(err, (OSError, RuntimeError)):
-            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
             kept = "the earlier one is kept" if path.exists() else "none was there before"
             full = not isinstance(err, OSError) or err.errno in (errno.ENOSPC, errno.EDQUOT)  # torch: RuntimeError
             mend = "Is the disk full? Free some space" if full else "Mend that"
-            raise WriteError(f"could not write {path} ({reason}); {kept}. {mend} and run the same command "
+            raise WriteError(f"could not write {path} ({reason(err)}); {kept}. {mend} and run the same command "
                              "again (a run resumes from its last checkpoint)") from err
         raise
     _fsync_folder(path.parent)
@@ -87,8 +86,7 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
         raise ConfigError(f"checkpoint {path} is not a torch checkpoint (corrupt or foreign); rerun the "
                           "training or point at another run") from err
     except Exception as err:  # noqa: BLE001 - torch's unpickler raises KeyError, IndexError, ... on junk
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"checkpoint {path} could not be read ({first}); it is truncated, corrupt or "
+        raise ConfigError(f"checkpoint {path} could not be read ({reason(err)}); it is truncated, corrupt or "
                           "not written by vae-train: rerun the training or point at another run") from err
     missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
     if missing:

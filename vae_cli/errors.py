@@ -18,6 +18,18 @@ class WriteError(ConfigError):
     of that file is kept whole (checkpoint.atomic_write), so the run resumes from its last checkpoint."""
 
 
+def reason(err: BaseException, limit: int = 200) -> str:
+    """What an exception from a library says, for a one-line error: the first sentence of its first line
+    (torch's archive errors go on for 500 characters of advice), or for load_state_dict, whose first line is
+    only a heading, its first detail ("size mismatch for encoder.0.weight: ..."); cut at limit characters."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    text = lines[1] if lines[0].startswith("Error(s) in loading state_dict") and len(lines) > 1 \
+        else lines[0].split(". ")[0]
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def check_choice(key: str, value, accepted) -> None:
     """Raise ConfigError unless ``value`` is one of ``accepted`` (the message names all three)."""
     if value not in accepted:

@@ -68,6 +68,22 @@ def console() -> None:
         main()
 
 
+def named_checkpoint(run_dir: str, overrides: list[str]) -> tuple[str, list[str]]:
+    """vae-eval RUN/checkpoint.pt (or best.pt): that run folder, with checkpoint=last (or best), the model the
+    file holds; another file is refused."""
+    path = Path(run_dir)
+    if not path.is_file():
+        return run_dir, overrides
+    chosen = {"checkpoint.pt": "last", "best.pt": "best"}.get(path.name)
+    if chosen is None:
+        raise ConfigError(f"{run_dir} is a file, not a run folder; usage: vae-eval RUN_FOLDER [key=value ...]")
+    given = [arg.split("=", 1)[1] for arg in overrides if arg.startswith("checkpoint=")]
+    if given and given[-1] != chosen:
+        raise ConfigError(f"{run_dir} is the run's {chosen} model, and checkpoint={given[-1]} asks for the other; "
+                          f"give one of them")
+    return str(path.parent), [*overrides, f"checkpoint={chosen}"] if not given else overrides
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     if "--version" in argv:
@@ -83,6 +99,7 @@ def main(argv: list[str] | None = None) -> None:
             if "=" in run_dir and not Path(run_dir).exists():
                 raise ConfigError(f"the first argument must be the run folder, not {run_dir!r}; "
                                   "usage: vae-eval RUN_FOLDER [key=value ...]")
+            run_dir, overrides = named_checkpoint(run_dir, overrides)
             flags = [arg for arg in overrides if arg.startswith("-")]
             if flags:
                 raise ConfigError(f"{flags[0]}: vae-eval takes key=value settings after the run folder, no "

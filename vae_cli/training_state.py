@@ -8,7 +8,7 @@ import torch
 from omegaconf import OmegaConf
 
 from vae_cli.checkpoint import load_checkpoint
-from vae_cli.errors import ConfigError
+from vae_cli.errors import ConfigError, reason
 
 log = logging.getLogger(__name__)
 FORMAT = 2  # checkpoint layout version: 2 resumes at any step (1: weights, optimizer, scheduler only)
@@ -53,8 +53,7 @@ def restore(state: dict, model, estimator, optimizer, scheduler) -> None:
         estimator.load_state_dict(state["estimator"])
         optimizer.load_state_dict(state["optimizer"])
     except (RuntimeError, ValueError, KeyError) as err:
-        first = str(err).strip().splitlines()[0]
-        raise ConfigError(f"the checkpoint does not fit the model built from the config ({first}); the run "
+        raise ConfigError(f"the checkpoint does not fit the model built from the config ({reason(err)}); the run "
                           "folder holds another model: choose another folder or pass overwrite=true") from err
     scheduler.load_state_dict(state["scheduler"])
 

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from vae_cli.build import build_data, build_model
 from vae_cli.checkpoint import load_checkpoint, write_json
 from vae_cli.device import resolve_device, use_threads
-from vae_cli.errors import ConfigError, check_choice
+from vae_cli.errors import ConfigError, check_choice, reason
 from vae_cli.eval_data import (EVAL_DRAWS, PICTURE_TAGS, check_eval_settings, mean_stderr, picture_grids,
                                prepare_eval_sets, seeded)
 from vae_cli.evaluation.active_units import ACTIVE_THRESHOLD, activity, latent_means
@@ -142,7 +142,10 @@ def load_run(run_dir: Path, device: torch.device, which: str = "best"):
     state = load_checkpoint(run_dir, map_location=device)
     weights = state
     if which == "best" and (run_dir / "best.pt").is_file():
-        weights = load_checkpoint(run_dir / "best.pt", map_location=device)
+        try:
+            weights = load_checkpoint(run_dir / "best.pt", map_location=device)
+        except ConfigError as err:
+            raise ConfigError(f"{err}; or evaluate the run's last model instead: checkpoint=last") from err
     elif which == "best":
         log.warning("%s has no best.pt (a run stopped before its first validation?): evaluating its last "
                     "model, checkpoint.pt", run_dir)
@@ -155,9 +158,9 @@ def load_run(run_dir: Path, device: torch.device, which: str = "best"):
     try:
         model.load_state_dict(weights["model"])
     except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise ConfigError(f"checkpoint in {run_dir}: its weights do not fit the model rebuilt from its "
-                          f"config ({first}); it was written by another version of vae-cli") from err
+        raise ConfigError(f"checkpoint in {run_dir}: its weights do not fit the model rebuilt from its config "
+                          f"({reason(err)}); the weights and the config stored with them disagree (another "
+                          "vae-cli version, or files copied from another run): point at another run") from err
     return cfg, data, model.eval(), state, weights
 
 
