@@ -58,7 +58,9 @@ FRESH_CASES = [
     (("data.root=~/data",), ["data.root=~/data:", "write data.root=$HOME/data"]),  # no shell expanded ~
     (("epochs=abc",), ["epochs='abc'", "integer"]),  # wrong type
     (("optimizer.lr=0",), ["optimizer.lr=0", "> 0"]),
-    (("optimizer.lr=abc",), ["optimizer.lr='abc' must be a number"]),  # not torch's "'<=' not supported"
+    (("optimizer.lr=abc",), ["optimizer.lr='abc' must be a finite number"]),  # not torch's "'<=' not supported"
+    (("optimizer.lr=[1]",), ["optimizer.lr=[1] must be a finite number"]),  # it was torch's "'<=' not supported"
+    (("beta=inf",), ["beta=inf must be a finite number >= 0"]),  # accepted: the run diverged, blaming the lr
     (("optimizer.lr=-1",), ["optimizer.lr=-1", "> 0"]),
     (("model.latent_dim=0",), ["model.latent_dim=0", ">= 1"]),
     (("batch_size=0",), ["batch_size=0", ">= 1"]),

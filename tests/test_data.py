@@ -370,6 +370,10 @@ def test_a_failed_download_is_tried_once_per_cache_unless_asked(nowhere, monkeyp
     with pytest.raises(ConfigError, match="data.retry_download=true"):
         load_fashion_mnist()
     assert len(calls) == 3
+    (sources.cache_dir("fashion_mnist") / sources.FAILED_DOWNLOAD).write_text('{"ti')  # a damaged record
+    with pytest.raises(ConfigError, match=r"not tried again: it failed before \(recorded in .*\); data.retry"):
+        load_fashion_mnist()  # it said "it failed at None (None; ...)"
+    assert len(calls) == 3
 
 
 def test_loading_data_imports_neither_scikit_learn_nor_pooch_nor_mlxtend():

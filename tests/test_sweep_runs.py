@@ -121,7 +121,7 @@ def test_fail_fast_stops_at_the_first_failure_with_the_summary_so_far(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
     sweep = tmp_path / "sweep"
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert errors == [f"error: job 1 ({sweep / '1'}): beta=-1 must be a number >= 0 (the KL weight)"], errors
+    assert errors == [f"error: job 1 ({sweep / '1'}): beta=-1 must be a finite number >= 0 (the KL weight)"], errors
     assert result.stderr.strip().splitlines()[-1].startswith("the sweep stopped at this failure (fail_fast=true)")
     assert not (sweep / "2").exists()
     rows = summary_rows(sweep)
@@ -285,7 +285,7 @@ def test_a_failed_optuna_trial_is_recorded_failed_and_the_study_goes_on(tmp_path
     states = {t.params["beta"]: t.state for t in study.trials}
     assert states == {-1: optuna.trial.TrialState.FAIL, 1: optuna.trial.TrialState.COMPLETE}, states
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("error: ") and "jobs failed" in line]
-    assert "beta=-1 must be a number >= 0" in line
+    assert "beta=-1 must be a finite number >= 0" in line
     assert "Failed experiment" not in result.stderr + result.stdout  # the plugin's: "must be float-castable"
 
 
@@ -299,7 +299,7 @@ def test_an_optuna_command_whose_every_trial_failed_ends_in_one_line(tmp_path):
                        "beta=-1", cwd=tmp_path)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
     (line,) = [line for line in result.stderr.splitlines() if "jobs failed" in line]
-    assert line.startswith("error: 2 of 2 jobs failed: job ") and line.count("beta=-1 must be a number >= 0") == 2
+    assert line.startswith("error: 2 of 2 jobs failed: job ") and line.count("beta=-1 must be a finite number >= 0") == 2
     study_dir = tmp_path / "outputs" / "optuna_mlp"
     study = optuna.load_study(study_name="optuna_mlp", storage=f"sqlite:///{study_dir}/optuna.db")
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 2

@@ -78,6 +78,16 @@ def test_gaussian_likelihood_logs_sigma(smoke_cfg, tmp_path):
     assert sigma[0].value != sigma[-1].value  # learned: it moves
 
 
+def test_without_a_validation_split_the_last_model_is_named_as_such(smoke_cfg, tmp_path, caplog):
+    """data.val_fraction=0: each epoch logged `val elbo nan`, and the model was called `best (= last ...)`
+    though nothing chose it."""
+    with caplog.at_level("INFO"):
+        metrics = train(smoke_cfg("data.val_fraction=0", "~eval"), tmp_path)
+    assert metrics["model_used"] == "last (no validation split: epoch 2, step 32)"
+    epochs = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert len(epochs) == 2 and all("no validation split (data.val_fraction=0)" in line for line in epochs), epochs
+
+
 def test_same_seed_same_metrics_and_another_seed_differs(smoke_cfg, tmp_path):
     first = train(smoke_cfg("seed=3"), tmp_path / "a")
     second = train(smoke_cfg("seed=3"), tmp_path / "b")

@@ -1,5 +1,6 @@
 """Build the run's objects from a composed config: data, model, estimator, optimizer."""
 import inspect
+import math
 
 import torch
 from hydra.errors import InstantiationException
@@ -58,8 +59,9 @@ def build_optimizer(cfg: DictConfig, params, device: torch.device):
     chosen = OmegaConf.to_container(node)
     for key, value in chosen.items():  # torch compares before it checks types: '<=' not supported ...
         default = signature.parameters[key].default if key in signature.parameters else None
-        if isinstance(default, (int, float)) and not isinstance(default, bool) and isinstance(value, str):
-            raise ConfigError(f"optimizer.{key}={value!r} must be a number, e.g. optimizer.{key}={default}")
+        if isinstance(default, (int, float)) and not isinstance(default, bool) and not (
+                isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)):
+            raise ConfigError(f"optimizer.{key}={value!r} must be a finite number, e.g. optimizer.{key}={default}")
     lr = chosen.get("lr")
     if isinstance(lr, (int, float)) and not isinstance(lr, bool) and not lr > 0:  # torch accepts lr = 0
         raise ConfigError(f"optimizer.lr={lr!r} must be > 0, e.g. optimizer.lr=1e-3")

@@ -1,4 +1,5 @@
 """User-facing errors: one clear line, a non-zero exit, nothing already written lost."""
+import math
 
 
 class ConfigError(ValueError):
@@ -45,11 +46,11 @@ def check_integer(key: str, value, minimum: int, hint: str = "") -> int:
 
 
 def check_number(key: str, value, minimum: float | None = None, hint: str = "") -> float:
-    """Return ``value`` as a float if it is a real number (>= ``minimum`` when given); else ConfigError."""
+    """Return ``value`` as a float if it is a finite real number (>= ``minimum`` when given); else ConfigError."""
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not is_number or value != value or (minimum is not None and value < minimum):  # value != value: NaN
+    if not is_number or not math.isfinite(value) or (minimum is not None and value < minimum):
         bound = f" >= {minimum}" if minimum is not None else ""
-        raise ConfigError(f"{key}={value!r} must be a number{bound}" + (f" ({hint})" if hint else ""))
+        raise ConfigError(f"{key}={value!r} must be a finite number{bound}" + (f" ({hint})" if hint else ""))
     return float(value)
 
 

@@ -221,8 +221,9 @@ class Loop:
         self.training_done = self.step >= self.total_steps or self.stopped_early
         self.write_pictures(self.step)
         self.save()
-        log.info("epoch %d step %d: val elbo %.3f, %.0f images/s", self.epoch, self.step,
-                 val.get("elbo", float("nan")), self.images_per_sec or float("nan"))
+        checked = f"val elbo {val['elbo']:.3f}" if val else "no validation split (data.val_fraction=0)"
+        log.info("epoch %d step %d: %s, %.0f images/s", self.epoch, self.step, checked,
+                 self.images_per_sec or float("nan"))
 
     def validate(self) -> dict:
         cfg = self.cfg

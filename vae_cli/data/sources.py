@@ -98,8 +98,9 @@ def _find_idx_folder(name: str, root, download: bool,
     marker = cache / FAILED_DOWNLOAD
     if marker.is_file() and not retry_download:  # once per cache lifetime: offline runs start at once
         failed = _read_marker(marker)
-        looked.append(f"download from {base_url} not tried again: it failed at {failed.get('time')} "
-                      f"({failed.get('error')}; recorded in {marker}); data.retry_download=true tries again")
+        when = (f"it failed at {failed['time']} ({failed.get('error')}; recorded in {marker})" if "time" in failed
+                else f"it failed before (recorded in {marker})")  # a damaged record says that much
+        looked.append(f"download from {base_url} not tried again: {when}; data.retry_download=true tries again")
         return None, "", looked
     try:
         _download(name, cache)
