@@ -100,6 +100,16 @@ def test_vae_sweep_names_the_best_job_and_exits_1_naming_the_failed_one(sweep):
     assert len(read_csv(sweep / "summary.csv")) == 5
 
 
+def test_vae_sweep_counts_the_jobs_its_command_has_not_started(sweep):
+    """A stopped 3 x 4 sweep with 5 job folders: `5 jobs`, as if it had no more (multirun.yaml, which Hydra
+    writes, holds the command)."""
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {
+        "sweeper": {"_target_": BASIC_SWEEPER, "params": None},
+        "overrides": {"task": ["beta=0.5,1,2", "optimizer.lr=0.001,0.01,0.0001,0.1", "epochs=2"]}}}))
+    result = vae_sweep(sweep, "--no-plot")
+    assert "(12 jobs: 3 finished, 1 running, 1 failed, 7 not started)" in result.stdout, result.stdout
+
+
 def test_vae_sweep_on_a_running_sweep_exits_0(sweep):
     shutil.rmtree(sweep / "2")
     result = vae_sweep(sweep, "--no-plot")

@@ -380,8 +380,17 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {args.sweep_dir} holds no job folders (none has .hydra/overrides.yaml); give the "
               "sweep folder that vae-train -m printed", file=sys.stderr)
         sys.exit(2)
-    print(summary.report())
+    print(summary.report(planned_in(args.sweep_dir)))
     failed = summary.failed()
     if failed:
         print(failure_line(failed, len(summary.jobs)), file=sys.stderr)
         sys.exit(1)
+
+
+def planned_in(sweep_dir: Path) -> int | None:
+    """planned_jobs of the command that last ran in sweep_dir (its multirun.yaml, written by Hydra)."""
+    try:
+        hydra_node = OmegaConf.load(sweep_dir / "multirun.yaml").hydra
+        return planned_jobs(hydra_node)
+    except Exception:  # noqa: BLE001 - absent, damaged or of another layout: the jobs found are the count
+        return None
