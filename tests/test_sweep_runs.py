@@ -219,6 +219,8 @@ def test_killed_sweep_rerun_skips_finished_resumes_interrupted_runs_the_rest(tmp
     assert returncode == 143, read_tail(tmp_path / "first.log")
     rerun = f"the same command again with hydra.sweep.dir={sweep.resolve()} skips its finished jobs, resumes"
     assert rerun in read_tail(tmp_path / "first.log")
+    # the summary so far, as a stopped parallel sweep prints it (the basic launcher's printed none)
+    assert "(3 jobs: 1 finished, 1 interrupted, 1 not started)" in read_tail(tmp_path / "first.log")
     stopped = status(sweep / "1")
     assert stopped["state"] == "interrupted" and stopped["step"] > 0, stopped
     assert not (sweep / "2").exists()

@@ -298,9 +298,15 @@ def stop_sweep_here(hydra_cfg, status: int, parallel_worker: bool) -> None:
 
 
 def print_sweep_rerun() -> None:
-    """After a sweep job's stop line: how to continue the sweep (set by hydra_main; None in a single run)."""
-    if interrupts.SWEEP_RERUN is not None:
-        print(interrupts.SWEEP_RERUN, file=sys.stderr, flush=True)
+    """After a sweep job's stop line: the summary so far (as a stopped parallel sweep prints it) where this
+    process launched the sweep, and how to continue it (SWEEP_RERUN, set by hydra_main; None in a single run)."""
+    if interrupts.SWEEP_RERUN is None:
+        return
+    sweep = sys.modules.get("vae_cli.sweep")  # imported by the sweep's callback in this process, if it runs here
+    if sweep is not None and sweep.FOUND and not sweep.FOUND["shown"]:
+        sweep.show_ended_sweep()
+        return
+    print(interrupts.SWEEP_RERUN, file=sys.stderr, flush=True)
 
 
 def to_log_file(line: str) -> None:
