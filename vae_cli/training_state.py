@@ -84,7 +84,7 @@ def restore_loop(loop, state: dict) -> None:
 
 def load_best_weights(path, model, best: dict, step: int) -> str:
     """Load best.pt's weights into model when the best epoch is not the current state; say which model."""
-    if not best.get("val") and best.get("step") is not None:  # data.val_fraction=0: nothing chose a best model
+    if best.get("val") == {} and best.get("step") is not None:  # data.val_fraction=0: nothing chose a best model
         return f"last (no validation split: epoch {best['epoch']}, step {step})"
     if best.get("step") is None or best["step"] == step:
         return "last" if best.get("step") is None else f"best (= last: epoch {best['epoch']}, step {step})"
