@@ -7,9 +7,13 @@ def encoder_gradient_estimates(model, estimator, x: torch.Tensor, num_estimates:
     """num_estimates independent estimates of d loss / d encoder parameters on the batch x: (M, P).
 
     Each estimate is the gradient of the surrogate, the quantity training backpropagates, so what is
-    measured is exactly the training estimator. Runs on a forked RNG: training is not perturbed.
+    measured is exactly the training estimator. Training is not perturbed: the draws come from a forked
+    RNG, and the model's buffers are put back afterwards (likelihood.scale=optimal folds every training-mode
+    call into its running fit of sigma; 16 estimates on one batch moved it to that batch's).
     """
     params = [p for p in model.encoder.parameters() if p.requires_grad]
+    buffers = [(b, b.clone()) for b in model.buffers()]
+    last_log_scale = getattr(model.likelihood, "last_log_scale", None)  # what train/sigma logs
     grads = []
     devices = [x.device] if x.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
@@ -18,6 +22,11 @@ def encoder_gradient_estimates(model, estimator, x: torch.Tensor, num_estimates:
             grad = torch.autograd.grad(terms.surrogate, params, allow_unused=True)
             grads.append(torch.cat([(g if g is not None else torch.zeros_like(p)).flatten()
                                     for g, p in zip(grad, params)]))
+    with torch.no_grad():
+        for buffer, saved in buffers:
+            buffer.copy_(saved)
+    if last_log_scale is not None:
+        model.likelihood.last_log_scale = last_log_scale
     return torch.stack(grads)  # (M, P)
 
 
