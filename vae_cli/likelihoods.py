@@ -77,7 +77,22 @@ def binarize_pixels(pixels: torch.Tensor, generator: torch.Generator | None = No
 
 class Likelihood(nn.Module):
     """What every likelihood shares: prepare_pixels for uint8 data (every image a run prepares), and
-    check_data, which refuses data the likelihood is not a density or mass function on."""
+    check_data, which refuses data the likelihood is not a density or mass function on.
+
+    A subclass defines (docs/extending.md, "A likelihood"): params_per_dim, the decoder's outputs per
+    pixel; prepare(x, generator), intensities to targets; log_prob(params, x), log p(x|z) summed over
+    pixels, (..., B); mean(params), the mean intensities (pictures)."""
+
+    params_per_dim: int
+
+    def prepare(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} defines no prepare(x, generator)")
+
+    def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} defines no log_prob(params, x)")
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} defines no mean(params)")
 
     def check_data(self, *images: torch.Tensor) -> None:
         """Raise ConfigError for uint8 images (N, D) this likelihood cannot model; any [0,1] data is fine."""
@@ -141,10 +156,11 @@ class Bernoulli(Likelihood):
 
 
 class ContinuousBernoulli(Bernoulli):
-    """Continuous Bernoulli for x in [0,1]: the Bernoulli form times its normaliser C(l).
+    """Continuous Bernoulli for x in [0,1]: the Bernoulli form times its normaliser C(lambda), lambda = s(l)
+    for the decoder's logit l.
 
-    C(l) = 2 artanh(1 - 2l) / (1 - 2l), C(1/2) = 2 (Loaiza-Ganem & Cunningham 2019); computed by
-    torch.distributions.ContinuousBernoulli, which handles l near 1/2 with a Taylor expansion.
+    C(lambda) = 2 artanh(1 - 2 lambda) / (1 - 2 lambda), C(1/2) = 2 (Loaiza-Ganem & Cunningham 2019);
+    computed by torch.distributions.ContinuousBernoulli, with a Taylor expansion near lambda = 1/2.
     """
 
     def __init__(self, dequantize: bool = True):

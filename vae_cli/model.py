@@ -53,7 +53,8 @@ class VAE(nn.Module):
         return self.latent.prior()
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Likelihood parameters (..., B, D, params_per_dim) for latent samples z (..., B, K)."""
+        """Likelihood parameters (..., B, D, params_per_dim) for latent samples z: (..., B, K) Gaussian,
+        (..., B, V, C) one-hot categorical (latent.decoder_input flattens them)."""
         out = self.decoder(self.latent.decoder_input(z))
         return out.unflatten(-1, (self.data_dim, self.likelihood.params_per_dim))
 
