@@ -244,6 +244,24 @@ def test_resume_refuses_a_group_of_settings_it_would_have_ignored(tmp_path):
     assert (tmp_path / "run/metrics.json").read_bytes() == kept
 
 
+def test_an_option_of_ones_own_that_fails_to_build_is_named_with_its_cause(tmp_path, monkeypatch):
+    """A --config-dir option whose class hits a NameError (docs/extending.md's outside module, missing an
+    import): the line said only "Error locating target ..., set env var HYDRA_FULL_ERROR=1", which showed
+    the same line again."""
+    (tmp_path / "my_ext").mkdir()
+    (tmp_path / "my_ext" / "__init__.py").write_text(
+        "from vae_cli.likelihoods import Likelihood\n\n\nclass Lap(Likelihood):\n    params_per_dim = 1\n\n"
+        "    def __init__(self):\n        super().__init__()\n        self.scale = torch.zeros(())\n")
+    (tmp_path / "my_configs" / "likelihood").mkdir(parents=True)
+    (tmp_path / "my_configs" / "likelihood" / "lap.yaml").write_text("_target_: my_ext.Lap\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    result = run_cli("--config-dir", "my_configs", "likelihood=lap", *SMOKE, "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    line = one_error_line(result)
+    assert "'likelihood' could not be built" in line and "(NameError: name 'torch' is not defined)" in line, line
+    assert "HYDRA_FULL_ERROR" not in line
+
+
 def test_the_run_lock_refuses_a_second_holder(tmp_path):
     with run_lock(tmp_path / "run"):
         with pytest.raises(FolderInUse, match="in use by another vae-train"):

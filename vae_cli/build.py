@@ -8,7 +8,7 @@ from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vae_cli.data import ImageData
-from vae_cli.errors import ConfigError
+from vae_cli.errors import ConfigError, reason
 
 
 def instantiate(node: DictConfig, **kwargs):
@@ -22,8 +22,12 @@ def instantiate(node: DictConfig, **kwargs):
         if cause is not None:
             raise cause from None
         where = node._get_full_key(None) if isinstance(node, DictConfig) else ""
-        first = str(err).strip().splitlines()
-        detail = " ".join(first[:2]) if first else type(err).__name__
+        root = err  # the error behind Hydra's wrappers (a NameError in the target's module, ...)
+        while root.__cause__ is not None:
+            root = root.__cause__
+        detail = reason(err).replace(", set env var HYDRA_FULL_ERROR=1 to see chained exception", "")
+        if root is not err:
+            detail += f" ({type(root).__name__}: {reason(root)})"
         raise ConfigError(f"config group '{where}' could not be built: {detail}") from err
 
 
