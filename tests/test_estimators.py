@@ -229,3 +229,14 @@ def test_gumbel_temperature_anneals_per_step_and_is_saved():
         estimator.after_step(None)
     assert temperatures[:3] == pytest.approx([2.0, 2.0 * math.exp(-0.1), 2.0 * math.exp(-0.2)])
     assert temperatures[-1] == pytest.approx(0.5) and estimator.state_dict()["step"].item() == 20
+
+
+def test_an_exact_gradient_has_no_signal_to_noise_ratio():
+    """estimator=exact: every estimate is the same, the variance 0, and grad_snr read 1e28 (a division by a
+    clamp); it is left out."""
+    from vae_cli.diagnostics import gradient_statistics
+
+    grads = torch.tensor([[1.0, 2.0], [1.0, 2.0], [1.0, 2.0]])
+    assert gradient_statistics(grads) == {"grad_variance": 0.0, "grad_mean_sq_norm": 5.0}
+    noisy = gradient_statistics(torch.tensor([[1.0, 2.0], [3.0, 2.0]]))
+    assert noisy["grad_variance"] == 2.0 and noisy["grad_snr"] == pytest.approx((8.0 - 1.0) / 2.0)

@@ -92,6 +92,20 @@ def test_vae_eval_of_a_checkpoint_file_evaluates_the_model_it_holds(smoke_run, t
         assert len(lines[0]) < 400  # torch's 500 characters of advice about zip archives left out
 
 
+def test_vae_eval_with_one_draw_writes_strict_json_and_names_its_k(smoke_run, tmp_path):
+    """K = 1 has no Monte Carlo spread to measure: eval.json held bare NaN, which strict JSON readers refuse;
+    the notes in TensorBoard said "K = eval.num_samples" without the number."""
+    run_dir = shutil.copytree(smoke_run[0], tmp_path / "run")
+    main([str(run_dir), "eval=light", "eval.num_samples=1"])
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    report = json.loads((run_dir / "eval.json").read_text(), parse_constant=refuse)
+    assert report["figures"]["test/L_K_stderr"] is None and report["figures"]["test/elbo_L1_stderr"] is None
+    assert "here K = 1 draws per test image" in report["notes"]
+
+
 def test_vae_eval_keeps_an_earlier_report_of_other_settings(smoke_run, tmp_path):
     """eval.json of other settings is renamed, not overwritten; the same settings again replace it."""
     run_dir = shutil.copytree(smoke_run[0], tmp_path / "run")

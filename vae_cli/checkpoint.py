@@ -1,6 +1,7 @@
 """Checkpoints that cannot corrupt: written to a temporary file, fsynced, renamed; loaded with weights_only."""
 import errno
 import json
+import math
 import os
 import pickle
 import tempfile
@@ -59,9 +60,22 @@ def atomic_write(path: Path, write) -> None:
     _fsync_folder(path.parent)
 
 
+def finite_or_null(value):
+    """value with every NaN or infinite float inside it as None: JSON has no NaN (json.dumps writes a bare
+    NaN that strict readers refuse), and a figure that could not be computed is null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(item) for item in value]
+    return value
+
+
 def write_json(path: Path, value) -> None:
-    """A JSON file written atomically (status.json, metrics.json)."""
-    atomic_write(path, lambda f: f.write((json.dumps(value, indent=2) + "\n").encode()))
+    """A JSON file written atomically (status.json, metrics.json, eval.json), NaN written as null."""
+    text = json.dumps(finite_or_null(value), indent=2, allow_nan=False) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def save_checkpoint(path: Path, state: dict) -> None:

@@ -35,14 +35,16 @@ def gradient_statistics(grads: torch.Tensor) -> dict[str, float]:
 
     Both are unbiased over the M estimates: the squared norm of the sample mean overestimates ||E g||^2
     by tr(Cov)/M, which is subtracted (so the figure can dip below 0 when the signal is buried in noise;
-    without the correction the SNR could never read below about 1/M).
+    without the correction the SNR could never read below about 1/M). No SNR when the variance is 0.
     """
     num_estimates = grads.shape[0]
     mean = grads.mean(0)
     variance = grads.var(0, unbiased=True).sum()  # trace of the M-sample covariance
     mean_sq = mean.pow(2).sum() - variance / num_estimates
-    return {"grad_variance": variance.item(), "grad_mean_sq_norm": mean_sq.item(),
-            "grad_snr": (mean_sq / variance.clamp_min(1e-30)).item()}
+    figures = {"grad_variance": variance.item(), "grad_mean_sq_norm": mean_sq.item()}
+    if variance > 0:  # an exact gradient (estimator=exact) has no noise: no ratio to report (it read 1e28)
+        figures["grad_snr"] = (mean_sq / variance).item()
+    return figures
 
 
 def gradient_diagnostics(model, estimator, x: torch.Tensor, num_estimates: int, beta: float = 1.0):

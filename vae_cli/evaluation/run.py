@@ -89,6 +89,7 @@ def likelihood_figures(model, test_x: torch.Tensor, settings: DictConfig, genera
     if not is_discrete(likelihood):
         figures["bits_per_dim"] = bits_per_dim(figures["L_K"], x.shape[1])
     notes += [f"{name}: {meaning}" for name, meaning in MEANINGS.items()]
+    notes.append(f"here K = {settings.num_samples} draws per test image")  # TensorBoard's tags do not say
     return figures, notes, throughput
 
 
