@@ -106,6 +106,23 @@ def test_vae_eval_with_one_draw_writes_strict_json_and_names_its_k(smoke_run, tm
     assert "here K = 1 draws per test image" in report["notes"]
 
 
+def test_vae_eval_reads_a_relative_data_root_from_where_training_started(tmp_path):
+    """A run trained with data.root=tiny (relative) and evaluated from another folder: the path was taken
+    from vae-eval's folder, and the run could not be evaluated there."""
+    from test_data import write_folder
+
+    write_folder(tmp_path / "here" / "tiny", gz=False)
+    trained = run_cli("data=mnist", "data.root=tiny", "data.download=false", "epochs=1", "batch_size=10",
+                      "model.hidden_sizes=[16]", "~eval", "hydra.run.dir=run", cwd=tmp_path / "here")
+    assert trained.returncode == 0, trained.stderr
+    (tmp_path / "elsewhere").mkdir()
+    result = run_cli(str(tmp_path / "here" / "run"), "eval=light", "eval.num_samples=2", "eval.probe_sizes=[1]",
+                     cwd=tmp_path / "elsewhere", exe=vae_eval_exe())
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "here" / "run" / "eval.json").read_text())
+    assert report["data_source"].startswith(str(tmp_path / "here" / "tiny")), report["data_source"]
+
+
 def test_vae_eval_keeps_an_earlier_report_of_other_settings(smoke_run, tmp_path):
     """eval.json of other settings is renamed, not overwritten; the same settings again replace it."""
     run_dir = shutil.copytree(smoke_run[0], tmp_path / "run")

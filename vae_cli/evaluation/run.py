@@ -136,6 +136,21 @@ def evaluate(model, data, test_x: torch.Tensor, settings: DictConfig, eval_seed:
                       embedding=embedding)
 
 
+def with_data_paths_of_its_launch(cfg: DictConfig, run_dir: Path) -> DictConfig:
+    """cfg with a relative data.root or data.path taken from the folder vae-train was started in (Hydra's
+    .hydra/hydra.yaml records it), as training read it, not from this process's folder: vae-eval of a run
+    trained with data.root=data, started elsewhere, said that data.root was not a folder."""
+    try:
+        launched = Path(str(OmegaConf.load(run_dir / ".hydra" / "hydra.yaml").hydra.runtime.cwd))
+    except Exception:  # noqa: BLE001 - absent or unreadable: relative paths stay this process's
+        return cfg
+    for key in ("data.root", "data.path"):
+        value = OmegaConf.select(cfg, key, default=None)
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            OmegaConf.update(cfg, key, str(launched / value))
+    return cfg
+
+
 def load_run(run_dir: Path, device: torch.device, which: str = "best"):
     """(config, data, model with the chosen checkpoint's weights, the last checkpoint's state) of a run
     folder; which: best (best.pt, the best validation ELBO; checkpoint.pt when absent) or last."""
@@ -150,7 +165,7 @@ def load_run(run_dir: Path, device: torch.device, which: str = "best"):
     elif which == "best":
         log.warning("%s has no best.pt (a run stopped before its first validation?): evaluating its last "
                     "model, checkpoint.pt", run_dir)
-    cfg = OmegaConf.create(state["config"])
+    cfg = with_data_paths_of_its_launch(OmegaConf.create(state["config"]), run_dir)
     data = build_data(cfg)
     recorded = cfg.get("data_source")
     if recorded and recorded != data.source:
