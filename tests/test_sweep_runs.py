@@ -488,3 +488,24 @@ def test_a_ctrl_c_while_a_run_writes_its_last_files_is_acted_on_once_they_are_wr
     else:
         assert last == "stopped by SIGINT as the run ended; it is finished (metrics.json), nothing lost"
         assert status(tmp_path / "run")["state"] == "finished" and (tmp_path / "run/metrics.json").is_file()
+
+
+def test_an_optuna_search_that_cannot_start_is_one_line_and_leaves_no_trial_running(tmp_path):
+    """A bad search space (interval(1,0)) ended as 'no trial of this command finished' with exit 0, its
+    error hidden; a bad option drawn for a trial left that trial RUNNING in the study for good, and its line
+    began with Optuna's coloured log record."""
+    import optuna
+
+    empty = vae_train("-m", "hparams_search=optuna_mlp", *SMOKE, "hydra.sweeper.n_trials=1", "beta=interval(1,0)",
+                      cwd=tmp_path)
+    assert empty.returncode == 2 and "Traceback" not in empty.stderr, empty.stderr[-3000:]
+    assert empty.stderr.strip().splitlines()[-1] == ("error: ValueError: The `low` value must be smaller than or "
+                                                      "equal to the `high` value (low=1.0, high=0.0).")
+    bad = vae_train("-m", "hparams_search=optuna_mlp", *SMOKE, "hydra.sweeper.n_trials=1",
+                    "likelihood=choice(wobbly)", "hydra.sweeper.study_name=bad", cwd=tmp_path)
+    assert bad.returncode == 2, bad.stderr[-3000:]
+    last = bad.stderr.strip().splitlines()[-1]
+    assert last == ("error: In 'train': Could not find 'likelihood/wobbly'; the options of likelihood are "
+                    "bernoulli, continuous_bernoulli, gaussian"), last
+    study = optuna.load_study(study_name="bad", storage=f"sqlite:///{tmp_path}/outputs/bad/optuna.db")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL]

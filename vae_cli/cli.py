@@ -3,6 +3,7 @@ import io
 import logging
 import math
 import os
+import re
 import signal
 import socket
 import sys
@@ -61,13 +62,20 @@ class HeldStderr(io.TextIOBase):
             sys.stderr = self.real
 
     def one_line(self, args: list[str]) -> str:
-        lines = [line.strip() for line in "".join(self.parts).splitlines()]
-        lines = [line for line in lines if line and "HYDRA_FULL_ERROR" not in line]
-        if any(line.startswith("Traceback") for line in lines):  # an OSError before the run: its last line
+        text = ANSI_CODES.sub("", "".join(self.parts))  # a sweeper's coloured log lines
+        lines = [line.strip() for line in text.splitlines()]
+        lines = [line for line in lines if line and "HYDRA_FULL_ERROR" not in line and not LOG_RECORD.match(line)]
+        if any(line.startswith("Traceback") for line in lines):  # an error before the run: its last line
             last = lines[-1]
-            hint = " (the run folder, hydra.run.dir, cannot be created or written there)" if "Error" in last else ""
-            return last + hint
+            folder = last.split(":")[0] in FOLDER_ERRORS  # Hydra could not make the run folder
+            return last + (" (the run folder, hydra.run.dir, cannot be created or written there)" if folder else "")
         return hydra_error_line("; ".join(lines), args=args)
+
+
+ANSI_CODES = re.compile(r"\x1b\[[0-9;]*m")
+LOG_RECORD = re.compile(r"\[[DIWE] \d{4}-\d\d-\d\d ")  # Optuna's "[I 2026-12-02 16:32:45,163] A new study ..."
+FOLDER_ERRORS = ("OSError", "PermissionError", "FileExistsError", "FileNotFoundError", "NotADirectoryError",
+                 "IsADirectoryError")
 
 
 def console() -> None:
@@ -287,11 +295,11 @@ def stop_sweep_here(hydra_cfg, status: int, parallel_worker: bool) -> None:
     """fail_fast=true: the sweep ends at this job's failure (its line printed), with the summary of the jobs
     so far (Hydra's end-of-multirun callback does not run after it), and that exit status. In a parallel
     sweep's worker the launching process shows them, once joblib has ended the other jobs (cli.main)."""
-    from vae_cli.sweep import FOUND, study_dir, summarize
+    from vae_cli.sweep import FOUND, summarize, summary_dir
 
     if parallel_worker:
         sys.exit(status)
-    print(summarize(study_dir(hydra_cfg) or Path(hydra_cfg.sweep.dir)).report(FOUND.get("planned")), flush=True)
+    print(summarize(summary_dir(hydra_cfg)).report(FOUND.get("planned")), flush=True)
     print(f"the sweep stopped at this failure (fail_fast=true); once it is mended, "
           f"{interrupts.rerun_command(hydra_cfg)}", file=sys.stderr, flush=True)
     sys.exit(status)

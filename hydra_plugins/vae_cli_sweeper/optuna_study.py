@@ -16,6 +16,7 @@ trial that returned no objective: vae-train's own lines name the failed or stopp
   that TPE and the summary will rank trials whose objectives are not comparable, and how to start a
   study of its own.
 """
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any, List
@@ -107,16 +108,21 @@ if OptunaSweeper is not None:
                             self.sweeper.study_name, " ".join(earlier), " ".join(fixed))
             try:
                 return super().sweep(arguments)
-            except ValueError:
-                if any_trial_finished(self.sweep_dir):
-                    raise
-                log.warning("warning: no trial of this command finished, so the study has no best trial yet")
-                return None
             except SweepStopped:  # Hydra's callbacks still write the summary; vae_cli.cli ends by the signal
                 self._fail_stopped_trials()
                 return None
             except (SystemExit, KeyboardInterrupt):  # a stop in a job or between two ends the command
                 self._fail_stopped_trials()
+                raise
+            except Exception as err:  # noqa: BLE001 - its trials are told FAIL, then it goes on as it was
+                with contextlib.suppress(Exception):  # the command's own error is the one to report
+                    self._fail_stopped_trials()  # (a bad option drawn for a trial left it RUNNING for good)
+                # only "no best trial" is the command's end, not an error (a bad search space, a study of
+                # the other direction are ValueErrors too: they are raised, one line each)
+                if (isinstance(err, ValueError) and "Record does not exist" in str(err)
+                        and not any_trial_finished(self.sweep_dir)):
+                    log.warning("warning: no trial of this command finished, so the study has no best trial yet")
+                    return None
                 raise
             finally:  # the settings of the study's first command that computed something
                 if earlier is None and any_trial_finished(self.sweep_dir):
@@ -133,7 +139,10 @@ if OptunaSweeper is not None:
 
             from vae_cli.sweep_jobs import find_jobs
 
-            study = optuna.load_study(study_name=self.sweeper.study_name, storage=self.sweeper.storage)
+            try:
+                study = optuna.load_study(study_name=self.sweeper.study_name, storage=self.sweeper.storage)
+            except KeyError:  # not created (the command failed before): no trial to tell
+                return
             finished = [set(job.overrides) for job in find_jobs(self.sweep_dir) if job.state == "finished"]
             for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 asked = {f"{name}={value}" for name, value in trial.params.items()}
