@@ -281,6 +281,15 @@ def test_non_finite_values_stop_the_run_and_keep_the_last_good_checkpoint(tmp_pa
     assert status["state"] == "failed" and "diverged" in status["error"]
 
 
+def test_a_divergence_with_clipping_on_advises_lower_clipping(tmp_path, monkeypatch):
+    """It advised 'set optimizer.clip_grad_norm, e.g. 10' to a run that had it set (a review)."""
+    real = loop_module.Loop.next_batch
+    monkeypatch.setattr(loop_module.Loop, "next_batch", lambda self: real(self) * math.nan)
+    with pytest.raises(loop_module.Diverged, match=r"lower optimizer.lr \(now 0.001\) or a lower "
+                                                   r"optimizer.clip_grad_norm \(now 5.0\)$"):
+        train(smoke("~eval", "optimizer.clip_grad_norm=5.0"), tmp_path)
+
+
 def test_gradient_clipping_is_applied_and_logged(tmp_path):
     metrics = train(smoke("~eval", "optimizer.clip_grad_norm=0.5", "train_step=autograd"), tmp_path)
     acc = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0})

@@ -221,6 +221,27 @@ def test_callback_with_an_optuna_sqlite_study_summarizes_its_folder(tmp_path, ca
     assert "best: job second/4 (beta=0.7)" in capsys.readouterr().out
 
 
+def test_a_study_whose_jobs_run_elsewhere_is_summarized_where_they_are(tmp_path, capsys):
+    """hydra.sweep.dir outside the study's folder: the summary covered the study's folder, which held none of
+    this command's jobs ('no job started'), and the jobs' own folder got no summary."""
+    study, elsewhere = tmp_path / "outputs" / "study", tmp_path / "mine"
+    config = multirun_config(elsewhere, storage=f"sqlite:///{study}/optuna.db")
+    callback = SweepSummary(plot=False)
+    callback.on_multirun_start(config=config)
+    assert study.is_dir()  # the database's folder still made for SQLite
+    make_job(elsewhere, "0", ["beta=0.7"], "finished", -139.0)
+    callback.on_multirun_end(config=config)
+    assert [r["job"] for r in read_csv(elsewhere / "summary.csv")] == ["0"]
+    assert "best: job 0 (beta=0.7)" in capsys.readouterr().out
+
+
+def test_vae_sweep_of_a_job_folder_names_its_sweep_and_writes_nothing(sweep):
+    result = vae_sweep(sweep / "1")
+    assert result.returncode == 2 and result.stderr.strip() == (
+        f"error: {sweep / '1'} is one job's folder; give the sweep folder that holds it: {sweep.resolve()}")
+    assert not list((sweep / "1").glob("summary.*"))  # they were written there before the refusal
+
+
 def hydra_config(*overrides):
     from hydra import compose, initialize_config_module
 

@@ -176,10 +176,16 @@ class Loop:
             last = self.run_dir / CHECKPOINT
             saved = (f"the last good checkpoint is {last} (step {self.saved_step})" if last.is_file()
                      else "no checkpoint was written before it")
-            lr = self.cfg.optimizer.lr
             raise Diverged(
                 f"training diverged at step {self.step} (in epoch {self.epoch + 1}): non-finite {', '.join(bad)}; "
-                f"{saved}; lower optimizer.lr (now {lr}) or set optimizer.clip_grad_norm, e.g. 10")
+                f"{saved}; {self.remedy()}")
+
+    def remedy(self) -> str:
+        """What to change after a divergence: the learning rate, and clipping (lower, if it is on already)."""
+        clip = self.cfg.optimizer.get("clip_grad_norm")
+        clipping = ("set optimizer.clip_grad_norm, e.g. 10" if clip is None
+                    else f"a lower optimizer.clip_grad_norm (now {clip})")
+        return f"lower optimizer.lr (now {self.cfg.optimizer.lr}) or {clipping}"
 
     def log_window(self) -> float:
         """train/* scalars: the terms' means over the steps since the last log; returns the mean ELBO."""
@@ -233,8 +239,7 @@ class Loop:
         self.model.train()
         if val and not all(math.isfinite(v) for v in val.values()):
             raise Diverged(
-                f"validation terms are not finite after epoch {self.epoch + 1} (step {self.step}); lower "
-                f"optimizer.lr (now {cfg.optimizer.lr}) or set optimizer.clip_grad_norm, e.g. 10")
+                f"validation terms are not finite after epoch {self.epoch + 1} (step {self.step}); {self.remedy()}")
         self.writer.scalars("val", val, self.step)
         return val
 

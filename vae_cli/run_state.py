@@ -190,7 +190,8 @@ def plan_run(run_dir: Path, cfg: DictConfig) -> Plan:
         listed = "; ".join(changed[:4]) + ("; ..." if len(changed) > 4 else "")
         raise ConfigError(f"{run_dir} holds another run's files, with other settings ({listed}); resume it "
                           f"as it was with `{resume_command(run_dir)}`, choose another folder "
-                          "(hydra.run.dir=...), or start afresh there with overwrite=true (deletes its files)")
+                          "(hydra.run.dir=...; for a sweep, a new hydra.sweep.dir=...), or start afresh there with "
+                          "overwrite=true (deletes its files)")
     if state is None:
         return Plan("fresh")  # a run that failed or died before its first checkpoint
     # a failed run with a checkpoint (a full disk, a divergence) resumes from it: its steps are not thrown away

@@ -244,7 +244,7 @@ def show_ended_sweep(fail_fast: bool = False) -> None:
     if not FOUND or FOUND["shown"]:
         return
     FOUND["shown"] = True
-    folder = study_dir(FOUND["hydra"]) or FOUND["folder"]
+    folder = summary_dir(FOUND["hydra"])
     if folder.is_dir():
         print(summarize(folder).report(FOUND["planned"]), flush=True)
     if fail_fast:
@@ -318,7 +318,7 @@ class SweepSummary(Callback):
 
     def on_multirun_start(self, config, **kwargs) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
-        self.before = self._stamps(study_dir(config.hydra) or sweep_dir)
+        self.before = self._stamps(summary_dir(config.hydra))
         note_sweep_folder(sweep_dir, config.hydra)
         # an earlier command's refusals: left in place until this command has run its jobs
         self.refusals_before = {path: path.stat().st_mtime_ns for path in sweep_dir.glob(REFUSED)}
@@ -331,7 +331,7 @@ class SweepSummary(Callback):
         # is printed as it is, not taken for a command-line error ("error: error: ...", status 2)
         getattr(sys.stderr, "release", lambda: None)()
         # An Optuna study in SQLite: the summary covers its folder, every command's trials.
-        folder = study_dir(config.hydra) or Path(str(config.hydra.sweep.dir))
+        folder = summary_dir(config.hydra)
         if not folder.is_dir():
             return
         summary = summarize(folder, plot=self.plot)
@@ -362,6 +362,17 @@ def study_dir(hydra_node) -> Path | None:
     return Path(storage[len("sqlite:///"):]).parent
 
 
+def summary_dir(hydra_node) -> Path:
+    """The folder a sweep's summary covers: an Optuna study's folder (every command's trials, each command's
+    jobs in a folder beside its database), unless hydra.sweep.dir puts this command's jobs elsewhere; then,
+    as for a grid, the sweep folder."""
+    sweep_dir = Path(str(hydra_node.sweep.dir))
+    study = study_dir(hydra_node)
+    if study is not None and sweep_dir.resolve().is_relative_to(study.resolve()):
+        return study
+    return sweep_dir
+
+
 def main(argv: list[str] | None = None) -> None:
     """vae-sweep SWEEP_FOLDER: write and show the summary of a sweep, finished, running or run elsewhere."""
     parser = argparse.ArgumentParser(
@@ -375,11 +386,16 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {args.sweep_dir} is not a folder; give a sweep folder, e.g. outputs/multirun/<date>/<time>",
               file=sys.stderr)
         sys.exit(2)
-    summary = summarize(args.sweep_dir, plot=not args.no_plot)
-    if not summary.jobs:
+    # refused before anything is written there (a job's own folder was given summary files)
+    if (args.sweep_dir / ".hydra" / "overrides.yaml").is_file():
+        print(f"error: {args.sweep_dir} is one job's folder; give the sweep folder that holds it: "
+              f"{args.sweep_dir.resolve().parent}", file=sys.stderr)
+        sys.exit(2)
+    if not find_jobs(args.sweep_dir):
         print(f"error: {args.sweep_dir} holds no job folders (none has .hydra/overrides.yaml); give the "
               "sweep folder that vae-train -m printed", file=sys.stderr)
         sys.exit(2)
+    summary = summarize(args.sweep_dir, plot=not args.no_plot)
     print(summary.report(planned_in(args.sweep_dir)))
     failed = summary.failed()
     if failed:
