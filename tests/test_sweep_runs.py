@@ -509,3 +509,21 @@ def test_an_optuna_search_that_cannot_start_is_one_line_and_leaves_no_trial_runn
                     "bernoulli, continuous_bernoulli, gaussian"), last
     study = optuna.load_study(study_name="bad", storage=f"sqlite:///{tmp_path}/outputs/bad/optuna.db")
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL]
+
+
+def test_a_rerun_with_another_epochs_grid_leaves_the_earlier_jobs_alone(tmp_path):
+    """epochs=2,3 then epochs=3,4 into the same folder: each job resumed the other command's run, extended it
+    (job 0's 2-epoch figures overwritten by 3 epochs) and kept its old label, exit 0; the reverse reported
+    the longer runs as finished. Now each such job is refused, its run untouched, and told how to go on."""
+    sweep = f"hydra.sweep.dir={tmp_path / 'sweep'}"
+    first = vae_train("-m", *SMOKE, "epochs=2,3", sweep, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    kept = (tmp_path / "sweep/0/metrics.json").read_bytes()
+    again = vae_train("-m", *SMOKE, "epochs=3,4", sweep, cwd=tmp_path)
+    assert again.returncode == 1, again.stderr[-3000:]
+    (line,) = [line for line in again.stderr.splitlines() if "jobs failed" in line]
+    assert line.startswith("error: 2 of 2 jobs failed: job 0 (") and "(epochs: 2 -> 3)" in line, line
+    assert f"vae-train resume={(tmp_path / 'sweep/0').resolve()} epochs=3;" in line, line
+    assert (tmp_path / "sweep/0/metrics.json").read_bytes() == kept
+    same = vae_train("-m", *SMOKE, "epochs=2,3", sweep, cwd=tmp_path)  # the same command: as before
+    assert same.returncode == 0 and (tmp_path / "sweep/0/metrics.json").read_bytes() == kept, same.stderr[-3000:]

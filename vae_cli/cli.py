@@ -231,6 +231,8 @@ def hydra_main(cfg: DictConfig) -> float | None:
     try:
         if cfg.get("resume"):
             cfg = resumed_config(cfg, Path(cfg.resume), list(hydra_cfg.overrides.task))
+        if multirun:
+            check_same_job(run_dir, list(hydra_cfg.overrides.task))
         metrics = train_named_keys(cfg, run_dir)
     except (ConfigError, Diverged) as err:
         status = EXIT_DIVERGED if isinstance(err, Diverged) else EXIT_BAD_INPUT
@@ -266,6 +268,33 @@ def hydra_main(cfg: DictConfig) -> float | None:
         return end_stopped_job(stop.signum, parallel_worker)
     value = metrics.get(cfg.objective.metric)
     return float(value) if value is not None and math.isfinite(value) else None
+
+
+# Keys a single run may change on resume (run_state.RESUMABLE) that change a sweep job's result: a job of an
+# earlier command, re-run with another value, would be extended or reported as it is, under its old label.
+JOB_RESULT_KEYS = ("epochs", "max_steps", "early_stopping.patience")
+
+
+def check_same_job(run_dir: Path, overrides: list[str]) -> None:
+    """A sweep job's folder holding a run of an earlier command whose JOB_RESULT_KEYS overrides differ from
+    this job's (a re-run with another grid, epochs=2,3 then epochs=3,4): ConfigError, the run left alone."""
+    try:
+        recorded = [str(o) for o in OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")]
+    except Exception:  # noqa: BLE001 - absent (a new job) or unreadable: nothing to compare with
+        return
+
+    def chosen(items: list[str]) -> dict:
+        pairs = (item.lstrip("+~").split("=", 1) for item in items)
+        return {pair[0]: pair[-1] for pair in pairs if pair[0] in JOB_RESULT_KEYS}
+
+    before, now = chosen(recorded), chosen(overrides)
+    if before != now:
+        changed = ", ".join(f"{key}: {before.get(key, 'default')} -> {now.get(key, 'default')}"
+                            for key in JOB_RESULT_KEYS if before.get(key) != now.get(key))
+        raise ConfigError(f"{run_dir} holds this job number's run of an earlier command, with other settings "
+                          f"({changed}); give this sweep its own folder (a new hydra.sweep.dir=...), or continue "
+                          f"that run alone: vae-train resume={run_dir.resolve()} "
+                          f"{' '.join(f'{key}={value}' for key, value in now.items())}".strip())
 
 
 def train_named_keys(cfg: DictConfig, run_dir: Path) -> dict:
