@@ -2,6 +2,8 @@
 .ci/slurm.sh) through hydra/launcher=slurm, including a preempted job requeued by submitit that resumes
 from its checkpoint; and a Ray head on 127.0.0.1 through hydra/launcher=ray_jobs."""
 import json
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -91,6 +93,45 @@ def test_slurm_job_preempted_by_usr2_is_requeued_and_resumes(tmp_path, slurm_clu
     assert reference.returncode == 0, reference.stderr[-3000:]
     expected = json.loads((tmp_path / "reference" / "metrics.json").read_text())
     assert json.loads((job / "metrics.json").read_text()) == expected
+
+
+def test_a_cancelled_slurm_job_and_a_ctrl_c_of_the_launcher_say_what_became_of_the_sweep(tmp_path, slurm_cluster):  # noqa: F811
+    """scancel of one job made submitit's launcher give up: it printed a traceback and 'the sweep stopped at
+    a failure (fail_fast=true)' though fail_fast was off. Ctrl-C of the launching process said 'stopped
+    before training started; nothing of the run was written' while its Slurm jobs trained on."""
+    for stop in ("scancel", "ctrl-c"):
+        sweep, log_path = tmp_path / stop, tmp_path / f"{stop}.log"
+        command = [vae_train_exe(), "-m", *SMOKE, *SLURM, "epochs=100000", "seed=0,1", f"hydra.sweep.dir={sweep}"]
+        with open(log_path, "w") as log:
+            master = subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=python_env(),
+                                      start_new_session=True)
+        try:
+            deadline = time.monotonic() + 240
+            while not (sweep / "0" / "status.json").exists() or status(sweep / "0")["step"] == 0:
+                assert master.poll() is None, read_tail(log_path)
+                assert time.monotonic() < deadline, "the Slurm job never started training"
+                time.sleep(0.05)
+            if stop == "scancel":
+                job = next(i for i in slurm_ids(sweep) if i.endswith("_0"))
+                subprocess.run(["scancel", job], capture_output=True, text=True, timeout=30, check=True)
+            else:
+                os.killpg(master.pid, signal.SIGINT)  # as the terminal sends it
+            master.wait(timeout=120)
+        finally:
+            if master.poll() is None:
+                master.kill()
+            arrays = {i.split("_")[0] for i in slurm_ids(sweep)}  # the jobs still running: not the test's to keep
+            subprocess.run(["scancel", *arrays], capture_output=True, timeout=30)
+        output = read_tail(log_path)
+        assert "Traceback" not in output and "fail_fast" not in output, output
+        if stop == "scancel":
+            assert master.returncode == 1, output
+            assert "error: the launcher ended the sweep: UncompletedJobError: Job " in output, output
+            assert "(state: CANCELLED" in output, output
+        else:
+            assert master.returncode == -signal.SIGINT, output
+            assert "stopped by SIGINT: this command ends; Slurm runs the jobs it was given on" in output, output
+        assert "sweep summary: " in output and f"the same command again with hydra.sweep.dir={sweep}" in output
 
 
 def test_ray_sweep_on_a_local_head(tmp_path):

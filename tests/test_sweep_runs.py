@@ -527,3 +527,17 @@ def test_a_rerun_with_another_epochs_grid_leaves_the_earlier_jobs_alone(tmp_path
     assert (tmp_path / "sweep/0/metrics.json").read_bytes() == kept
     same = vae_train("-m", *SMOKE, "epochs=2,3", sweep, cwd=tmp_path)  # the same command: as before
     assert same.returncode == 0 and (tmp_path / "sweep/0/metrics.json").read_bytes() == kept, same.stderr[-3000:]
+
+
+def test_the_exception_line_of_a_held_traceback_is_its_own():
+    """A launcher's error (submitit's UncompletedJobError) goes on with the job's log: its last line was
+    taken for the message ('srun: error: vm: task 0: Exited with exit code 143')."""
+    from vae_cli.cli import HeldStderr
+
+    held = HeldStderr(sys.stderr)
+    held.parts = ["Traceback (most recent call last):\n  File \"x.py\", line 1, in <module>\n",
+                  "submitit.core.utils.UncompletedJobError: Job 73_0 (task: 0) with path /x/73_0_0_result.pkl\n",
+                  "has not produced any output (state: CANCELLED by 0)\nError stream produced:\n----\n",
+                  "srun: error: vm: task 0: Exited with exit code 143\n"]
+    assert held.error_line([]) == ("UncompletedJobError: Job 73_0 (task: 0) with path /x/73_0_0_result.pkl has "
+                                   "not produced any output (state: CANCELLED by 0)")

@@ -72,7 +72,20 @@ class HeldStderr(io.TextIOBase):
         return hydra_error_line("; ".join(lines), args=args)
 
 
+    def error_line(self, args: list[str]) -> str:
+        """The exception's own line of a traceback held back, without its module path (submitit's
+        'UncompletedJobError: Job 73_0 ... (state: CANCELLED by 0)', whose message goes on with the job's log)."""
+        lines = [line.strip() for line in ANSI_CODES.sub("", "".join(self.parts)).splitlines()]
+        for i in range(len(lines) - 1, -1, -1):
+            match = EXCEPTION_LINE.match(lines[i])
+            if match:  # and the message's next line when it goes on in lower case (submitit's state)
+                more = lines[i + 1] if i + 1 < len(lines) and lines[i + 1][:1].islower() else ""
+                return " ".join(filter(None, [match.group(1) + lines[i][match.end(1):], more]))
+        return self.one_line(args)
+
+
 ANSI_CODES = re.compile(r"\x1b\[[0-9;]*m")
+EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*([A-Za-z_]\w*(?:Error|Exception)): ")
 LOG_RECORD = re.compile(r"\[[DIWE] \d{4}-\d\d-\d\d ")  # Optuna's "[I 2026-12-02 16:32:45,163] A new study ..."
 FOLDER_ERRORS = ("OSError", "PermissionError", "FileExistsError", "FileNotFoundError", "NotADirectoryError",
                  "IsADirectoryError")
@@ -136,11 +149,17 @@ def main() -> None:
         end_after_forwarded_stop(held)
         if not held.released and done.code not in (0, None) and not os.environ.get("HYDRA_FULL_ERROR"):
             if interrupts.MULTIRUN:
-                from vae_cli.sweep import jobs_started, show_ended_sweep, undo_sweep_folder
+                from vae_cli.sweep import FOUND, jobs_started, show_ended_sweep, undo_sweep_folder
 
-                if jobs_started():  # a parallel sweep's fail_fast job ended it, its own line saying why
+                if jobs_started() and FOUND.get("fail_fast"):  # a parallel sweep's job ended it, saying why
                     held.release()  # what the launcher logged meanwhile (an Optuna study's line), as it is
                     show_ended_sweep(fail_fast=True)
+                    sys.exit(done.code)
+                if jobs_started():  # the launcher gave up (Slurm: a job cancelled, out of time-outs): its line
+                    message, held.parts = held.error_line(args), []
+                    held.release()
+                    print(f"error: the launcher ended the sweep: {message}", file=sys.stderr, flush=True)
+                    show_ended_sweep()  # the summary so far, how to continue; jobs still queued may go on
                     sys.exit(done.code)
                 undo_sweep_folder()  # no job started: the sweep folder is left as this command found it
             message, held.parts = held.one_line(args), []

@@ -225,6 +225,16 @@ def before_the_run(signum, frame) -> None:
         line = f"\nstopped by {name} between two jobs; {SWEEP_RERUN}"
     elif RUN_ENDED:
         line = f"\nstopped by {name} as the run ended; it is finished (metrics.json), nothing lost"
+    elif MULTIRUN and (sweep := sys.modules.get("vae_cli.sweep")) is not None and sweep.FOUND.get("hydra"):
+        # the jobs run on a cluster (Slurm, Ray), not in this process's children: say what becomes of them
+        launcher = str((sweep.FOUND["hydra"].get("launcher") or {}).get("_target_", "")).lower()
+        jobs = ("Slurm runs the jobs it was given on (`scancel` stops one with its checkpoint)" if "submitit" in launcher
+                else "Ray ends the jobs with it (each resumes from its last checkpoint)" if "ray" in launcher
+                else "the jobs it launched may go on")
+        print(f"\nstopped by {name}: this command ends; {jobs}", file=sys.__stderr__, flush=True)
+        getattr(sys.stderr, "release", lambda: None)()  # cli.HeldStderr: the re-run line is not held back
+        sweep.show_ended_sweep()  # the summary so far and how to continue the sweep
+        end_now(signum)
     else:
         line = f"\nstopped by {name} before training started; nothing of the run was written"
     print(line, file=sys.__stderr__, flush=True)

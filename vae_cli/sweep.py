@@ -320,6 +320,7 @@ class SweepSummary(Callback):
         sweep_dir = Path(str(config.hydra.sweep.dir))
         self.before = self._stamps(summary_dir(config.hydra))
         note_sweep_folder(sweep_dir, config.hydra)
+        FOUND["fail_fast"] = config.get("fail_fast") is True
         # an earlier command's refusals: left in place until this command has run its jobs
         self.refusals_before = {path: path.stat().st_mtime_ns for path in sweep_dir.glob(REFUSED)}
         if study_dir(config.hydra) is not None:
