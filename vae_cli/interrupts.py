@@ -225,12 +225,11 @@ def before_the_run(signum, frame) -> None:
         line = f"\nstopped by {name} between two jobs; {SWEEP_RERUN}"
     elif RUN_ENDED:
         line = f"\nstopped by {name} as the run ended; it is finished (metrics.json), nothing lost"
-    elif MULTIRUN and (sweep := sys.modules.get("vae_cli.sweep")) is not None and sweep.FOUND.get("hydra"):
-        # the jobs run on a cluster (Slurm, Ray), not in this process's children: say what becomes of them
-        launcher = str((sweep.FOUND["hydra"].get("launcher") or {}).get("_target_", "")).lower()
-        jobs = ("Slurm runs the jobs it was given on (`scancel` stops one with its checkpoint)" if "submitit" in launcher
-                else "Ray ends the jobs with it (each resumes from its last checkpoint)" if "ray" in launcher
-                else "the jobs it launched may go on")
+    elif MULTIRUN and (launcher := cluster_launcher()):
+        # the jobs run on a cluster, not in this process's children: say what becomes of them
+        sweep = sys.modules["vae_cli.sweep"]
+        jobs = ("Slurm runs the jobs it was given on (`scancel` stops one with its checkpoint)" if launcher == "slurm"
+                else "Ray ends the jobs with it (each resumes from its last checkpoint)")
         print(f"\nstopped by {name}: this command ends; {jobs}", file=sys.__stderr__, flush=True)
         getattr(sys.stderr, "release", lambda: None)()  # cli.HeldStderr: the re-run line is not held back
         sweep.show_ended_sweep()  # the summary so far and how to continue the sweep
@@ -239,6 +238,15 @@ def before_the_run(signum, frame) -> None:
         line = f"\nstopped by {name} before training started; nothing of the run was written"
     print(line, file=sys.__stderr__, flush=True)
     end_now(signum)
+
+
+def cluster_launcher() -> str | None:
+    """"slurm" or "ray" when this process launched a sweep whose jobs run on a cluster (the sweep noted by
+    vae_cli.sweep's callback in this process); else None."""
+    sweep = sys.modules.get("vae_cli.sweep")
+    hydra_node = sweep.FOUND.get("hydra") if sweep is not None else None
+    target = str((hydra_node.get("launcher") or {}).get("_target_", "")).lower() if hydra_node else ""
+    return "slurm" if "slurmlauncher" in target else "ray" if "raylauncher" in target else None
 
 
 def stop_quietly_until_the_run() -> None:
