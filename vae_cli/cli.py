@@ -294,12 +294,20 @@ def hydra_main(cfg: DictConfig) -> float | None:
 JOB_RESULT_KEYS = ("epochs", "max_steps", "early_stopping.patience")
 
 
+def first_command(run_dir: Path) -> list[str] | None:
+    """The overrides of the command that started the run in run_dir (save_hydra_files wrote them); None
+    when absent or unreadable."""
+    try:
+        return [str(o) for o in OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")]
+    except Exception:  # noqa: BLE001 - absent, or not YAML
+        return None
+
+
 def check_same_job(run_dir: Path, overrides: list[str]) -> None:
     """A sweep job's folder holding a run of an earlier command whose JOB_RESULT_KEYS overrides differ from
     this job's (a re-run with another grid, epochs=2,3 then epochs=3,4): ConfigError, the run left alone."""
-    try:
-        recorded = [str(o) for o in OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")]
-    except Exception:  # noqa: BLE001 - absent (a new job) or unreadable: nothing to compare with
+    recorded = first_command(run_dir)
+    if recorded is None:  # a new job: nothing to compare with
         return
 
     def chosen(items: list[str]) -> dict:
@@ -405,10 +413,7 @@ def resumed_config(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> Dict
     # overwrite=true is what the run's first command asked (start afresh there), not this one: kept, it
     # would start the resumed run afresh, deleting its checkpoint
     OmegaConf.update(stored, "overwrite", False, force_add=True)
-    try:  # the command that started the run (save_hydra_files)
-        first_command = [str(o) for o in OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")]
-    except Exception:  # absent or unreadable: no group override is taken for the run's own
-        first_command = []
+    started_with = first_command(run_dir) or []  # none: no group override is taken for the run's own
     refused = []
     for override in OverridesParser.create().parse_overrides(overrides):
         key = override.key_or_group.split("@")[0].lstrip("+~")
@@ -417,7 +422,7 @@ def resumed_config(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> Dict
         new = OmegaConf.select(cfg, key, default=None)
         if key not in cfg and (resources.files("vae_cli.configs") / key).is_dir():
             # experiment=, debug=: a group of settings with no node of its own, accepted only as the run had it
-            if override.input_line not in first_command:
+            if override.input_line not in started_with:
                 refused.append(override.input_line)
         elif key.split(".")[0] in RESUMABLE:
             OmegaConf.update(stored, key, new, force_add=True)
