@@ -121,6 +121,36 @@ def test_bits_per_dim_of_the_uniform_density_is_8_and_dequantization_stays_in_it
     assert abs(u.mean().item() - 0.5) < 4 * math.sqrt(1 / 12 / len(u))
 
 
+@pytest.mark.parametrize("dequantize", [False, True])
+def test_a_density_is_scored_on_the_test_images_as_it_was_trained(dequantize):
+    """dequantize=false: L_K and L_1 are densities at the grid values k/255, the points test/elbo scores,
+    and no bits/dim; dequantize=true: the dequantised test set, with bits/dim."""
+    from omegaconf import OmegaConf
+
+    from vae_cli.evaluation.run import likelihood_figures
+    from vae_cli.latents import GaussianLatent
+    from vae_cli.likelihoods import Gaussian
+    torch.manual_seed(0)
+    likelihood = Gaussian(scale="fixed", sigma=0.002, dequantize=dequantize)
+    model = VAE(16, GaussianLatent(2), likelihood, hidden_sizes=[8], activation="tanh", latent_dim=2).double()
+    levels = torch.full((200, 16), 128)
+    with torch.no_grad():  # the decoder's mean is the grid value 128/255: dequantising costs ~2.5 nats
+        model.decoder[-1].weight.zero_()
+        model.decoder[-1].bias.fill_(128 / 255)
+    test_x = likelihood.prepare_pixels(levels.to(torch.uint8), torch.Generator().manual_seed(2)).double()
+    assert torch.equal(test_x, levels / 255) != dequantize
+    settings = OmegaConf.create({"num_samples": 10, "chunk_size": 5, "batch_size": 50})
+    figures, notes, _ = likelihood_figures(model.eval(), test_x, settings)
+    with torch.no_grad():  # L_1 of the same points by 2,000 fresh draws
+        posterior = model.posterior(test_x)
+        z = model.latent.sample(posterior, 2000)
+        log_w = model.log_likelihood(test_x, z) + model.latent.log_prior(z) - posterior.log_prob(z)  # (S, B)
+    elbo, stderr = log_w.mean().item(), log_w.mean(1).std().item() / math.sqrt(2000)
+    assert abs(figures["elbo_L1"] - elbo) < 5 * (stderr + figures["elbo_L1_stderr"])
+    assert ("bits_per_dim" in figures) == dequantize
+    assert any(("dequantize=false" in note) != dequantize for note in notes)
+
+
 def test_active_units_match_the_closed_form_covariance():
     torch.manual_seed(0)
     model, *_ = linear_gaussian(data_dim=4, latent_dim=4)

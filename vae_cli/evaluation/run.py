@@ -18,7 +18,7 @@ from vae_cli.evaluation.active_units import ACTIVE_THRESHOLD, activity, latent_m
 from vae_cli.evaluation.iwae import bits_per_dim, log_px_estimates
 from vae_cli.evaluation.pictures import interpolation, tile, traversal, write_embedding
 from vae_cli.evaluation.probe import probe
-from vae_cli.likelihoods import Bernoulli, ContinuousBernoulli, dequantize, to_unit
+from vae_cli.likelihoods import Bernoulli, ContinuousBernoulli, to_unit
 
 log = logging.getLogger(__name__)
 
@@ -62,18 +62,22 @@ def is_discrete(likelihood) -> bool:
     return isinstance(likelihood, Bernoulli) and not isinstance(likelihood, ContinuousBernoulli)
 
 
-def likelihood_figures(model, test_x: torch.Tensor, settings: DictConfig, generator: torch.Generator):
+def likelihood_figures(model, test_x: torch.Tensor, settings: DictConfig):
     """({L_K, L_K_stderr, elbo_L1, posterior_gap[, bits_per_dim]}, notes, images x samples per second)."""
-    likelihood, notes, x = model.likelihood, [], test_x
+    likelihood, notes, x = model.likelihood, [], test_x  # the test set as training prepares it
+    dequantized = getattr(likelihood, "dequantize", False)
     if is_discrete(likelihood):
         notes.append("bits/dim not reported: the Bernoulli likelihood is a probability mass on "
                      "binarized pixels, so log p(x) is already a discrete log-probability in nats")
-    else:
-        if not getattr(likelihood, "dequantize", False):  # prepared without noise: add it here
-            x = dequantize(test_x, generator)
+    elif dequantized:
         notes.append("continuous data: L_K, the ELBO and the gap are densities of the test images "
                      "dequantized to (k + u)/256, u ~ U[0,1); bits/dim = -L_K/(D ln 2) + 8 bounds the "
                      "discrete model's bits per pixel from above")
+    else:  # the test images as training prepares them (k/255), like the test ELBO beside these figures
+        notes.append("continuous data without dequantization (likelihood.dequantize=false): L_K, the ELBO "
+                     "and the gap are densities at the grid values k/255 the model was trained on, like "
+                     "test/elbo; a density at points bounds no probability of the 8-bit images, so no "
+                     "bits/dim (train with likelihood.dequantize=true for it)")
     if getattr(likelihood, "scale", None) == "optimal":
         notes.append("likelihood.scale=optimal: sigma is the one fitted on training batches and frozen "
                      "in the checkpoint, for every test image and draw")
@@ -86,7 +90,7 @@ def likelihood_figures(model, test_x: torch.Tensor, settings: DictConfig, genera
     figures = {"L_K": log_px.mean().item(), "L_K_stderr": mean_stderr(log_px_var),
                "elbo_L1": elbo.mean().item(), "elbo_L1_stderr": mean_stderr(elbo_var),
                "posterior_gap": (log_px - elbo).mean().item()}
-    if not is_discrete(likelihood):
+    if dequantized:
         figures["bits_per_dim"] = bits_per_dim(figures["L_K"], x.shape[1])
     notes += [f"{name}: {meaning}" for name, meaning in MEANINGS.items()]
     notes.append(f"here K = {settings.num_samples} draws per test image")  # TensorBoard's tags do not say
@@ -117,7 +121,7 @@ def evaluate(model, data, test_x: torch.Tensor, settings: DictConfig, eval_seed:
     device, shape = test_x.device, data.image_shape
     with seeded(eval_seed * 16 + EVAL_DRAWS, device):
         generator = torch.Generator().manual_seed(eval_seed * 16 + EVAL_DRAWS)  # CPU: preparing pixels
-        test, notes, throughput = likelihood_figures(model, test_x, settings, generator)
+        test, notes, throughput = likelihood_figures(model, test_x, settings)
         means = latent_means(model, test_x, rows_per_pass(settings))  # (N, K) or (N, V, C)
         unit_activity = activity(means)  # (V,)
         test["active_units"] = int((unit_activity > ACTIVE_THRESHOLD).sum())
