@@ -322,6 +322,16 @@ def test_hydra_usage_error_before_the_task_is_one_line(tmp_path):
     assert result.returncode == 2 and "Only one of --run, --multirun, --cfg" in one_error_line(result)
 
 
+@pytest.mark.parametrize("swept", ["objective.metric=val/elbo,val/kl", "objective.direction=choice(maximize,minimize)",
+                                   "hydra.sweeper.params.objective.metric=val/elbo,val/kl"])
+def test_a_sweep_over_its_own_objective_is_refused_before_it_starts(swept, tmp_path):
+    """Its jobs would be ranked, in one table and by one sampler, by different figures or directions."""
+    result = run_cli("-m", *SMOKE, swept, cwd=tmp_path)
+    assert result.returncode == 2 and one_error_line(result).startswith(f"error: {swept}: a sweep ranks its jobs "
+                                                                        "by one objective")
+    assert not (tmp_path / "outputs").exists()
+
+
 def test_a_sweep_refused_before_its_first_job_leaves_no_sweep_folder(tmp_path):
     """A typo in a swept key: Hydra had made outputs/multirun/<date>/<time> with only multirun.yaml in it,
     an empty sweep to be taken for a real one. It goes, with the folders made for it. A folder that was

@@ -83,6 +83,23 @@ def test_minimize_puts_the_smallest_first_and_unswept_keys_are_no_columns(tmp_pa
     assert not (tmp_path / "summary.png").exists()
 
 
+def test_every_job_is_ranked_by_the_objective_of_the_command_that_last_ran(tmp_path):
+    """A re-run with objective.metric=val/kl ranks the earlier command's finished jobs (status.json: val/elbo)
+    by val/kl from their metrics.json, as the objective given to summarize() does."""
+    for name, elbo, kl in (("0", -150.0, 9.0), ("1", -140.0, 30.0), ("2", -160.0, 3.0)):
+        folder = make_job(tmp_path, name, [f"beta={name}"], "finished", elbo)
+        metrics = json.loads((folder / "metrics.json").read_text()) | {"val/kl": kl}
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+    assert [job.name for job in summarize(tmp_path, plot=False).jobs] == ["1", "0", "2"]  # val/elbo
+    (tmp_path / "multirun.yaml").write_text(yaml.safe_dump({"objective": {"metric": "val/kl",
+                                                                          "direction": "minimize"}}))
+    summary = summarize(tmp_path, plot=False)
+    assert [(job.name, job.value) for job in summary.jobs] == [("2", 3.0), ("0", 9.0), ("1", 30.0)]
+    assert "objective val/kl (minimize)" in (tmp_path / "summary.md").read_text()
+    summary = summarize(tmp_path, plot=False, objective=("val/kl", "maximize"))
+    assert [job.name for job in summary.jobs] == ["1", "0", "2"]
+
+
 def vae_sweep(*args, timeout=120):
     exe = shutil.which("vae-sweep")
     assert exe, "vae-sweep is not on PATH: install the package (pip install -e '.[test]')"

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 import vae_cli.configs  # noqa: F401 - registers ${launch_dir:} (configs/__init__.py), also in sweep workers
-from vae_cli.config_keys import check_added_keys, hydra_error_line
+from vae_cli.config_keys import check_added_keys, hydra_error_line, swept_objective
 from vae_cli.errors import ConfigError
 from vae_cli import interrupts
 from vae_cli.interrupts import Interrupted, exit_status, stop_quietly_until_the_run
@@ -127,6 +127,10 @@ def main() -> None:
     added = check_added_keys(args)
     if added:
         fail(ConfigError(added))
+    if "-m" in args or "--multirun" in args:
+        swept = swept_objective(args)
+        if swept:
+            fail(ConfigError(swept))
     stop_quietly_until_the_run()  # Ctrl-C while torch imports: one line, not a KeyboardInterrupt traceback
     resume = [a.split("=", 1)[1] for a in args if a.startswith("resume=")]
     if resume and resume[0] != "null":  # Hydra's run folder is the one being resumed
@@ -355,7 +359,7 @@ def stop_sweep_here(hydra_cfg, status: int, parallel_worker: bool) -> None:
 
     if parallel_worker:
         sys.exit(status)
-    print(summarize(summary_dir(hydra_cfg)).report(FOUND.get("planned")), flush=True)
+    print(summarize(summary_dir(hydra_cfg), objective=FOUND.get("objective")).report(FOUND.get("planned")), flush=True)
     print(f"the sweep stopped at this failure (fail_fast=true); once it is mended, "
           f"{interrupts.rerun_command(hydra_cfg)}", file=sys.stderr, flush=True)
     sys.exit(status)

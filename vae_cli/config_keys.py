@@ -95,6 +95,27 @@ def unparsable_override(args: list[str]) -> str | None:
     return None
 
 
+def swept_objective(args: list[str]) -> str | None:
+    """The error line for a multirun that sweeps objective.* (its jobs would be ranked by different
+    figures, or in different directions, in one table), else None."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    for arg in args:
+        key = arg.partition("=")[0].lstrip("+~").removeprefix("hydra.sweeper.params.")
+        if arg.startswith("-") or not (key == "objective" or key.startswith("objective.")):
+            continue
+        try:
+            swept = parser.parse_override(arg.replace("hydra.sweeper.params.", "", 1)).is_sweep_override()
+        except HydraException:
+            continue  # Hydra's own error names it
+        if swept:
+            return (f"{arg}: a sweep ranks its jobs by one objective; give {key} one value (it is the figure "
+                    "the sweep compares, not a setting to sweep), and sweep the settings that train the jobs")
+    return None
+
+
 def hydra_error_line(message: str, primary: str = "train", args: list[str] = ()) -> str:
     """Hydra's error about an override, in one line, made actionable: an unknown key named with its likely
     meaning (not Hydra's advice to add it with +, which the command would ignore), a missing option

@@ -110,10 +110,26 @@ class Summary:
         return "\n".join(lines)
 
 
-def summarize(sweep_dir: str | Path, plot: bool = True) -> Summary:
-    """Read every job folder of sweep_dir; write summary.csv, summary.md and (plot=True) summary.png."""
+def command_objective(config) -> tuple[str, str] | None:
+    """(metric, direction) of a sweep command's config (its `objective`), or None."""
+    metric = OmegaConf.select(config, "objective.metric", default=None)
+    direction = OmegaConf.select(config, "objective.direction", default=None)
+    return (str(metric), str(direction)) if metric and direction else None
+
+
+def summarize(sweep_dir: str | Path, plot: bool = True, objective: tuple[str, str] | None = None) -> Summary:
+    """Read every job folder of sweep_dir; write summary.csv, summary.md and (plot=True) summary.png.
+
+    Every job is ranked by one objective (metric, direction): the one given, else that of the command
+    that last ran in sweep_dir (its multirun.yaml), else each job's own. So a sweep re-run with another
+    objective ranks its earlier command's finished jobs by the new one too, from their metrics.json."""
     sweep_dir = Path(sweep_dir)
-    jobs = ranked(find_jobs(sweep_dir))
+    if objective is None:
+        try:
+            objective = command_objective(OmegaConf.load(sweep_dir / "multirun.yaml"))
+        except Exception:  # noqa: BLE001 - absent (an Optuna study's folder) or damaged: the jobs' own
+            objective = None
+    jobs = ranked(find_jobs(sweep_dir, objective))
     keys = swept_keys(jobs)
     rows = [row(job, keys) for job in jobs]
     metric, direction = jobs[0].objective if jobs else DEFAULT_OBJECTIVE
@@ -246,7 +262,7 @@ def show_ended_sweep(fail_fast: bool = False) -> None:
     FOUND["shown"] = True
     folder = summary_dir(FOUND["hydra"])
     if folder.is_dir():
-        print(summarize(folder).report(FOUND["planned"]), flush=True)
+        print(summarize(folder, objective=FOUND.get("objective")).report(FOUND["planned"]), flush=True)
     if fail_fast:
         others = ("trials with it (failed in the study)" if interrupts.optuna_study(FOUND["hydra"]) is not None
                   else "jobs with it (each goes on from its last checkpoint, if it wrote one)")
@@ -321,6 +337,7 @@ class SweepSummary(Callback):
         self.before = self._stamps(summary_dir(config.hydra))
         note_sweep_folder(sweep_dir, config.hydra)
         FOUND["fail_fast"] = config.get("fail_fast") is True
+        FOUND["objective"] = command_objective(config)
         # an earlier command's refusals: left in place until this command has run its jobs
         self.refusals_before = {path: path.stat().st_mtime_ns for path in sweep_dir.glob(REFUSED)}
         if study_dir(config.hydra) is not None:
@@ -335,7 +352,7 @@ class SweepSummary(Callback):
         folder = summary_dir(config.hydra)
         if not folder.is_dir():
             return
-        summary = summarize(folder, plot=self.plot)
+        summary = summarize(folder, plot=self.plot, objective=command_objective(config))
         print(summary.report(FOUND.get("planned")), flush=True)
         FOUND["shown"] = True
         if interrupts.FORWARDED:  # a stopped parallel sweep: each job said how it stopped; cli.main ends it

@@ -34,8 +34,10 @@ class Job:
 
     @property
     def value(self) -> float | None:
-        """The objective's value: status.json's, else the metric in metrics.json; None when not finite."""
-        value = (self.status.get("objective") or {}).get("value")
+        """The objective's value: status.json's when it is of the same metric, else the metric in
+        metrics.json (a job finished under another objective, re-run by this sweep); None when not finite."""
+        stored = self.status.get("objective") or {}
+        value = stored.get("value") if stored.get("metric") == self.objective[0] else None
         if value is None:
             value = self.metrics.get(self.objective[0])
         return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
@@ -88,8 +90,9 @@ def natural(name: str) -> tuple:
     return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in Path(name).parts)
 
 
-def find_jobs(sweep_dir: Path) -> list[Job]:
-    """Every job folder (one holding .hydra/overrides.yaml) under sweep_dir, in job order."""
+def find_jobs(sweep_dir: Path, objective: tuple[str, str] | None = None) -> list[Job]:
+    """Every job folder (one holding .hydra/overrides.yaml) under sweep_dir, in job order, each ranked by
+    objective (metric, direction) when given, else by its own (objective_of)."""
     jobs = []
     for overrides_file in sweep_dir.rglob(".hydra/overrides.yaml"):
         folder = overrides_file.parent.parent
@@ -101,7 +104,7 @@ def find_jobs(sweep_dir: Path) -> list[Job]:
             overrides = []
         status = read_json(folder / "status.json")
         jobs.append(Job(str(folder.relative_to(sweep_dir)), folder, overrides, status,
-                        read_json(folder / "metrics.json"), objective_of(folder, status)))
+                        read_json(folder / "metrics.json"), objective or objective_of(folder, status)))
     return sorted(jobs, key=lambda job: natural(job.name))
 
 
