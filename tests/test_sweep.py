@@ -306,3 +306,15 @@ def test_a_ray_address_nothing_answers_at_is_one_line_at_once(tmp_path, address,
     assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr
     assert result.stderr.startswith(f"error: hydra.launcher.ray.init.address={address}: {reason}")
     assert not (tmp_path / "outputs").exists()
+
+
+def test_a_ray_address_auto_checks_the_cluster_ray_address_names(tmp_path, monkeypatch):
+    """address=auto makes ray.init join RAY_ADDRESS's cluster, retrying for minutes when nothing answers."""
+    address = f"127.0.0.1:{free_port()}"
+    monkeypatch.setenv("RAY_ADDRESS", address)
+    result = run_cli("-m", "debug=smoke", "seed=0,1", "hydra/launcher=ray_jobs",
+                     "hydra.launcher.ray.init.address=auto", cwd=tmp_path)
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(f"error: RAY_ADDRESS={address} (read for hydra.launcher.ray.init.address=auto): "
+                                    "no Ray cluster answers there")
+    assert not (tmp_path / "outputs").exists()

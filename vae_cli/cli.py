@@ -98,11 +98,15 @@ def console() -> None:
 
 
 def check_ray_address(args: list[str], timeout: float = 5.0) -> None:
-    """A running Ray cluster named on the command line (hydra/launcher=ray_jobs) must answer at that address:
-    ray.init would otherwise retry for minutes, a warning every few seconds, before any job starts. Checked
-    here, before Hydra: its callbacks cannot stop a sweep (it turns their errors into warnings)."""
+    """A running Ray cluster named on the command line (hydra/launcher=ray_jobs), or by RAY_ADDRESS with
+    hydra.launcher.ray.init.address=auto, must answer at that address: ray.init would otherwise retry for
+    minutes, a warning every few seconds, before any job starts. Checked here, before Hydra: its callbacks
+    cannot stop a sweep (it turns their errors into warnings). An address set in a config file is not seen."""
     given = [a.split("=", 1)[1] for a in args if a.startswith("hydra.launcher.ray.init.address=")]
-    if not given or given[-1] in ("local", "auto", "null", ""):  # auto: RAY_ADDRESS or this node's cluster
+    named = "hydra.launcher.ray.init.address={}"
+    if given and given[-1] == "auto" and os.environ.get("RAY_ADDRESS"):  # ray.init reads it for auto
+        given, named = [os.environ["RAY_ADDRESS"]], "RAY_ADDRESS={} (read for hydra.launcher.ray.init.address=auto)"
+    if not given or given[-1] in ("local", "auto", "null", ""):  # auto: this node's running cluster
         return
     address = given[-1]
     host, _, port = address.removeprefix("ray://").rpartition(":")
@@ -113,8 +117,8 @@ def check_ray_address(args: list[str], timeout: float = 5.0) -> None:
         reason = "not HOST:PORT"
     except OSError as err:
         reason = f"no Ray cluster answers there ({err})"
-    fail(ConfigError(f"hydra.launcher.ray.init.address={address}: {reason}; give the HOST:PORT of a running "
-                     "head (`ray start --head` prints it), or local to start a Ray for this sweep"))
+    fail(ConfigError(f"{named.format(address)}: {reason}; give the HOST:PORT of a running head (`ray start --head` "
+                     "prints it), or hydra.launcher.ray.init.address=local to start a Ray for this sweep"))
 
 
 def main() -> None:
