@@ -37,6 +37,6 @@ def finish(loop, signals) -> dict:
         save_png(images, loop.run_dir / f"{name}.png")
     config = OmegaConf.to_container(cfg, resolve=True) | {"model_used": used}
     OmegaConf.save(OmegaConf.create(config), loop.run_dir / "config.yaml")
-    loop.writer.hparams(config, {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+    loop.writer.hparams(config, {k: v for k, v in metrics.items() if isinstance(v, (int, float))}, loop.step)
     loop.writer.close()
     return metrics

@@ -77,12 +77,20 @@ class RunWriter:
         else:
             self._writer.add_text(tag, text, 0)
 
-    def hparams(self, config: dict, metrics: dict) -> None:
-        """An HParams entry in this run's own folder (add_hparams would open a second run)."""
+    def hparams(self, config: dict, metrics: dict, step: int) -> None:
+        """An HParams entry in this run's own folder (add_hparams would open a second run).
+
+        TensorBoard's HParams view shows, for each metric, the last scalar logged under its tag in the
+        run: the figures are logged as hparams/<name> at the run's last step, so it shows metrics.json's
+        (the best model's; val/elbo's own last value is the last epoch's). No experiment summary: the view
+        would take the first run's as every run's columns; without one it builds them from all runs'
+        settings and scalars, so a sweep over latent types shows each one's settings and figures."""
         from torch.utils.tensorboard.summary import hparams  # noqa: PLC0415
 
-        exp, ssi, sei = hparams(flatten(config), {k: float(v) for k, v in metrics.items()})
-        for summary in (exp, ssi, sei):
+        figures = {k: float(v) for k, v in metrics.items()}
+        self.scalars("hparams", figures, step)
+        _, start, end = hparams(flatten(config), {f"hparams/{k}": v for k, v in figures.items()})
+        for summary in (start, end):
             self.writer.file_writer.add_summary(summary)
 
     def flush(self) -> None:
