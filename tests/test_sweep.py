@@ -238,6 +238,21 @@ def test_callback_with_an_optuna_sqlite_study_summarizes_its_folder(tmp_path, ca
     assert "best: job second/4 (beta=0.7)" in capsys.readouterr().out
 
 
+def test_a_study_in_a_relative_sqlite_path_is_reported_by_absolute_paths(tmp_path, capsys, monkeypatch):
+    """sqlite:///outputs/study/optuna.db (configs/hparams_search's form): the summary's paths are absolute,
+    like a grid sweep's, not relative to wherever vae-train was started."""
+    monkeypatch.chdir(tmp_path)
+    study = tmp_path / "outputs" / "study"
+    config = multirun_config(study / "second", storage="sqlite:///outputs/study/optuna.db")
+    callback = SweepSummary(plot=False)
+    callback.on_multirun_start(config=config)
+    make_job(study / "second", "0", ["beta=0.7"], "finished", -139.0)
+    callback.on_multirun_end(config=config)
+    out = capsys.readouterr().out
+    assert f"sweep summary: {study / 'summary.md'} (1 job: 1 finished)" in out
+    assert out.rstrip().endswith(f", {study / 'second' / '0'}")
+
+
 def test_a_study_whose_jobs_run_elsewhere_is_summarized_where_they_are(tmp_path, capsys):
     """hydra.sweep.dir outside the study's folder: the summary covered the study's folder, which held none of
     this command's jobs ('no job started'), and the jobs' own folder got no summary."""

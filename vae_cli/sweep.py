@@ -377,7 +377,7 @@ def study_dir(hydra_node) -> Path | None:
     storage = OmegaConf.select(hydra_node, "sweeper.storage", default=None)
     if not isinstance(storage, str) or not storage.startswith("sqlite:///"):
         return None
-    return Path(storage[len("sqlite:///"):]).parent
+    return Path(storage[len("sqlite:///"):]).absolute().parent  # relative: to the launch folder, the cwd
 
 
 def summary_dir(hydra_node) -> Path:
