@@ -159,6 +159,25 @@ def test_a_finished_run_is_reported_not_retrained_and_epochs_extend_it(reference
     assert extended == straight
 
 
+def test_a_run_ended_by_max_steps_inside_an_epoch_extends_as_the_uninterrupted_run(references, tmp_path):
+    """max_steps=20 stops 6 steps into epoch 2 (14 steps each): that epoch stays unfinished, so extending
+    the run takes the uninterrupted run's steps 21-28 (it counted epoch 2 done and began a third on a new
+    permutation), with the scheduler and early stopping stepped once per whole epoch."""
+    short = train(smoke("~eval", "max_steps=20"), tmp_path)
+    assert (short["step"], short["epoch"]) == (20, 1)  # one whole epoch; step 20 is in the second
+    assert short["best/epoch"] in (1, 2) and short["best/step"] in (14, 20)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["scheduler"]["last_epoch"] == 1 and state["loop"]["index"] == 6
+    extended = train(smoke("~eval"), tmp_path)  # max_steps back to null: the 2 epochs of the config
+    straight = references("bernoulli", "~eval")
+    assert (extended["step"], extended["epoch"]) == (28, 2)
+    reference, resumed = weights(straight / "checkpoint.pt"), weights(tmp_path / "checkpoint.pt")
+    assert all(torch.equal(reference[k], resumed[k]) for k in reference)
+    same = {k: v for k, v in json.loads((straight / "metrics.json").read_text()).items() if k.startswith("test/")}
+    if extended["best/step"] == 28:  # the best model is the last one in both (else step 20's, validated here)
+        assert {k: extended[k] for k in same} == same
+
+
 def test_a_resume_asking_for_fewer_steps_than_taken_says_so(tmp_path, monkeypatch, caplog):
     stop_at(monkeypatch, 20)  # in epoch 2 of the smoke run's 2 (14 steps each)
     with pytest.raises(Stopped):

@@ -200,25 +200,31 @@ class Loop:
         return means["elbo"]
 
     def end_epoch(self) -> None:
-        """Validation, model selection, early stopping, pictures and checkpoint.pt, after an epoch (or the
-        last step)."""
+        """Validation, model selection, early stopping, pictures and checkpoint.pt, after an epoch, or at
+        max_steps inside one. There the epoch stays unfinished (its position kept, the scheduler and early
+        stopping not stepped), so a run extended past max_steps takes the steps the uninterrupted run
+        would have taken; its validation still offers that model as the best one."""
         cfg = self.cfg
+        complete = self.index == self.steps_per_epoch
         if self.seen:
             self.images_per_sec = self.seen / (time.perf_counter() - self.epoch_start)
             self.writer.scalars("train", {"images_per_sec": self.images_per_sec}, self.step)
         self.writer.scalars("train", {"epoch": self.epoch + 1, "lr": self.scheduler.get_last_lr()[0]}, self.step)
-        self.scheduler.step()  # once per epoch (configs/scheduler/)
+        if complete:
+            self.scheduler.step()  # once per epoch (configs/scheduler/)
         val = self.validate()
-        self.epoch, self.index, self.batches = self.epoch + 1, 0, None
+        if complete:
+            self.epoch, self.index, self.batches = self.epoch + 1, 0, None
+        in_epoch = self.epoch if complete else self.epoch + 1  # the epoch this step is in, counted from 1
         patience = cfg.early_stopping.patience
         if not val or val["elbo"] > self.best["elbo"]:  # no validation split: the last model is the best
-            self.best = {"elbo": val.get("elbo", -math.inf), "step": self.step, "epoch": self.epoch, "val": val}
-            self.bad_epochs = 0
+            self.best = {"elbo": val.get("elbo", -math.inf), "step": self.step, "epoch": in_epoch, "val": val}
+            self.bad_epochs = 0 if complete else self.bad_epochs
             self.check_parameters()
             save_checkpoint(self.run_dir / BEST, {"model": self.model.state_dict(), "step": self.step,
-                                                  "epoch": self.epoch, "val": val,
+                                                  "epoch": in_epoch, "val": val,
                                                   "config": OmegaConf.to_container(cfg, resolve=True)})
-        else:
+        elif complete:
             self.bad_epochs += 1
             if patience is not None and self.bad_epochs >= patience:
                 self.stopped_early = True
@@ -228,8 +234,9 @@ class Loop:
         self.write_pictures(self.step)
         self.save()
         checked = f"val elbo {val['elbo']:.3f}" if val else "no validation split (data.val_fraction=0)"
-        log.info("epoch %d step %d: %s, %.0f images/s", self.epoch, self.step, checked,
-                 self.images_per_sec or float("nan"))
+        where = (f"epoch {self.epoch}" if complete else
+                 f"max_steps in epoch {in_epoch} ({self.index} of its {self.steps_per_epoch} steps)")
+        log.info("%s step %d: %s, %.0f images/s", where, self.step, checked, self.images_per_sec or float("nan"))
 
     def validate(self) -> dict:
         cfg = self.cfg
