@@ -75,6 +75,11 @@ FRESH_CASES = [
      ["reinforce", "optimal"]),
     (("latent=categorical", "estimator=exact"), ["estimator=exact", "configurations", "max_configurations"]),
     (("estimator=gumbel_softmax",), ["gumbel_softmax", "latent=categorical"]),
+    # sigma's fit would be an unweighted mean over the K configurations, or taken twice a step
+    (("latent=categorical", "model.latent_dim=2", "estimator=exact", "likelihood=gaussian", "likelihood.scale=optimal"),
+     ["estimator=exact cannot use likelihood.scale=optimal"]),
+    (("latent=categorical", "estimator=gumbel_softmax", "likelihood=gaussian", "likelihood.scale=optimal"),
+     ["estimator.straight_through=false cannot use likelihood.scale=optimal"]),
     (("objective.metric=test/elbo",), ["objective.metric='test/elbo'", "validation figure"]),
     (("objective.metric=val/elbo_typo",), ["objective.metric='val/elbo_typo'", "one of val/recon", "val/elbo,"]),
     (("data=fashion_mnist", "data.root=/nonexistent/folder"), ["data.root", "/nonexistent/folder"]),

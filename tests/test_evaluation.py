@@ -163,7 +163,7 @@ def test_active_units_match_the_closed_form_covariance():
     expected = gains**2
     stderr = expected * math.sqrt(2 / (len(x) - 1))  # of a Gaussian sample variance
     assert torch.all((activity(means) - expected).abs() <= 5 * stderr + 1e-12)
-    assert active_units(means) == 2  # 1 and 0.25 exceed 0.01; 0.0025 and 0 do not
+    assert active_units(activity(means)) == 2  # 1 and 0.25 exceed 0.01; 0.0025 and 0 do not
 
 
 def test_categorical_active_units_count_variables_whose_posterior_moves():
@@ -176,7 +176,7 @@ def test_categorical_active_units_count_variables_whose_posterior_moves():
     assert torch.allclose(means[:, 1], torch.full((2000, 3), 1 / 3, dtype=torch.float64))
     expected = means[:, 0].var(0).sum()  # trace of Cov_x(q_0(x))
     assert activity(means)[1] == 0 and torch.isclose(activity(means)[0], expected)
-    assert expected > 0.01 and active_units(means) == 1
+    assert expected > 0.01 and active_units(activity(means)) == 1
 
 
 def separable_features(rng, n, num_classes, shift):

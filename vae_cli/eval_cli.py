@@ -22,7 +22,7 @@ Monte Carlo standard errors):
   L_K            the importance-weighted bound (Burda et al. 2016): a LOWER bound on log p(x), rising with K
   elbo_L1        the ELBO on the same K draws
   posterior_gap  L_K - L_1: a lower bound on KL(q(z|x) || p(z|x)), tight only as K grows
-and bits/dim (continuous likelihoods), active units, the semi-supervised probe (logistic regression on
+and bits/dim (dequantised likelihoods), active units, the semi-supervised probe (logistic regression on
 latent means with 10, 100 and all labels per class, against raw pixels), latent traversal and
 interpolation pictures. Figures go to RUN_FOLDER/eval.json (an earlier one of other settings is kept as
 eval-1.json, ...) and, under vae-eval/ tags, to the run's TensorBoard events. docs/math.md says what each

@@ -1,5 +1,6 @@
 """What training and vae-eval share: the fixed evaluation sets, term averages with their standard error,
-and the picture grids. Evaluation data and draws come from eval_seed, never from the training seed."""
+and the picture grids. Evaluation data and draws of z come from eval_seed, never from the training seed
+(the prior samples of the picture grids do: seed + 2, the same z every epoch)."""
 import math
 from contextlib import contextmanager
 

@@ -49,9 +49,6 @@ class VAE(nn.Module):
     def posterior(self, x: torch.Tensor):
         return self.latent.posterior(self.encoder(x))
 
-    def prior(self):
-        return self.latent.prior()
-
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Likelihood parameters (..., B, D, params_per_dim) for latent samples z: (..., B, K) Gaussian,
         (..., B, V, C) one-hot categorical (latent.decoder_input flattens them)."""

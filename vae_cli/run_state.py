@@ -31,7 +31,8 @@ RUN_GLOBS = ("events.out.tfevents.*", "[0-9][0-9][0-9][0-9][0-9]",  # TensorBoar
 # Temporary files of train()'s atomic writes (checkpoint.atomic_write), left by a process killed during one.
 TEMPORARY_GLOBS = tuple(f".{name}.*.tmp" for name in (CHECKPOINT, BEST, METRICS, STATUS))
 
-# Keys a resumed run may change: how long it runs and how it reports, never what it computes.
+# Keys a resumed run may change: how long it runs and how it reports, never the steps it trains (device and
+# eval_batch_size move the validation draws of z, within their standard errors).
 RESUMABLE = ("epochs", "max_steps", "device", "log_every", "eval_batch_size", "checkpoint", "early_stopping",
              "threads", "eval", "objective", "fail_fast", "resume", "overwrite", "diagnostics", "num_images")
 # Facts train() records in the stored config (what the run really used), not settings.

@@ -33,6 +33,12 @@ class Exact(nn.Module):
                 f"estimator.max_configurations={self.max_configurations}; use fewer latent variables "
                 "(model.latent_dim) or classes, raise estimator.max_configurations, or use estimator=reinforce"
             )
+        if getattr(model.likelihood, "scale", None) == "optimal":  # its fit is an unweighted mean over the z_k
+            raise ConfigError(
+                "estimator=exact cannot use likelihood.scale=optimal: sigma would be fitted to all K "
+                "configurations alike, where the ELBO weights each by q(z_k|x); set likelihood.scale=learned "
+                "(or fixed)"
+            )
 
     def forward(self, model: nn.Module, x: torch.Tensor, beta: float = 1.0) -> Terms:
         posterior = model.posterior(x)

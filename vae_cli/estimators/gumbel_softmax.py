@@ -45,6 +45,12 @@ class GumbelSoftmax(nn.Module):
                 f"estimator=gumbel_softmax relaxes one-hot samples and needs latent=categorical, but latent "
                 f"is {type(model.latent).__name__}; use estimator=reparam (or reinforce) for it"
             )
+        if getattr(model.likelihood, "scale", None) == "optimal" and not self.straight_through:
+            raise ConfigError(  # each step scores the relaxed and the one-hot samples: two fits of sigma
+                "estimator=gumbel_softmax with estimator.straight_through=false cannot use "
+                "likelihood.scale=optimal: sigma would be fitted twice a step, to the relaxed and to the "
+                "one-hot samples; set estimator.straight_through=true or likelihood.scale=learned"
+            )
 
     def temperature(self) -> torch.Tensor:
         """tau_t as a 0-d tensor on the step counter's device (no host sync in the training loop)."""

@@ -24,6 +24,6 @@ def activity(means: torch.Tensor) -> torch.Tensor:
     return variance.flatten(1).sum(1) if variance.dim() > 1 else variance
 
 
-def active_units(means: torch.Tensor, threshold: float = ACTIVE_THRESHOLD) -> int:
-    """How many latent variables have A_v > threshold (0.01, Burda et al. 2016)."""
-    return int((activity(means) > threshold).sum())
+def active_units(unit_activity: torch.Tensor, threshold: float = ACTIVE_THRESHOLD) -> int:
+    """How many latent variables have A_v > threshold (0.01, Burda et al. 2016), of activity(means)."""
+    return int((unit_activity > threshold).sum())

@@ -95,12 +95,12 @@ class LogisticRegression:
     """Multinomial logistic regression with scikit-learn's defaults (C = 1, intercept unpenalised) on
     standardised features: fit(x, y), then predict(x) or score(x, y).
 
-    Preconditioned: L-BFGS runs on U with W = U L^-1, where L L^T = P = N S / C + I is the curvature
-    of the objective in W at the start (S the standardised features' covariance, 1/C the softmax's
-    curvature at uniform probabilities, I the penalty's), so that the curvature in U starts at the
-    identity. The objective and its minimiser are unchanged; with collinear features (class
-    probabilities that sum to one) L-BFGS needs ~10x fewer steps than on W. The (N, F) features stay
-    float32 (their products are memory-bound); weights, losses and sums over examples are float64.
+    Preconditioned: L-BFGS runs on U with W = U L^-1, where L L^T = P = N S / K + I / C is the curvature
+    of the objective in W at the start (S the standardised features' covariance, 1/K the softmax's
+    curvature at uniform probabilities over K classes, I / C the penalty's: I at C = 1), so that the
+    curvature in U starts at the identity. The objective and its minimiser are unchanged; with collinear
+    features (class probabilities that sum to one) L-BFGS needs ~10x fewer steps than on W. The (N, F)
+    features stay float32 (their products are memory-bound); weights, losses and sums over examples are float64.
     It runs on the process's intra-op threads, the run's `threads` setting, like the rest of vae-train
     (benchmarks/eval_throughput.py prints the fit with one thread beside it).
     """
@@ -130,7 +130,7 @@ class LogisticRegression:
         one_hot_t = torch.nn.functional.one_hot(target, num_classes).T.to(torch.float64)  # (C, N)
         one_hot_t32 = one_hot_t.to(torch.float32)
         num_features = features.shape[1]
-        bias_scale = (num / num_classes) ** -0.5  # the intercept's curvature, N / C, rescaled to 1
+        bias_scale = (num / num_classes) ** -0.5  # the intercept's curvature, N / K, rescaled to 1
 
         def evaluate(theta):  # the objective and its gradient in (U, b) flattened, written out: no autograd
             u, bias = theta[:-num_classes].view(num_classes, num_features), theta[-num_classes:] * bias_scale

@@ -14,7 +14,7 @@ from vae_cli.device import resolve_device, use_threads
 from vae_cli.errors import ConfigError, check_choice, reason
 from vae_cli.eval_data import (EVAL_DRAWS, PICTURE_TAGS, check_eval_settings, mean_stderr, picture_grids,
                                prepare_eval_sets, seeded)
-from vae_cli.evaluation.active_units import ACTIVE_THRESHOLD, activity, latent_means
+from vae_cli.evaluation.active_units import active_units, activity, latent_means
 from vae_cli.evaluation.iwae import bits_per_dim, log_px_estimates
 from vae_cli.evaluation.pictures import interpolation, tile, traversal, write_embedding
 from vae_cli.evaluation.probe import probe
@@ -124,7 +124,7 @@ def evaluate(model, data, test_x: torch.Tensor, settings: DictConfig, eval_seed:
         test, notes, throughput = likelihood_figures(model, test_x, settings)
         means = latent_means(model, test_x, rows_per_pass(settings))  # (N, K) or (N, V, C)
         unit_activity = activity(means)  # (V,)
-        test["active_units"] = int((unit_activity > ACTIVE_THRESHOLD).sum())
+        test["active_units"] = active_units(unit_activity)
         probes = probe_figures(model, data, means, settings, generator, eval_seed)
         images = {}
         if settings.pictures:
