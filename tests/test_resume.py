@@ -160,21 +160,22 @@ def test_a_finished_run_is_reported_not_retrained_and_epochs_extend_it(reference
 
 
 def test_a_run_ended_by_max_steps_inside_an_epoch_extends_as_the_uninterrupted_run(references, tmp_path):
-    """max_steps=20 stops 6 steps into epoch 2 (14 steps each): that epoch stays unfinished, so extending
-    the run takes the uninterrupted run's steps 21-28 (it counted epoch 2 done and began a third on a new
-    permutation), with the scheduler and early stopping stepped once per whole epoch."""
-    short = train(smoke("~eval", "max_steps=20"), tmp_path)
-    assert (short["step"], short["epoch"]) == (20, 1)  # one whole epoch; step 20 is in the second
-    assert short["best/epoch"] in (1, 2) and short["best/step"] in (14, 20)
+    """max_steps=19 stops 5 steps into epoch 2 (14 steps each), inside a block of 3 prepared batches: that
+    epoch stays unfinished, so extending the run takes the uninterrupted run's steps 20-28 (it counted
+    epoch 2 done and began a third on a new permutation), with the scheduler and early stopping stepped
+    once per whole epoch; and the block was not cut at step 19 (its binarization would have differed)."""
+    short = train(smoke("~eval", "max_steps=19"), tmp_path)
+    assert (short["step"], short["epoch"]) == (19, 1)  # one whole epoch; step 19 is in the second
+    assert short["best/epoch"] in (1, 2) and short["best/step"] in (14, 19)
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
-    assert state["scheduler"]["last_epoch"] == 1 and state["loop"]["index"] == 6
+    assert state["scheduler"]["last_epoch"] == 1 and state["loop"]["index"] == 5
     extended = train(smoke("~eval"), tmp_path)  # max_steps back to null: the 2 epochs of the config
     straight = references("bernoulli", "~eval")
     assert (extended["step"], extended["epoch"]) == (28, 2)
     reference, resumed = weights(straight / "checkpoint.pt"), weights(tmp_path / "checkpoint.pt")
     assert all(torch.equal(reference[k], resumed[k]) for k in reference)
     same = {k: v for k, v in json.loads((straight / "metrics.json").read_text()).items() if k.startswith("test/")}
-    if extended["best/step"] == 28:  # the best model is the last one in both (else step 20's, validated here)
+    if extended["best/step"] == 28:  # the best model is the last one in both (else step 19's, validated here)
         assert {k: extended[k] for k in same} == same
 
 
@@ -197,6 +198,30 @@ def test_another_runs_folder_is_refused_unless_overwrite(references, tmp_path):
     metrics = train(smoke("~eval", "beta=2", "overwrite=true"), tmp_path / "run")
     assert metrics["test/loss"] != pytest.approx(-metrics["test/elbo"])  # beta = 2 trained and reported
     assert len(list((tmp_path / "run").glob("events.out.tfevents.*"))) == 1  # the old events are gone
+
+
+def test_a_run_stopped_early_goes_on_when_resumed_with_a_larger_patience(tmp_path, monkeypatch):
+    """patience=1 ends the run after epoch 3 (epoch 2 was the best); resumed with patience=3 it trains
+    epochs 4 and 5 as a run with patience=3 from the start does (it was reported finished, untrained)."""
+    scripted = {"values": iter([])}
+    real = loop_module.average_terms
+
+    def validation(model, estimator, x, batch_size, beta, seed):
+        figures = real(model, estimator, x, batch_size, beta, seed)
+        if x.shape[0] == 51:  # the validation split of the smoke data
+            figures["elbo"] = next(scripted["values"])
+        return figures
+
+    monkeypatch.setattr(loop_module, "average_terms", validation)
+    scripted["values"] = iter([-50.0, -40.0, -45.0])
+    stopped = train(smoke("~eval", "epochs=5", "early_stopping.patience=1"), tmp_path / "run")
+    assert (stopped["epoch"], stopped["best/epoch"]) == (3, 2)
+    scripted["values"] = iter([-46.0, -30.0])
+    resumed = train(smoke("~eval", "epochs=5", "early_stopping.patience=3"), tmp_path / "run")
+    scripted["values"] = iter([-50.0, -40.0, -45.0, -46.0, -30.0])
+    straight = train(smoke("~eval", "epochs=5", "early_stopping.patience=3"), tmp_path / "straight")
+    assert (resumed["epoch"], resumed["best/epoch"]) == (5, 5) and resumed == straight
+    assert train(smoke("~eval", "epochs=5", "early_stopping.patience=3"), tmp_path / "run") == resumed  # done
 
 
 def test_best_validation_model_is_evaluated_and_early_stopping(tmp_path, monkeypatch):

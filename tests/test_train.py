@@ -77,6 +77,24 @@ def test_smoke_run_writes_metrics_checkpoint_and_tensorboard(smoke_cfg, tmp_path
     assert state["scheduler"]["last_epoch"] == state["epoch"]  # stepped once per finished epoch
 
 
+def test_figures_that_are_not_finite_are_named_in_a_warning(smoke_cfg, tmp_path, monkeypatch, caplog):
+    """A degenerate model (a posterior variance beyond float32's range: log q(z|x) is 0 * inf) gave
+    L_K = nan with nothing above INFO; the run still finishes, its figures null in metrics.json."""
+    from vae_cli.evaluation import run as evaluation_run
+    real = evaluation_run.log_px_estimates
+
+    def nan_bound(*args, **kwargs):
+        log_px, *rest = real(*args, **kwargs)
+        return (torch.full_like(log_px, math.nan), *rest)
+
+    monkeypatch.setattr(evaluation_run, "log_px_estimates", nan_bound)
+    metrics = train(smoke_cfg("epochs=1"), tmp_path)
+    assert math.isnan(metrics["test/L_K"]) and math.isfinite(metrics["test/elbo"])
+    assert json.loads((tmp_path / "metrics.json").read_text())["test/L_K"] is None
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert [w for w in warnings if w.startswith("test/L_K, test/posterior_gap not finite (null in metrics.json)")]
+
+
 def test_gaussian_likelihood_logs_sigma(smoke_cfg, tmp_path):
     train(smoke_cfg("likelihood=gaussian"), tmp_path)
     sigma = events(tmp_path).Scalars("train/sigma")
@@ -114,10 +132,11 @@ def test_same_seed_same_metrics_and_another_seed_differs(smoke_cfg, tmp_path):
     assert first["test/elbo"] != third["test/elbo"]
 
 
-def test_batches_are_prepared_in_blocks_that_stop_at_the_epoch_and_at_max_steps(smoke_cfg, tmp_path,
+def test_batches_are_prepared_in_blocks_that_stop_at_the_epoch_not_at_max_steps(smoke_cfg, tmp_path,
                                                                                 monkeypatch):
-    """PREPARE_AHEAD batches are binarized per call; a block never crosses an epoch's end or max_steps,
-    so no draws are spent on batches that are not trained on; each step trains on its own batch."""
+    """PREPARE_AHEAD batches are binarized per call; a block never crosses an epoch's end, and is not cut
+    at max_steps (its draws depend on its length: a run ended by max_steps would have trained on other
+    batches than the uninterrupted run); each step trains on its own batch."""
     pixels, prepared, trained = [], [], []
     prepare_pixels, fused_step = Bernoulli.prepare_pixels, FusedReparamStep.__call__
     def recording_prepare(self, block, generator=None):
@@ -131,9 +150,9 @@ def test_batches_are_prepared_in_blocks_that_stop_at_the_epoch_and_at_max_steps(
     assert metrics["step"] == 19 and len(trained) == 19
     # validation, test, the diagnostics batch: prepared once, before training
     assert [len(block) for block in pixels[:3]] == [51, 128, 16]
-    # blocks of 3 batches of 32: 14 in epoch 1, 5 of epoch 2
-    assert [tuple(block.shape[:2]) for block in pixels[3:]] == [(3, 32)] * 4 + [(2, 32), (3, 32), (2, 32)]
-    assert torch.equal(torch.stack(trained), torch.cat(prepared[3:]))  # in order, each batch once
+    # blocks of 3 batches of 32: 14 in epoch 1, 6 of epoch 2 (of which 5 are trained on)
+    assert [tuple(block.shape[:2]) for block in pixels[3:]] == [(3, 32)] * 4 + [(2, 32), (3, 32), (3, 32)]
+    assert torch.equal(torch.stack(trained), torch.cat(prepared[3:])[:19])  # in order, each batch once
     epoch_1 = torch.cat(pixels[3:8]).flatten(0, 1)
     assert len(epoch_1.unique(dim=0)) == 14 * 32  # distinct training images (the synthetic set has no repeats)
 

@@ -16,7 +16,7 @@ from vae_cli.checkpoint import save_checkpoint
 from vae_cli.diagnostics import gradient_diagnostics
 from vae_cli.estimators import TERM_NAMES
 from vae_cli.eval_data import PICTURE_TAGS, VAL_DRAWS, average_terms, picture_grids, prepare_eval_sets
-from vae_cli.run_state import BEST, CHECKPOINT, resume_command
+from vae_cli.run_state import BEST, CHECKPOINT, resume_command, still_stopped_early
 from vae_cli.summary import RunWriter
 from vae_cli.training_state import capture, restore_loop
 
@@ -86,6 +86,7 @@ class Loop:
         self.images_per_sec, self.seen, self.epoch_start = None, 0, time.perf_counter()
         if state is not None:
             restore_loop(self, state)
+            self.stopped_early = still_stopped_early(self.stopped_early, self.bad_epochs, cfg.early_stopping.patience)
         # A resumed run's events continue its own: TensorBoard hides what an earlier attempt logged after
         # the checkpoint's step, so each step shows once.
         self.writer = RunWriter(run_dir, purge_step=self.step + 1 if state is not None else None)
@@ -141,7 +142,7 @@ class Loop:
                 if signals.pending:
                     name = signal.Signals(signals.signum).name
                     raise Stopped(signals.signum, (
-                        f"stopped by {name} at step {self.step} of {self.total_steps} (in epoch {self.epoch + 1}); "
+                        f"stopped by {name} at step {self.step} of {self.total_steps} ({self.position()}); "
                         f"checkpoint written; resume with: {resume_command(self.run_dir)}"))
 
     def next_batch(self) -> torch.Tensor:
@@ -156,7 +157,9 @@ class Loop:
         if offset == 0 or self.batches is None:
             first = self.index - offset  # the block's first batch in the epoch
             self.block_state = self.batch_gen.get_state()
-            ahead = min(ahead_max, self.steps_per_epoch - first, self.total_steps - (self.step - offset))
+            # Not cut at max_steps: the draws that binarize a block depend on its length, so a run ended by
+            # max_steps trains on the batches of the run without it, which an extension continues.
+            ahead = min(ahead_max, self.steps_per_epoch - first)
             rows = self.perm[first * self.batch_size:(first + ahead) * self.batch_size]
             block = self.train_x.index_select(0, rows)  # 6 us against 99 us for train_x[rows], 128 uint8 rows
             self.batches = self.likelihood.prepare_pixels(block.view(ahead, self.batch_size, -1), self.batch_gen)
@@ -177,8 +180,12 @@ class Loop:
             saved = (f"the last good checkpoint is {last} (step {self.saved_step})" if last.is_file()
                      else "no checkpoint was written before it")
             raise Diverged(
-                f"training diverged at step {self.step} (in epoch {self.epoch + 1}): non-finite {', '.join(bad)}; "
+                f"training diverged at step {self.step} ({self.position()}): non-finite {', '.join(bad)}; "
                 f"{saved}; {self.remedy()}")
+
+    def position(self) -> str:
+        """Where the run is, for messages: in an epoch, or after one (its end: validation, checkpoint)."""
+        return f"after epoch {self.epoch}" if self.index == 0 and self.epoch else f"in epoch {self.epoch + 1}"
 
     def remedy(self) -> str:
         """What to change after a divergence: the learning rate, and clipping (lower, if it is on already)."""

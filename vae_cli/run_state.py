@@ -210,12 +210,19 @@ def plan_run(run_dir: Path, cfg: DictConfig) -> Plan:
 
 
 def wants_more_steps(state: dict, cfg: DictConfig) -> bool:
-    """True when cfg's epochs / max_steps reach past where the finished run stopped (extending it)."""
-    stopped_early = state.get("stopped_early", False)
+    """True when cfg's epochs / max_steps reach past where the finished run stopped (extending it), unless
+    early stopping ended it and cfg's patience would have ended it there too."""
     steps = state["steps_per_epoch"] * cfg.epochs
     if cfg.max_steps is not None:
         steps = min(steps, cfg.max_steps)
-    return not stopped_early and steps > state["step"]
+    return steps > state["step"] and not still_stopped_early(
+        state.get("stopped_early", False), state["loop"]["bad_epochs"], cfg.early_stopping.patience)
+
+
+def still_stopped_early(stopped_early: bool, bad_epochs: int, patience: int | None) -> bool:
+    """Whether a run that early stopping ended (after bad_epochs epochs without a better validation ELBO)
+    stays ended under patience: a larger one (or none) lets it go on, as it would have gone on unstopped."""
+    return stopped_early and patience is not None and bad_epochs >= patience
 
 
 def _stored_config(run_dir: Path) -> dict | None:

@@ -1,6 +1,7 @@
 """train(cfg, run_dir): optimise the ELBO in a run folder that can be stopped and resumed at any step."""
 import contextlib
 import logging
+import math
 import random
 import time
 from pathlib import Path
@@ -167,6 +168,11 @@ def checked_run(cfg: DictConfig, run_dir: Path, on_start, signals: StopSignals) 
         if not finished:  # the events so far on disk; an error in that must not hide the run's own
             with contextlib.suppress(Exception):
                 loop.writer.close()
+    not_finite = [name for name, value in metrics.items() if isinstance(value, float) and not math.isfinite(value)]
+    if not_finite:  # e.g. a posterior variance beyond float32's range: L_K's log q(z|x) is 0 * inf
+        log.warning("%s not finite (null in metrics.json): the trained model is degenerate; train it again with a "
+                    "lower optimizer.lr (now %s) or with optimizer.clip_grad_norm", ", ".join(not_finite),
+                    cfg.optimizer.lr)
     write_json(run_dir / METRICS, metrics)  # then status.json: a finished status always has its metrics
     status.update(time.perf_counter() - start, state="finished", step=loop.step, epoch=loop.epoch,
                   images_per_sec=loop.images_per_sec, objective=objective_value(cfg, metrics), resume_command=None)
