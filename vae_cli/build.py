@@ -8,6 +8,7 @@ from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vae_cli.data import ImageData
+from vae_cli.data.sources import SUBSET_SOURCE
 from vae_cli.errors import ConfigError, reason
 
 
@@ -31,8 +32,15 @@ def instantiate(node: DictConfig, **kwargs):
         raise ConfigError(f"config group '{where}' could not be built: {detail}") from err
 
 
-def build_data(cfg: DictConfig) -> ImageData:
-    return instantiate(cfg.data)
+def build_data(cfg: DictConfig, trained_on: str | None = None) -> ImageData:
+    """cfg.data's images. trained_on: the source a run recorded (its data_source), for a resume or vae-eval:
+    a run of data.source=auto loads what auto chose then, the subset or full MNIST, even if full MNIST has
+    appeared in the cache (or gone) since; its figures would otherwise mix two data sets."""
+    node = cfg.data
+    if trained_on and node.get("source") == "auto":
+        node = OmegaConf.create(OmegaConf.to_container(node, resolve=True))
+        node.source = "subset" if trained_on.startswith(SUBSET_SOURCE) else "full"
+    return instantiate(node)
 
 
 def build_model(cfg: DictConfig, data_dim: int) -> torch.nn.Module:

@@ -109,7 +109,10 @@ def checked_run(cfg: DictConfig, run_dir: Path, on_start, signals: StopSignals) 
     threads = use_threads(cfg.threads)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
-    data = build_data(cfg)
+    trained_on = plan.state["config"].get("data_source") if plan.state else None
+    data = build_data(cfg, trained_on)
+    if trained_on and trained_on != data.source:  # full MNIST in another folder, say
+        log.warning("the run was trained on %s; it goes on with %s", trained_on, data.source)
     num_train = data.train_x.shape[0]
     if cfg.batch_size > num_train:
         raise ConfigError(f"batch_size={cfg.batch_size} is larger than the training split ({num_train:,} "

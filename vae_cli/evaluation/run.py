@@ -170,8 +170,8 @@ def load_run(run_dir: Path, device: torch.device, which: str = "best"):
         log.warning("%s has no best.pt (a run stopped before its first validation?): evaluating its last "
                     "model, checkpoint.pt", run_dir)
     cfg = with_data_paths_of_its_launch(OmegaConf.create(state["config"]), run_dir)
-    data = build_data(cfg)
     recorded = cfg.get("data_source")
+    data = build_data(cfg, trained_on=recorded)
     if recorded and recorded != data.source:
         log.warning("the run was trained on %s; evaluating on %s", recorded, data.source)
     model = build_model(cfg, data.data_dim).to(device)
