@@ -11,6 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import compose_config, run_cli
 from vae_cli.eval_cli import main
+from vae_cli.run_state import read_status
 from vae_cli.train import train
 
 TEST_TAGS = {"test/L_K", "test/elbo_L1", "test/posterior_gap", "test/active_units"}
@@ -121,6 +122,26 @@ def test_vae_eval_reads_a_relative_data_root_from_where_training_started(tmp_pat
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "here" / "run" / "eval.json").read_text())
     assert report["data_source"].startswith(str(tmp_path / "here" / "tiny")), report["data_source"]
+
+
+def test_a_resume_from_another_folder_reads_a_relative_data_root_from_where_training_started(tmp_path):
+    """resume=RUN from elsewhere said data.root='tiny' does not exist, refused the absolute path as another
+    setting, and trained on that folder's own tiny/ if it had one; the same command again from another
+    folder, whose tiny/ is other data, is refused as another run's."""
+    from test_data import write_folder
+
+    write_folder(tmp_path / "here" / "tiny", gz=False)
+    common = ("data=mnist", "data.root=tiny", "data.download=false", "batch_size=10", "model.hidden_sizes=[16]",
+              "~eval")
+    trained = run_cli(*common, "max_steps=5", "hydra.run.dir=run", cwd=tmp_path / "here")
+    assert trained.returncode == 0, trained.stderr
+    (tmp_path / "elsewhere").mkdir()
+    resumed = run_cli(f"resume={tmp_path / 'here' / 'run'}", "max_steps=9", cwd=tmp_path / "elsewhere")
+    assert resumed.returncode == 0, resumed.stderr
+    assert read_status(tmp_path / "here" / "run")["step"] == 9
+    write_folder(tmp_path / "elsewhere" / "tiny", gz=True)
+    again = run_cli(*common, "max_steps=9", f"hydra.run.dir={tmp_path / 'here' / 'run'}", cwd=tmp_path / "elsewhere")
+    assert again.returncode == 2 and "data.root" in again.stderr and "another run's files" in again.stderr
 
 
 def test_vae_eval_keeps_an_earlier_report_of_other_settings(smoke_run, tmp_path):

@@ -412,7 +412,7 @@ def resumed_config(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> Dict
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from vae_cli.checkpoint import load_checkpoint
-    from vae_cli.run_state import RECORDED, RESUMABLE
+    from vae_cli.run_state import RECORDED, RESUMABLE, launch_folder, with_data_paths_from
 
     if not (run_dir / "checkpoint.pt").is_file():
         raise ConfigError(f"resume={run_dir}: no checkpoint.pt there, so nothing to resume; pass the folder "
@@ -441,5 +441,6 @@ def resumed_config(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> Dict
                           f"resumed run keeps its model, data and training settings (only "
                           f"{', '.join(RESUMABLE[:6])}, ... may change); start a new run instead")
     OmegaConf.update(stored, "resume", str(run_dir), force_add=True)
+    with_data_paths_from(stored, launch_folder(run_dir))  # data.root=data: the run's, whatever this folder is
     OmegaConf.set_struct(stored, True)
     return stored

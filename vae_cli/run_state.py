@@ -39,6 +39,24 @@ RESUMABLE = ("epochs", "max_steps", "device", "log_every", "eval_batch_size", "c
 RECORDED = ("data_source", "device_used", "train_step_used", "threads_used")
 
 
+def launch_folder(run_dir: Path) -> Path | None:
+    """The folder the run's first vae-train was started in (Hydra's .hydra/hydra.yaml), or None."""
+    try:
+        return Path(str(OmegaConf.load(Path(run_dir) / ".hydra" / "hydra.yaml").hydra.runtime.cwd))
+    except Exception:  # noqa: BLE001 - absent or unreadable
+        return None
+
+
+def with_data_paths_from(cfg: DictConfig, folder: Path | None) -> DictConfig:
+    """cfg with a relative data.root or data.path taken from folder (None: left as they are). A run trained
+    with data.root=data read it from its launch folder: resumed or evaluated from elsewhere it must too."""
+    for key in ("data.root", "data.path"):
+        value = OmegaConf.select(cfg, key, default=None)
+        if folder is not None and isinstance(value, str) and value and not Path(value).is_absolute():
+            OmegaConf.update(cfg, key, str(folder / value))
+    return cfg
+
+
 def now() -> str:
     return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
 
@@ -186,7 +204,10 @@ def plan_run(run_dir: Path, cfg: DictConfig) -> Plan:
     stored = state["config"] if state is not None else _stored_config(run_dir)
     if state is None and stored is None and status.get("state") == "failed":
         return Plan("fresh")  # refused before training began (a bad value): nothing there to keep
-    changed = differences(settings(stored), settings(cfg)) if stored is not None else ["(no readable config)"]
+    if stored is not None:  # relative data paths compared as each command read them: from its own folder
+        stored = settings(with_data_paths_from(OmegaConf.create(stored), launch_folder(run_dir)))
+        current = settings(with_data_paths_from(cfg.copy(), Path.cwd()))
+    changed = differences(stored, current) if stored is not None else ["(no readable config)"]
     if changed:
         listed = "; ".join(changed[:4]) + ("; ..." if len(changed) > 4 else "")
         raise ConfigError(f"{run_dir} holds another run's files, with other settings ({listed}); resume it "

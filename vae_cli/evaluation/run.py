@@ -19,6 +19,7 @@ from vae_cli.evaluation.iwae import bits_per_dim, log_px_estimates
 from vae_cli.evaluation.pictures import interpolation, tile, traversal, write_embedding
 from vae_cli.evaluation.probe import probe
 from vae_cli.likelihoods import Bernoulli, ContinuousBernoulli, to_unit
+from vae_cli.run_state import launch_folder, with_data_paths_from
 
 log = logging.getLogger(__name__)
 
@@ -140,21 +141,6 @@ def evaluate(model, data, test_x: torch.Tensor, settings: DictConfig, eval_seed:
                       embedding=embedding)
 
 
-def with_data_paths_of_its_launch(cfg: DictConfig, run_dir: Path) -> DictConfig:
-    """cfg with a relative data.root or data.path taken from the folder vae-train was started in (Hydra's
-    .hydra/hydra.yaml records it), as training read it, not from this process's folder: vae-eval of a run
-    trained with data.root=data, started elsewhere, said that data.root was not a folder."""
-    try:
-        launched = Path(str(OmegaConf.load(run_dir / ".hydra" / "hydra.yaml").hydra.runtime.cwd))
-    except Exception:  # noqa: BLE001 - absent or unreadable: relative paths stay this process's
-        return cfg
-    for key in ("data.root", "data.path"):
-        value = OmegaConf.select(cfg, key, default=None)
-        if isinstance(value, str) and value and not Path(value).is_absolute():
-            OmegaConf.update(cfg, key, str(launched / value))
-    return cfg
-
-
 def load_run(run_dir: Path, device: torch.device, which: str = "best"):
     """(config, data, model with the chosen checkpoint's weights, the last checkpoint's state) of a run
     folder; which: best (best.pt, the best validation ELBO; checkpoint.pt when absent) or last."""
@@ -169,7 +155,7 @@ def load_run(run_dir: Path, device: torch.device, which: str = "best"):
     elif which == "best":
         log.warning("%s has no best.pt (a run stopped before its first validation?): evaluating its last "
                     "model, checkpoint.pt", run_dir)
-    cfg = with_data_paths_of_its_launch(OmegaConf.create(state["config"]), run_dir)
+    cfg = with_data_paths_from(OmegaConf.create(state["config"]), launch_folder(run_dir))
     recorded = cfg.get("data_source")
     data = build_data(cfg, trained_on=recorded)
     if recorded and recorded != data.source:
