@@ -91,6 +91,7 @@ FRESH_CASES = [
 EVAL_CASES = [("eval.num_samples=0", ["eval.num_samples=0", ">= 1"]),
               ("eval.probe_sizes=[10,0]", ["eval.probe_sizes=[10, 0]", "positive integers"]),
               ("eval.probe_sizes=5", ["eval.probe_sizes=5 must be a list", "eval.probe_sizes=[5]"]),  # a traceback
+              ("eval.probe_sizes=null", ["eval.probe_sizes=null: give a list"]),  # a TypeError's traceback
               ("eval.pictures=maybe", ["eval.pictures='maybe' must be true or false"])]
 DATA_CASES = [("truncated", ["train-images-idx3-ubyte", "truncated"]),
               ("bad_magic", ["t10k-labels-idx1-ubyte", "magic"]),
@@ -247,6 +248,17 @@ def test_resume_refuses_a_group_of_settings_it_would_have_ignored(tmp_path):
     same = run_cli("resume=run", "debug=smoke", cwd=tmp_path)
     assert same.returncode == 0 and "is finished" in same.stdout + same.stderr, same.stderr
     assert (tmp_path / "run/metrics.json").read_bytes() == kept
+
+
+def test_resume_may_turn_the_end_of_run_evaluation_off(tmp_path):
+    """eval is a key a resume may change (README): `resume=RUN ~eval` was refused as a group of settings."""
+    first = run_cli("debug=smoke", "max_steps=5", "eval.num_samples=2", "hydra.run.dir=run", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "test/L_K" in json.loads((tmp_path / "run/metrics.json").read_text())
+    resumed = run_cli("resume=run", "max_steps=10", "~eval", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    metrics = json.loads((tmp_path / "run/metrics.json").read_text())
+    assert metrics["step"] == 10 and "test/L_K" not in metrics
 
 
 def test_an_option_of_ones_own_that_fails_to_build_is_named_with_its_cause(tmp_path, monkeypatch):

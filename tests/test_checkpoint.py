@@ -72,6 +72,21 @@ def test_unreadable_checkpoints_are_one_line_naming_the_file(content, message, t
     assert str(path) in str(err.value) and "\n" not in str(err.value)
 
 
+def test_a_checkpoint_without_read_permission_is_not_called_corrupt(tmp_path, monkeypatch):
+    """It was 'truncated, corrupt or not written by vae-train: rerun the training', for a whole file."""
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, STATE)
+
+    def denied(*args, **kwargs):  # as torch.load of a file chmod 000 (root reads it: faked here)
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(torch, "load", denied)
+    with pytest.raises(ConfigError) as err:
+        load_checkpoint(path)
+    assert str(err.value) == (f"checkpoint {path} cannot be read (permission denied); give this user read access "
+                              "to it (e.g. chmod u+r)")
+
+
 def test_a_truncated_real_checkpoint_is_refused(tmp_path):
     path = tmp_path / "checkpoint.pt"
     save_checkpoint(path, STATE)

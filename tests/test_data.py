@@ -337,6 +337,39 @@ def test_decoded_arrays_come_from_the_cache_and_a_corrupt_entry_is_rebuilt(tmp_p
     assert not caplog.records and changed.test_x[0, 0] == first.test_x[0, 0] ^ 0xFF
 
 
+def test_a_cache_entry_that_cannot_be_read_or_is_not_a_manifest_is_rebuilt(tmp_path, monkeypatch, caplog):
+    """An unreadable .npy (permissions) and valid JSON that is no manifest ([], no "arrays") gave
+    'config group data could not be built: (PermissionError / AttributeError / KeyError ...)'."""
+    write_folder(tmp_path / "root", gz=True)
+    first = load_mnist(root=tmp_path / "root", val_fraction=0.2)
+    entry = decoded_entry("mnist")
+    manifest = json.loads((entry / "manifest.json").read_text())
+    real_sha256 = array_cache.file_sha256
+
+    refused = []
+
+    def denied(path):  # the check's read is refused; the rebuilt entry's own hash is computed as ever
+        if not refused:
+            refused.append(path)
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_sha256(path)
+
+    cases = {"unreadable": (manifest, denied, "train_x.npy cannot be read (PermissionError)"),
+             "a list": ([], real_sha256, "unreadable manifest"),
+             "no arrays": ({k: v for k, v in manifest.items() if k != "arrays"}, real_sha256,
+                           "its manifest is not one vae-cli wrote")}
+    for what, (written, sha256, words) in cases.items():
+        (entry / "manifest.json").write_text(json.dumps(written))
+        monkeypatch.setattr(array_cache, "file_sha256", sha256)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            rebuilt = load_mnist(root=tmp_path / "root", val_fraction=0.2)
+        monkeypatch.setattr(array_cache, "file_sha256", real_sha256)
+        warnings = [r.getMessage() for r in caplog.records]
+        assert len(warnings) == 1 and words in warnings[0], (what, warnings)
+        assert torch.equal(rebuilt.test_x, first.test_x)
+
+
 def test_a_failed_download_is_tried_once_per_cache_unless_asked(nowhere, monkeypatch, caplog):
     calls = []
 

@@ -1,5 +1,7 @@
 """vae-eval on smoke runs' folders, in process and as the installed script; vae-train's light evaluation."""
+import errno
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -10,6 +12,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import compose_config, run_cli
+from vae_cli.errors import ConfigError
 from vae_cli.eval_cli import main
 from vae_cli.run_state import read_status
 from vae_cli.train import train
@@ -144,6 +147,42 @@ def test_a_resume_from_another_folder_reads_a_relative_data_root_from_where_trai
     assert again.returncode == 2 and "data.root" in again.stderr and "another run's files" in again.stderr
 
 
+@pytest.mark.parametrize("code,words", [(errno.EROFS, "make it writable, or evaluate a copy of the run folder"),
+                                        (errno.ENOSPC, "free some space")])
+def test_a_run_folder_vae_eval_cannot_write_is_refused_before_the_evaluation(code, words, smoke_run, tmp_path,
+                                                                            monkeypatch, capsys):
+    """A read-only or full run folder: the figures were computed (minutes at K = 5000), then lost in a
+    traceback of TensorBoard's writer thread, exit 1."""
+    from vae_cli.evaluation import run as evaluation_run
+    run_dir = shutil.copytree(smoke_run[0], tmp_path / "run")
+    before = sorted(p.name for p in run_dir.iterdir())
+
+    def cannot_open(path, *args, **kwargs):
+        raise OSError(code, os.strerror(code), str(path))
+
+    monkeypatch.setattr(evaluation_run, "open", cannot_open, raising=False)
+    monkeypatch.setattr(evaluation_run, "log_px_estimates", lambda *a, **k: pytest.fail("evaluated"))
+    with pytest.raises(SystemExit) as stop:
+        main([str(run_dir), "eval=light"])
+    assert stop.value.code == 2
+    line = capsys.readouterr().err.strip()
+    assert line == (f"error: {run_dir} cannot be written ({os.strerror(code)}): vae-eval writes eval.json and "
+                    f"TensorBoard events there; {words}")
+    assert sorted(p.name for p in run_dir.iterdir()) == before
+
+
+def test_a_read_only_run_folder_is_refused_by_resume_in_one_line(smoke_run, tmp_path, monkeypatch):
+    """Hydra's log file was the first thing to fail: 'error: ValueError: Unable to configure handler 'file''."""
+    from vae_cli import cli
+    from vae_cli.config_keys import hydra_error_line
+
+    monkeypatch.setattr(cli.os, "access", lambda path, mode: False)
+    with pytest.raises(ConfigError, match=r"the folder cannot be written \(read-only\?\).*copy the run folder"):
+        cli.check_resume(str(smoke_run[0]), [])
+    assert hydra_error_line("ValueError: Unable to configure handler 'file'").startswith(
+        "the run folder cannot be written: Hydra could not open its log file there")
+
+
 def test_vae_eval_keeps_an_earlier_report_of_other_settings(smoke_run, tmp_path):
     """eval.json of other settings is renamed, not overwritten; the same settings again replace it."""
     run_dir = shutil.copytree(smoke_run[0], tmp_path / "run")
@@ -200,6 +239,7 @@ def test_missing_folder_and_bad_override_are_one_line_errors(smoke_run, tmp_path
                                                                       "eval.num_samples?"),
                           ([str(smoke_run[0]), "+checkpoin=last"], "no key checkpoin; did you mean checkpoint?"),
                           ([str(smoke_run[0]), "eval=lite"], "the options of eval are full, light"),
+                          ([str(smoke_run[0]), "~eval"], "~eval: vae-eval always evaluates"),
                           ([str(smoke_run[0]), "eval.num_samples=[1"], "eval.num_samples=[1: no viable"),
                           ([str(smoke_run[0]), "--cfg", "job"], "--cfg: vae-eval takes key=value settings"),
                           ([str(smoke_run[0]), "eval.num_samples=0"], "eval.num_samples=0 must be"),

@@ -99,6 +99,9 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
                               "load (they can run code); point at a checkpoint written by vae-train") from err
         raise ConfigError(f"checkpoint {path} is not a torch checkpoint (corrupt or foreign); rerun the "
                           "training or point at another run") from err
+    except PermissionError as err:  # the file may be whole: nothing to rerun
+        raise ConfigError(f"checkpoint {path} cannot be read (permission denied); give this user read access "
+                          "to it (e.g. chmod u+r)") from err
     except Exception as err:  # noqa: BLE001 - torch's unpickler raises KeyError, IndexError, ... on junk
         raise ConfigError(f"checkpoint {path} could not be read ({reason(err)}); it is truncated, corrupt or "
                           "not written by vae-train: rerun the training or point at another run") from err

@@ -67,6 +67,8 @@ class HeldStderr(io.TextIOBase):
         lines = [line for line in lines if line and "HYDRA_FULL_ERROR" not in line and not LOG_RECORD.match(line)]
         if any(line.startswith("Traceback") for line in lines):  # an error before the run: its last line
             last = lines[-1]
+            if "Unable to configure handler 'file'" in last:  # Hydra's log file in the run folder
+                return hydra_error_line(last)
             folder = last.split(":")[0] in FOLDER_ERRORS  # Hydra could not make the run folder
             return last + (" (the run folder, hydra.run.dir, cannot be created or written there)" if folder else "")
         return hydra_error_line("; ".join(lines), args=args)
@@ -208,6 +210,9 @@ def check_resume(folder: str, args: list[str]) -> None:
         pass
     if not (path / CHECKPOINT).is_file():
         raise ConfigError(f"resume={folder}: no checkpoint.pt there, so nothing to resume; {hint}")
+    if not os.access(path, os.W_OK):  # a read-only mount: Hydra's log file was the first thing to fail
+        raise ConfigError(f"resume={folder}: the folder cannot be written (read-only?), and a resumed run writes its "
+                          "checkpoints there; make it writable, or copy the run folder and resume the copy")
 
 
 def register_sweeper() -> None:
@@ -267,9 +272,12 @@ def hydra_main(cfg: DictConfig) -> float | None:
         written = read_status(run_dir) or {}  # train() records an error met once it has written the folder
         recorded = written.get("state") == "failed" and written.get("pid") == os.getpid()  # Diverged too
         if isinstance(err, ConfigError) and not in_use and not run_files(run_dir) and run_dir.is_dir():
-            save_hydra_files(run_dir, cfg, rewrite=False)  # a sweep's summary names the job's overrides
-            Status(run_dir, state="failed", error=str(err), resume_command=None).update()
-            recorded = True
+            try:
+                save_hydra_files(run_dir, cfg, rewrite=False)  # a sweep's summary names the job's overrides
+                Status(run_dir, state="failed", error=str(err), resume_command=None).update()
+                recorded = True
+            except (OSError, ConfigError):  # a full disk (err may say so): the error line is what counts
+                pass
         if multirun and not recorded:  # the folder is another run's: the sweep's summary hears of it here
             record_refusal(Path(hydra_cfg.sweep.dir), hydra_cfg.job.num, list(hydra_cfg.overrides.task), str(err))
         if not in_use:  # the log of the process that holds the folder is its own
@@ -428,12 +436,12 @@ def resumed_config(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> Dict
         if key in ("resume", "hydra") or key.startswith("hydra."):
             continue
         new = OmegaConf.select(cfg, key, default=None)
-        if key not in cfg and (resources.files("vae_cli.configs") / key).is_dir():
+        if key.split(".")[0] in RESUMABLE:  # eval=full, ~eval (no evaluation: eval is null), epochs=20, ...
+            OmegaConf.update(stored, key, new, force_add=True)
+        elif key not in cfg and (resources.files("vae_cli.configs") / key).is_dir():
             # experiment=, debug=: a group of settings with no node of its own, accepted only as the run had it
             if override.input_line not in started_with:
                 refused.append(override.input_line)
-        elif key.split(".")[0] in RESUMABLE:
-            OmegaConf.update(stored, key, new, force_add=True)
         elif OmegaConf.select(stored, key, default=None) != new:
             refused.append(override.input_line)
     if refused:

@@ -122,6 +122,9 @@ def hydra_error_line(message: str, primary: str = "train", args: list[str] = ())
     with the group's options, without Hydra's search path, and a syntax error with the override (args:
     the command line's) that has it."""
     message = "; ".join(line.strip() for line in message.splitlines() if line.strip())
+    if "Unable to configure handler 'file'" in message:  # Hydra's log file in the run folder
+        return ("the run folder cannot be written: Hydra could not open its log file there (a read-only folder or "
+                "a full disk?); make it writable, or choose another hydra.run.dir (a sweep: hydra.sweep.dir)")
     if "override_grammar" in message and (bad := unparsable_override(args)):
         message = message if bad in message else f"{bad}: {message}"
         key, _, value = bad.partition("=")

@@ -55,6 +55,9 @@ def compose_eval_config(overrides: list[str]):
     added = check_added_keys(overrides, "eval")
     if added:
         raise ConfigError(added)
+    if "~eval" in overrides:  # vae-train's switch for no evaluation; here there would be nothing to do
+        raise ConfigError("~eval: vae-eval always evaluates (vae-train ~eval skips the end-of-run evaluation); "
+                          "choose what it computes with eval=light or eval.* settings")
     try:
         with initialize_config_module("vae_cli.configs", version_base="1.3"):
             return compose("eval", overrides=overrides)

@@ -25,6 +25,8 @@ def check_eval_settings(settings) -> None:
 
 def check_sizes(sizes) -> list:
     """eval.probe_sizes: labelled examples per class, positive integers, or "all" (the whole train split)."""
+    if sizes is None:
+        raise ConfigError("eval.probe_sizes=null: give a list, e.g. eval.probe_sizes=[10,100,all], or [] for no probe")
     if isinstance(sizes, (str, int, float)):  # eval.probe_sizes=100: one size, which is not a list
         raise ConfigError(f"eval.probe_sizes={sizes!r} must be a list; use e.g. eval.probe_sizes=[{sizes}] or "
                           "eval.probe_sizes=[10,100,all]")

@@ -56,7 +56,12 @@ def _problem(folder: Path, manifest: dict) -> str | None:
 def _load(folder: Path, manifest: dict) -> dict[str, np.ndarray] | str:
     """The entry's arrays, memory-mapped copy-on-write (writable in memory, the file never changes),
     or a phrase saying why they cannot be trusted."""
-    problem = _problem(folder, manifest)
+    try:
+        problem = _problem(folder, manifest)
+    except OSError as err:  # a file that cannot be read (permissions): rebuilt like a corrupt one
+        return f"{Path(err.filename or folder).name} cannot be read ({type(err).__name__})"
+    except (KeyError, TypeError, AttributeError):  # valid JSON, but not a manifest vae-cli wrote
+        return "its manifest is not one vae-cli wrote"
     if problem is not None:
         return problem
     arrays = {}
@@ -103,6 +108,9 @@ def cached_arrays(folder: Path, key: dict, decode: Callable[[], dict[str, np.nda
         manifest = None
     except (OSError, ValueError) as err:
         log.warning("data cache %s: unreadable manifest (%s); rebuilding it", folder, type(err).__name__)
+        manifest = None
+    if manifest is not None and not isinstance(manifest, dict):
+        log.warning("data cache %s: unreadable manifest (not a JSON object); rebuilding it", folder)
         manifest = None
     if manifest is not None and manifest.get("format") == FORMAT and manifest.get("key") == key:
         loaded = _load(folder, manifest)

@@ -1,6 +1,9 @@
 """evaluate(): a trained model's figures and pictures on the test set; evaluate_run(): the job of vae-eval."""
+import contextlib
+import errno
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from vae_cli.build import build_data, build_model
 from vae_cli.checkpoint import load_checkpoint, write_json
 from vae_cli.device import resolve_device, use_threads
-from vae_cli.errors import ConfigError, check_choice, reason
+from vae_cli.errors import ConfigError, WriteError, check_choice, reason
 from vae_cli.eval_data import (EVAL_DRAWS, PICTURE_TAGS, check_eval_settings, mean_stderr, picture_grids,
                                prepare_eval_sets, seeded)
 from vae_cli.evaluation.active_units import active_units, activity, latent_means
@@ -181,6 +184,7 @@ def evaluate_run(run_dir, eval_cfg: DictConfig) -> Evaluation:
     device = resolve_device(eval_cfg.device)
     threads = use_threads(eval_cfg.threads)
     cfg, data, model, state, weights = load_run(run_dir, device, eval_cfg.checkpoint)
+    check_writable(run_dir)
     eval_seed = cfg.get("eval_seed", 0)
     test_x = prepare_eval_sets(model.likelihood, data, device, eval_seed)[1]
     step = int(state["step"])
@@ -189,9 +193,13 @@ def evaluate_run(run_dir, eval_cfg: DictConfig) -> Evaluation:
     prior_z = model.latent.sample_prior(cfg.num_images, image_gen)
     grids = picture_grids(model, test_x[:cfg.num_images // 2], prior_z, data.image_shape)
     result.images.update({PICTURE_TAGS[name]: images for name, images in grids.items()})
-    writer = RunWriter(run_dir)
-    result.write(writer, step, prefix="vae-eval/")
-    writer.close()
+    try:
+        writer = RunWriter(run_dir)
+        result.write(writer, step, prefix="vae-eval/")
+        writer.close()
+    except OSError as err:  # TensorBoard's writer thread: the disk filled during the evaluation
+        raise WriteError(f"could not write TensorBoard events in {run_dir} ({reason(err)}); free some space and "
+                         "run the same command again") from err
     model_used = f"{'last' if weights is state else 'best'} (epoch {weights.get('epoch')}, step {weights.get('step')})"
     report = {"figures": result.figures, "notes": result.notes, "step": step, "model_used": model_used,
               "data_source": data.source, "device": str(device), "threads": threads,
@@ -201,6 +209,25 @@ def evaluate_run(run_dir, eval_cfg: DictConfig) -> Evaluation:
     write_json(run_dir / "eval.json", report)
     log.info("figures written to %s and its TensorBoard events (tags vae-eval/...)", run_dir / "eval.json")
     return result
+
+
+def check_writable(run_dir: Path) -> None:
+    """vae-eval writes eval.json and TensorBoard events into the run folder: a read-only or full one is
+    refused before the evaluation (minutes at K = 5000), not after it, its figures lost."""
+    probe = run_dir / ".vae-eval-can-write"
+    try:
+        with open(probe, "wb") as f:
+            f.write(bytes(65536))
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:
+        mend = ("free some space" if err.errno in (errno.ENOSPC, errno.EDQUOT) else
+                "make it writable, or evaluate a copy of the run folder")
+        raise WriteError(f"{run_dir} cannot be written ({err.strerror}): vae-eval writes eval.json and TensorBoard "
+                         f"events there; {mend}") from err
+    finally:
+        with contextlib.suppress(OSError):  # absent; a read-only file system says so for an absent file too
+            probe.unlink()
 
 
 def keep_earlier_report(path: Path, report: dict) -> None:
