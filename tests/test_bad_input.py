@@ -38,6 +38,11 @@ def idx_folder(root: Path, corrupt: str) -> Path:
         files["train-images-idx3-ubyte"] = files["train-images-idx3-ubyte"][:-100]
     elif corrupt == "bad_magic":
         files["t10k-labels-idx1-ubyte"] = b"\x00\x00\x09\x99" + labels[4:]
+    elif corrupt == "empty":
+        files["t10k-images-idx3-ubyte"] = b""
+    elif corrupt == "no_images":  # headers saying 0 images and 0 labels: numpy's reshape error before
+        files["train-images-idx3-ubyte"] = header[:4] + (0).to_bytes(4, "big") + header[8:]
+        files["train-labels-idx1-ubyte"] = labels[:4] + (0).to_bytes(4, "big")
     elif corrupt == "bad_gzip":
         files["train-labels-idx1-ubyte.gz"] = gzip.compress(labels)[:-6]
         del files["train-labels-idx1-ubyte"]
@@ -83,6 +88,7 @@ FRESH_CASES = [
     (("objective.metric=test/elbo",), ["objective.metric='test/elbo'", "validation figure"]),
     (("objective.metric=val/elbo_typo",), ["objective.metric='val/elbo_typo'", "one of val/recon", "val/elbo,"]),
     (("data=fashion_mnist", "data.root=/nonexistent/folder"), ["data.root", "/nonexistent/folder"]),
+    (("data=fashion_mnist", "data.root=/etc/hostname"), ["data.root='/etc/hostname': a file, not a folder"]),
     (("overwrite=no",), ["overwrite='no' must be true or false"]),  # a string: it counted as true
     (("likelihood=gaussian", "likelihood.dequantize=maybe"), ["likelihood.dequantize='maybe' must be true or false"]),
 ]
@@ -95,7 +101,9 @@ EVAL_CASES = [("eval.num_samples=0", ["eval.num_samples=0", ">= 1"]),
               ("eval.pictures=maybe", ["eval.pictures='maybe' must be true or false"])]
 DATA_CASES = [("truncated", ["train-images-idx3-ubyte", "truncated"]),
               ("bad_magic", ["t10k-labels-idx1-ubyte", "magic"]),
-              ("bad_gzip", ["train-labels-idx1-ubyte.gz", "cannot read"])]
+              ("bad_gzip", ["train-labels-idx1-ubyte.gz", "cannot read"]),
+              ("empty", ["t10k-images-idx3-ubyte: empty, not an IDX file"]),  # "IDX magic number is None"
+              ("no_images", ["train-images-idx3-ubyte: holds no images"])]
 
 
 def assert_nothing_started(run_dir: Path) -> None:

@@ -193,6 +193,10 @@ def test_vae_eval_keeps_an_earlier_report_of_other_settings(smoke_run, tmp_path)
     reports = {p.name: json.loads(p.read_text()) for p in run_dir.glob("eval*.json")}
     assert {name: r["settings"]["num_samples"] for name, r in reports.items()} == {"eval-1.json": 20, "eval.json": 7}
     assert reports["eval-1.json"]["figures"]["test/L_K"] != reports["eval.json"]["figures"]["test/L_K"]
+    (run_dir / "eval.json").write_text('{"figures": {"test/L_K": -1.0}, "notes": ["edited by hand"')  # not JSON
+    main([str(run_dir), "eval=light", "eval.num_samples=7"])  # an unreadable report was overwritten
+    assert (run_dir / "eval-2.json").read_text().endswith('["edited by hand"')
+    assert json.loads((run_dir / "eval.json").read_text())["settings"]["num_samples"] == 7
 
 
 def test_vae_eval_writes_every_promised_tag_and_key(smoke_run):

@@ -47,7 +47,9 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
         raise ConfigError(f"{path}: cannot read it ({type(err).__name__}: {err}); {fix}") from err
     num_dims = magic & 0xFF
     header_size = 4 + 4 * num_dims
-    found = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else None
+    if len(raw) < 4:
+        raise ConfigError(f"{path}: {'empty' if not raw else f'only {len(raw)} bytes'}, not an IDX file; {fix}")
+    found = int.from_bytes(raw[:4], "big")
     if found != magic:
         raise ConfigError(f"{path}: IDX magic number is {found}, expected {magic}; the file is corrupt or "
                           f"not the file its name says; {fix}")
@@ -79,6 +81,9 @@ def read_idx_folder(folder: Path, num_classes: int):
     image_hw = arrays["train_x"].shape[1:]
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_x"], arrays[f"{split}_y"]
+        if len(images) == 0:
+            raise ConfigError(f"{paths[f'{split}_x']}: holds no images (its header says 0); "
+                              "replace it with an intact copy of the original file")
         if len(labels) != len(images):
             raise ConfigError(f"{paths[f'{split}_y']}: {len(labels):,} labels for {len(images):,} images in "
                               f"{paths[f'{split}_x']}; the two files must come from the same release")

@@ -78,7 +78,8 @@ def _find_idx_folder(name: str, root, download: bool,
         folder = Path(root).expanduser()
         missing = missing_idx_files(folder) if folder.is_dir() else list(IDX_FILES.values())
         if missing:
-            what = f"no {missing[0]} (or .gz)" if folder.is_dir() else "the folder does not exist"
+            what = (f"no {missing[0]} (or .gz)" if folder.is_dir() else
+                    "a file, not a folder" if folder.exists() else "the folder does not exist")
             raise ConfigError(f"data.root={str(root)!r}: {what}; point data.root at a folder holding "
                               f"{', '.join(IDX_FILES.values())} (plain or .gz), or set data.root=null "
                               f"to use the cache and download")

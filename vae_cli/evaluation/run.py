@@ -236,13 +236,17 @@ def keep_earlier_report(path: Path, report: dict) -> None:
     the evaluation is deterministic, its figures the same."""
     try:
         earlier = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except OSError:  # none there
         return
-    if {k: earlier.get(k) for k in ("settings", "model_used")} == {k: report[k] for k in ("settings", "model_used")}:
+    except ValueError:  # damaged, or edited by hand: kept, it may be all that is left of a long evaluation
+        earlier = None
+    same = {k: report[k] for k in ("settings", "model_used")}
+    if isinstance(earlier, dict) and {k: earlier.get(k) for k in same} == same:
         return
     number = 1
     while path.with_name(f"eval-{number}.json").exists():
         number += 1
     kept = path.rename(path.with_name(f"eval-{number}.json"))
-    log.info("the earlier %s (other settings or model) kept as %s", path.name, kept.name)
+    log.info("the earlier %s (%s) kept as %s", path.name, "other settings or model" if earlier is not None else
+             "unreadable", kept.name)
 
