@@ -9,8 +9,13 @@ import torch
 from vae_cli.errors import ConfigError, check_bool, check_integer
 from vae_cli.estimators import TERM_NAMES
 
-# Offsets from eval_seed, one stream each, so that no figure depends on how another was drawn.
+# Streams of random numbers derived from eval_seed, one each, so that no figure depends on how another was drawn.
 TEST_STREAM, VAL_STREAM, VAL_DRAWS, TEST_DRAWS, EVAL_DRAWS = range(5)
+
+
+def stream_seed(eval_seed: int, stream: int) -> int:
+    """The seed of one of the streams above: distinct for every (eval_seed, stream) pair."""
+    return eval_seed * 16 + stream
 
 
 def check_eval_settings(settings) -> None:
@@ -46,7 +51,7 @@ def prepare_eval_sets(likelihood, data, device: torch.device, eval_seed: int):
     scored on the same test set, and vae-eval rebuilds exactly the set training scored.
     """
     def prepare(pixels, stream):
-        generator = torch.Generator().manual_seed(eval_seed * 16 + stream)
+        generator = torch.Generator().manual_seed(stream_seed(eval_seed, stream))
         return likelihood.prepare_pixels(pixels, generator).to(device)
 
     return prepare(data.val_x, VAL_STREAM), prepare(data.test_x, TEST_STREAM)

@@ -15,7 +15,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from vae_cli.checkpoint import save_checkpoint
 from vae_cli.diagnostics import gradient_diagnostics
 from vae_cli.estimators import TERM_NAMES
-from vae_cli.eval_data import PICTURE_TAGS, VAL_DRAWS, average_terms, picture_grids, prepare_eval_sets
+from vae_cli.eval_data import (PICTURE_TAGS, VAL_DRAWS, average_terms, picture_grids, prepare_eval_sets,
+                               stream_seed)
 from vae_cli.run_state import BEST, CHECKPOINT, resume_command, still_stopped_early
 from vae_cli.summary import RunWriter
 from vae_cli.training_state import capture, restore_loop
@@ -249,7 +250,7 @@ class Loop:
         cfg = self.cfg
         self.model.eval()
         val = average_terms(self.model, self.estimator, self.val_x, cfg.eval_batch_size, cfg.beta,
-                            seed=cfg.eval_seed * 16 + VAL_DRAWS)  # the same draws every epoch
+                            seed=stream_seed(cfg.eval_seed, VAL_DRAWS))  # the same draws every epoch
         self.model.train()
         if val and not all(math.isfinite(v) for v in val.values()):
             raise Diverged(

@@ -2,7 +2,7 @@
 best-validation model, written to TensorBoard, PNG files and config.yaml."""
 from omegaconf import OmegaConf
 
-from vae_cli.eval_data import TEST_DRAWS, average_terms
+from vae_cli.eval_data import TEST_DRAWS, average_terms, stream_seed
 from vae_cli.run_state import BEST
 from vae_cli.training_state import load_best_weights
 
@@ -15,7 +15,7 @@ def finish(loop, signals) -> dict:
     used = load_best_weights(loop.run_dir / BEST, model, loop.best, loop.step)
     model.eval()
     test = average_terms(model, loop.estimator, loop.test_x, cfg.eval_batch_size, cfg.beta,
-                         seed=cfg.eval_seed * 16 + TEST_DRAWS)
+                         seed=stream_seed(cfg.eval_seed, TEST_DRAWS))
     metrics = {f"test/{k}": v for k, v in test.items()}
     metrics.update({f"val/{k}": v for k, v in loop.best["val"].items()})
     metrics.update({"step": loop.step, "epoch": loop.epoch, "best/step": loop.best["step"],

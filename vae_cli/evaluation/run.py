@@ -16,7 +16,7 @@ from vae_cli.checkpoint import load_checkpoint, write_json
 from vae_cli.device import resolve_device, use_threads
 from vae_cli.errors import ConfigError, WriteError, check_choice, reason
 from vae_cli.eval_data import (EVAL_DRAWS, PICTURE_TAGS, check_eval_settings, mean_stderr, picture_grids,
-                               prepare_eval_sets, seeded)
+                               prepare_eval_sets, seeded, stream_seed)
 from vae_cli.evaluation.active_units import active_units, activity, latent_means
 from vae_cli.evaluation.iwae import bits_per_dim, log_px_estimates
 from vae_cli.evaluation.pictures import interpolation, tile, traversal, write_embedding
@@ -123,8 +123,8 @@ def evaluate(model, data, test_x: torch.Tensor, settings: DictConfig, eval_seed:
     check_eval_settings(settings)
     model.eval()
     device, shape = test_x.device, data.image_shape
-    with seeded(eval_seed * 16 + EVAL_DRAWS, device):
-        generator = torch.Generator().manual_seed(eval_seed * 16 + EVAL_DRAWS)  # CPU: preparing pixels
+    with seeded(stream_seed(eval_seed, EVAL_DRAWS), device):
+        generator = torch.Generator().manual_seed(stream_seed(eval_seed, EVAL_DRAWS))  # CPU: preparing pixels
         test, notes, throughput = likelihood_figures(model, test_x, settings)
         means = latent_means(model, test_x, rows_per_pass(settings))  # (N, K) or (N, V, C)
         unit_activity = activity(means)  # (V,)
