@@ -333,3 +333,15 @@ def test_a_ray_address_auto_checks_the_cluster_ray_address_names(tmp_path, monke
     assert result.stderr.startswith(f"error: RAY_ADDRESS={address} (read for hydra.launcher.ray.init.address=auto): "
                                     "no Ray cluster answers there")
     assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize("times,words", [(("hydra.launcher.timeout_min=1",), "signal_delay_s=120 is not below the time "
+                                          "limit hydra.launcher.timeout_min=1 (60 s)"),
+                                         (("hydra.launcher.signal_delay_s=14400",), "signal_delay_s=14400 is not below")])
+def test_a_slurm_signal_delay_not_below_the_time_limit_is_refused_before_submitting(times, words, tmp_path):
+    """USR2 signal_delay_s before the limit: as long as the limit, it signals each job as it starts, which is
+    requeued until max_num_timeout runs out, never training."""
+    result = run_cli("-m", "hydra/launcher=slurm", "debug=smoke", "seed=0,1", *times, cwd=tmp_path)
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(f"error: hydra.launcher.{words}")
+    assert not (tmp_path / "outputs").exists()

@@ -123,6 +123,29 @@ def check_ray_address(args: list[str], timeout: float = 5.0) -> None:
                      "prints it), or hydra.launcher.ray.init.address=local to start a Ray for this sweep"))
 
 
+def check_slurm_times(args: list[str]) -> None:
+    """hydra/launcher=slurm: the USR2 that gives a job time to checkpoint comes signal_delay_s before the
+    time limit (timeout_min); a delay as long as the limit signals the job as it starts, and it is requeued
+    until max_num_timeout runs out, never training. Checked on the command line's values and the
+    launcher config's defaults (configs/hydra/launcher/slurm.yaml), before anything is submitted."""
+    if "hydra/launcher=slurm" not in args:
+        return
+    from importlib import resources
+
+    defaults = OmegaConf.load(str(resources.files("vae_cli.configs") / "hydra" / "launcher" / "slurm.yaml")).launcher
+    given = {key: a.split("=", 1)[1] for a in args for key in ("timeout_min", "signal_delay_s")
+             if a.startswith(f"hydra.launcher.{key}=")}
+    try:
+        minutes = float(given.get("timeout_min", defaults.timeout_min))
+        delay = float(given.get("signal_delay_s", defaults.signal_delay_s))
+    except ValueError:
+        return  # Hydra or submitit names the bad value
+    if delay >= minutes * 60:
+        fail(ConfigError(f"hydra.launcher.signal_delay_s={delay:g} is not below the time limit "
+                         f"hydra.launcher.timeout_min={minutes:g} ({minutes * 60:g} s): each job would be told to "
+                         "stop as it starts; lower signal_delay_s (a checkpoint takes seconds) or raise timeout_min"))
+
+
 def main() -> None:
     """vae-train [resume=RUN_FOLDER] [key=value ...] [-m]: see `vae-train --help`."""
     args = sys.argv[1:]
@@ -130,6 +153,7 @@ def main() -> None:
         print(version_line())
         return
     check_ray_address(args)
+    check_slurm_times(args)
     added = check_added_keys(args)
     if added:
         fail(ConfigError(added))
