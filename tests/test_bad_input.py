@@ -89,6 +89,7 @@ FRESH_CASES = [
     (("objective.metric=val/elbo_typo",), ["objective.metric='val/elbo_typo'", "one of val/recon", "val/elbo,"]),
     (("data=fashion_mnist", "data.root=/nonexistent/folder"), ["data.root", "/nonexistent/folder"]),
     (("data=fashion_mnist", "data.root=/etc/hostname"), ["data.root='/etc/hostname': a file, not a folder"]),
+    (("~early_stopping",), ["~early_stopping: this command needs early_stopping", "only ~eval may be removed"]),
     (("overwrite=no",), ["overwrite='no' must be true or false"]),  # a string: it counted as true
     (("likelihood=gaussian", "likelihood.dequantize=maybe"), ["likelihood.dequantize='maybe' must be true or false"]),
 ]
@@ -267,6 +268,9 @@ def test_resume_may_turn_the_end_of_run_evaluation_off(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     metrics = json.loads((tmp_path / "run/metrics.json").read_text())
     assert metrics["step"] == 10 and "test/L_K" not in metrics
+    again = run_cli("resume=run", "max_steps=12", "eval.num_samples=3", cwd=tmp_path)  # a partial eval node
+    assert again.returncode == 0, again.stderr
+    assert "test/L_K" in json.loads((tmp_path / "run/metrics.json").read_text())
 
 
 def test_an_option_of_ones_own_that_fails_to_build_is_named_with_its_cause(tmp_path, monkeypatch):

@@ -145,6 +145,22 @@ def test_a_resume_from_another_folder_reads_a_relative_data_root_from_where_trai
     write_folder(tmp_path / "elsewhere" / "tiny", gz=True)
     again = run_cli(*common, "max_steps=9", f"hydra.run.dir={tmp_path / 'here' / 'run'}", cwd=tmp_path / "elsewhere")
     assert again.returncode == 2 and "data.root" in again.stderr and "another run's files" in again.stderr
+    # the project moved (its launch folder gone): its relative paths moved with it
+    (tmp_path / "here").rename(tmp_path / "moved")
+    for command in (("resume=run", "max_steps=12"), (*common, "max_steps=14", "hydra.run.dir=run")):
+        moved = run_cli(*command, cwd=tmp_path / "moved")
+        assert moved.returncode == 0, moved.stderr
+    assert read_status(tmp_path / "moved" / "run")["step"] == 14
+
+
+def test_a_data_root_from_home_is_not_taken_for_a_relative_one(tmp_path):
+    """data.root='~/fm' became '<launch folder>/~/fm' on resume and in vae-eval."""
+    from omegaconf import OmegaConf
+
+    from vae_cli.run_state import with_data_paths_from
+    cfg = OmegaConf.create({"data": {"root": "~/fm", "path": "tiny"}})
+    assert OmegaConf.to_container(with_data_paths_from(cfg, tmp_path)) == {
+        "data": {"root": "~/fm", "path": str(tmp_path / "tiny")}}
 
 
 @pytest.mark.parametrize("code,words", [(errno.EROFS, "make it writable, or evaluate a copy of the run folder"),
@@ -244,6 +260,8 @@ def test_missing_folder_and_bad_override_are_one_line_errors(smoke_run, tmp_path
                           ([str(smoke_run[0]), "+checkpoin=last"], "no key checkpoin; did you mean checkpoint?"),
                           ([str(smoke_run[0]), "eval=lite"], "the options of eval are full, light"),
                           ([str(smoke_run[0]), "~eval"], "~eval: vae-eval always evaluates"),
+                          ([str(smoke_run[0]), "~eval=null"], "~eval: vae-eval always evaluates"),
+                          ([str(smoke_run[0]), "~eval.probe_sizes"], "~eval.probe_sizes: this command needs"),
                           ([str(smoke_run[0]), "eval.num_samples=[1"], "eval.num_samples=[1: no viable"),
                           ([str(smoke_run[0]), "--cfg", "job"], "--cfg: vae-eval takes key=value settings"),
                           ([str(smoke_run[0]), "eval.num_samples=0"], "eval.num_samples=0 must be"),

@@ -172,11 +172,11 @@ def test_a_run_ended_by_max_steps_inside_an_epoch_extends_as_the_uninterrupted_r
     extended = train(smoke("~eval"), tmp_path)  # max_steps back to null: the 2 epochs of the config
     straight = references("bernoulli", "~eval")
     assert (extended["step"], extended["epoch"]) == (28, 2)
-    reference, resumed = weights(straight / "checkpoint.pt"), weights(tmp_path / "checkpoint.pt")
-    assert all(torch.equal(reference[k], resumed[k]) for k in reference)
-    same = {k: v for k, v in json.loads((straight / "metrics.json").read_text()).items() if k.startswith("test/")}
-    if extended["best/step"] == 28:  # the best model is the last one in both (else step 19's, validated here)
-        assert {k: extended[k] for k in same} == same
+    # the same weights, best model and figures: the validation at step 19 chose no model for the extension
+    for name in ("checkpoint.pt", "best.pt"):
+        reference, resumed = weights(straight / name), weights(tmp_path / name)
+        assert all(torch.equal(reference[k], resumed[k]) for k in reference), name
+    assert (tmp_path / "metrics.json").read_bytes() == (straight / "metrics.json").read_bytes()
 
 
 def test_a_resume_asking_for_fewer_steps_than_taken_says_so(tmp_path, monkeypatch, caplog):
@@ -200,43 +200,60 @@ def test_another_runs_folder_is_refused_unless_overwrite(references, tmp_path):
     assert len(list((tmp_path / "run").glob("events.out.tfevents.*"))) == 1  # the old events are gone
 
 
-def test_a_run_stopped_early_goes_on_when_resumed_with_a_larger_patience(tmp_path, monkeypatch):
-    """patience=1 ends the run after epoch 3 (epoch 2 was the best); resumed with patience=3 it trains
-    epochs 4 and 5 as a run with patience=3 from the start does (it was reported finished, untrained)."""
-    scripted = {"values": iter([])}
+def script_validation(monkeypatch):
+    """Validation ELBOs taken from the returned object's .values, an iterator set by the test, one a validation."""
+    scripted = type("Script", (), {"values": iter([])})()
     real = loop_module.average_terms
 
     def validation(model, estimator, x, batch_size, beta, seed):
         figures = real(model, estimator, x, batch_size, beta, seed)
         if x.shape[0] == 51:  # the validation split of the smoke data
-            figures["elbo"] = next(scripted["values"])
+            figures["elbo"] = next(scripted.values)
         return figures
 
     monkeypatch.setattr(loop_module, "average_terms", validation)
-    scripted["values"] = iter([-50.0, -40.0, -45.0])
+    return scripted
+
+
+def test_a_run_stopped_early_goes_on_when_resumed_with_a_larger_patience(tmp_path, monkeypatch):
+    """patience=1 ends the run after epoch 3 (epoch 2 was the best); resumed with patience=3 it trains
+    epochs 4 and 5 as a run with patience=3 from the start does (it was reported finished, untrained)."""
+    scripted = script_validation(monkeypatch)
+    scripted.values = iter([-50.0, -40.0, -45.0])
     stopped = train(smoke("~eval", "epochs=5", "early_stopping.patience=1"), tmp_path / "run")
     assert (stopped["epoch"], stopped["best/epoch"]) == (3, 2)
-    scripted["values"] = iter([-46.0, -30.0])
+    scripted.values = iter([-46.0, -30.0])
     resumed = train(smoke("~eval", "epochs=5", "early_stopping.patience=3"), tmp_path / "run")
-    scripted["values"] = iter([-50.0, -40.0, -45.0, -46.0, -30.0])
+    scripted.values = iter([-50.0, -40.0, -45.0, -46.0, -30.0])
     straight = train(smoke("~eval", "epochs=5", "early_stopping.patience=3"), tmp_path / "straight")
     assert (resumed["epoch"], resumed["best/epoch"]) == (5, 5) and resumed == straight
     assert train(smoke("~eval", "epochs=5", "early_stopping.patience=3"), tmp_path / "run") == resumed  # done
 
 
+def test_a_better_model_at_a_max_steps_stop_is_the_runs_best_but_chooses_nothing_for_its_extension(tmp_path,
+                                                                                                     monkeypatch):
+    """Validation ELBOs scripted: epoch 1 -50, the max_steps=19 stop in epoch 2 -10, then epochs 2 and 3
+    -45 and -40. The short run's figures are its last model's (-10 beats -50); extended, it must stop and
+    select as the uninterrupted run does: the -10 model had made epoch 2 'worse', and patience 1 ended the
+    run there, with step 19's model as the best."""
+    scripted = script_validation(monkeypatch)
+    settings = ("~eval", "epochs=3", "early_stopping.patience=1")
+    scripted.values = iter([-50.0, -10.0])
+    short = train(smoke(*settings, "max_steps=19"), tmp_path / "run")
+    assert (short["best/step"], short["val/elbo"], short["model_used"]) == (19, -10.0, "best (= last: epoch 2, step 19)")
+    scripted.values = iter([-45.0, -40.0])
+    extended = train(smoke(*settings), tmp_path / "run")
+    scripted.values = iter([-50.0, -45.0, -40.0])
+    straight = train(smoke(*settings), tmp_path / "straight")
+    assert (extended["step"], extended["best/epoch"], extended["val/elbo"]) == (42, 3, -40.0)
+    assert extended == straight
+
+
 def test_best_validation_model_is_evaluated_and_early_stopping(tmp_path, monkeypatch):
     """Validation ELBOs scripted per epoch: best.pt holds the best epoch's weights, the test figures come
     from it, and patience 2 stops two epochs after it."""
-    scripted = iter([-50.0, -40.0, -45.0, -46.0, -30.0])
-    real = loop_module.average_terms
-
-    def validation(model, estimator, x, batch_size, beta, seed):
-        figures = real(model, estimator, x, batch_size, beta, seed)
-        if x.shape[0] == 51:  # the validation split of the smoke data
-            figures["elbo"] = next(scripted)
-        return figures
-
-    monkeypatch.setattr(loop_module, "average_terms", validation)
+    real = loop_module.average_terms  # for the test figures below
+    script_validation(monkeypatch).values = iter([-50.0, -40.0, -45.0, -46.0, -30.0])
     kept = {}
     save = loop_module.save_checkpoint
     monkeypatch.setattr(loop_module, "save_checkpoint", lambda path, state: (

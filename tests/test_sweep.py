@@ -98,6 +98,17 @@ def test_every_job_is_ranked_by_the_objective_of_the_command_that_last_ran(tmp_p
     assert "objective val/kl (minimize)" in (tmp_path / "summary.md").read_text()
     summary = summarize(tmp_path, plot=False, objective=("val/kl", "maximize"))
     assert [job.name for job in summary.jobs] == ["1", "0", "2"]
+    # an Optuna study's folder: each command's multirun.yaml is in its own folder; the newest one counts
+    study = tmp_path / "study"
+    for command, (metric, elbo) in enumerate((("val/elbo", -150.0), ("val/recon", -140.0))):
+        folder = make_job(study / f"command{command}", "0", [f"beta={command}"], "finished", elbo)
+        metrics = json.loads((folder / "metrics.json").read_text()) | {"val/recon": -100.0 - command}
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+        (study / f"command{command}" / "multirun.yaml").write_text(
+            yaml.safe_dump({"objective": {"metric": metric, "direction": "maximize"}}))
+        time.sleep(0.01)
+    summary = summarize(study, plot=False)
+    assert [(job.name, job.value) for job in summary.jobs] == [("command0/0", -100.0), ("command1/0", -101.0)]
 
 
 def vae_sweep(*args, timeout=120):

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 import vae_cli.configs  # noqa: F401 - registers ${launch_dir:} (configs/__init__.py), also in sweep workers
-from vae_cli.config_keys import check_added_keys, hydra_error_line, swept_objective
+from vae_cli.config_keys import check_added_keys, deleted_key, hydra_error_line, swept_objective
 from vae_cli.errors import ConfigError
 from vae_cli import interrupts
 from vae_cli.interrupts import Interrupted, exit_status, stop_quietly_until_the_run
@@ -154,7 +154,7 @@ def main() -> None:
         return
     check_ray_address(args)
     check_slurm_times(args)
-    added = check_added_keys(args)
+    added = check_added_keys(args) or deleted_key(args, allowed=("eval",))  # ~eval: no evaluation at the end
     if added:
         fail(ConfigError(added))
     if "-m" in args or "--multirun" in args:
@@ -444,7 +444,7 @@ def resumed_config(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> Dict
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from vae_cli.checkpoint import load_checkpoint
-    from vae_cli.run_state import RECORDED, RESUMABLE, launch_folder, with_data_paths_from
+    from vae_cli.run_state import RECORDED, RESUMABLE
 
     if not (run_dir / "checkpoint.pt").is_file():
         raise ConfigError(f"resume={run_dir}: no checkpoint.pt there, so nothing to resume; pass the folder "
@@ -461,6 +461,9 @@ def resumed_config(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> Dict
             continue
         new = OmegaConf.select(cfg, key, default=None)
         if key.split(".")[0] in RESUMABLE:  # eval=full, ~eval (no evaluation: eval is null), epochs=20, ...
+            top = key.split(".")[0]
+            if OmegaConf.select(stored, top, default=None) is None and cfg.get(top) is not None:
+                key, new = top, cfg[top]  # eval.num_samples=10 for a run of ~eval: the whole eval node, so set
             OmegaConf.update(stored, key, new, force_add=True)
         elif key not in cfg and (resources.files("vae_cli.configs") / key).is_dir():
             # experiment=, debug=: a group of settings with no node of its own, accepted only as the run had it
@@ -473,6 +476,5 @@ def resumed_config(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> Dict
                           f"resumed run keeps its model, data and training settings (only "
                           f"{', '.join(RESUMABLE[:6])}, ... may change); start a new run instead")
     OmegaConf.update(stored, "resume", str(run_dir), force_add=True)
-    with_data_paths_from(stored, launch_folder(run_dir))  # data.root=data: the run's, whatever this folder is
     OmegaConf.set_struct(stored, True)
     return stored

@@ -95,6 +95,19 @@ def unparsable_override(args: list[str]) -> str | None:
     return None
 
 
+def deleted_key(args: list[str], allowed: tuple[str, ...]) -> str | None:
+    """The error line for `~key` (Hydra's deletion) of a key the command needs, else None: the code reads
+    every key it does not name in allowed, and met the missing one with a traceback."""
+    for arg in args:
+        if not arg.startswith("~"):
+            continue
+        key = arg[1:].partition("=")[0]
+        if key not in allowed and key.split(".")[0] != "hydra":
+            kept = f"; only {', '.join(f'~{name}' for name in allowed)} may be removed" if allowed else ""
+            return f"{arg}: this command needs {key}; give it a value instead (null where the setting allows it){kept}"
+    return None
+
+
 def swept_objective(args: list[str]) -> str | None:
     """The error line for a multirun that sweeps objective.* (its jobs would be ranked by different
     figures, or in different directions, in one table), else None."""

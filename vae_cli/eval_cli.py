@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from vae_cli.cli import fail, version_line
-from vae_cli.config_keys import check_added_keys, hydra_error_line
+from vae_cli.config_keys import check_added_keys, deleted_key, hydra_error_line
 from vae_cli.errors import ConfigError
 from vae_cli.interrupts import stop_at_once
 from vae_cli.process_exit import ExitWithoutTeardown
@@ -55,9 +55,12 @@ def compose_eval_config(overrides: list[str]):
     added = check_added_keys(overrides, "eval")
     if added:
         raise ConfigError(added)
-    if "~eval" in overrides:  # vae-train's switch for no evaluation; here there would be nothing to do
+    if any(arg == "~eval" or arg.startswith("~eval=") for arg in overrides):  # vae-train's switch
         raise ConfigError("~eval: vae-eval always evaluates (vae-train ~eval skips the end-of-run evaluation); "
                           "choose what it computes with eval=light or eval.* settings")
+    deleted = deleted_key(overrides, allowed=())
+    if deleted:
+        raise ConfigError(deleted)
     try:
         with initialize_config_module("vae_cli.configs", version_base="1.3"):
             return compose("eval", overrides=overrides)

@@ -82,6 +82,7 @@ class Loop:
         self.step, self.epoch, self.index, self.perm, self.block_state, self.batches = 0, 0, 0, None, None, None
         self.sums, self.count = torch.zeros(len(TERM_NAMES), device=device), 0
         self.best = {"elbo": -math.inf, "step": None, "epoch": None, "val": {}}
+        self.provisional = None  # a better model validated at max_steps inside an epoch (end_epoch)
         self.bad_epochs, self.stopped_early, self.training_done = 0, False, False
         self.saved_step = 0  # the step of the last checkpoint.pt written, for the divergence message
         self.images_per_sec, self.seen, self.epoch_start = None, 0, time.perf_counter()
@@ -225,12 +226,17 @@ class Loop:
             self.epoch, self.index, self.batches = self.epoch + 1, 0, None
         in_epoch = self.epoch if complete else self.epoch + 1  # the epoch this step is in, counted from 1
         patience = cfg.early_stopping.patience
-        if not val or val["elbo"] > self.best["elbo"]:  # no validation split: the last model is the best
-            self.best = {"elbo": val.get("elbo", -math.inf), "step": self.step, "epoch": in_epoch, "val": val}
-            self.bad_epochs = 0 if complete else self.bad_epochs
+        better = not val or val["elbo"] > self.best["elbo"]  # no validation split: the last model is the best
+        # max_steps inside an epoch: a better model here is the run's best for its figures (the last model:
+        # no file), not for selection and early stopping, which an extension continues as if unstopped
+        self.provisional = None if complete or not better else {
+            "elbo": val.get("elbo", -math.inf), "step": self.step, "epoch": in_epoch, "val": val}
+        if complete and better:
+            self.best = {"elbo": val.get("elbo", -math.inf), "step": self.step, "epoch": self.epoch, "val": val}
+            self.bad_epochs = 0
             self.check_parameters()
             save_checkpoint(self.run_dir / BEST, {"model": self.model.state_dict(), "step": self.step,
-                                                  "epoch": in_epoch, "val": val,
+                                                  "epoch": self.epoch, "val": val,
                                                   "config": OmegaConf.to_container(cfg, resolve=True)})
         elif complete:
             self.bad_epochs += 1

@@ -12,14 +12,15 @@ def finish(loop, signals) -> dict:
     (draws from eval_seed), so a run interrupted here and resumed ends identically."""
     cfg, model = loop.cfg, loop.model
     signals.immediate = True  # nothing to checkpoint any more: a signal stops the evaluation at once
-    used = load_best_weights(loop.run_dir / BEST, model, loop.best, loop.step)
+    best = loop.provisional or loop.best  # a run ended by max_steps inside an epoch: perhaps its last model
+    used = load_best_weights(loop.run_dir / BEST, model, best, loop.step)
     model.eval()
     test = average_terms(model, loop.estimator, loop.test_x, cfg.eval_batch_size, cfg.beta,
                          seed=stream_seed(cfg.eval_seed, TEST_DRAWS))
     metrics = {f"test/{k}": v for k, v in test.items()}
-    metrics.update({f"val/{k}": v for k, v in loop.best["val"].items()})
-    metrics.update({"step": loop.step, "epoch": loop.epoch, "best/step": loop.best["step"],
-                    "best/epoch": loop.best["epoch"], "model_used": used})
+    metrics.update({f"val/{k}": v for k, v in best["val"].items()})
+    metrics.update({"step": loop.step, "epoch": loop.epoch, "best/step": best["step"],
+                    "best/epoch": best["epoch"], "model_used": used})
     evaluation = None
     if cfg.get("eval") is not None:  # L_K, posterior gap, active units, probe, pictures (configs/eval/)
         from vae_cli.evaluation import evaluate  # noqa: PLC0415 - heavy, and only at the end

@@ -39,20 +39,30 @@ RESUMABLE = ("epochs", "max_steps", "device", "log_every", "eval_batch_size", "c
 RECORDED = ("data_source", "device_used", "train_step_used", "threads_used")
 
 
-def launch_folder(run_dir: Path) -> Path | None:
-    """The folder the run's first vae-train was started in (Hydra's .hydra/hydra.yaml), or None."""
+def launch_folder(run_dir: Path) -> Path:
+    """The folder the run's first vae-train was started in (Hydra's .hydra/hydra.yaml); this process's when
+    that is not recorded (a run folder copied without .hydra/) or no longer there (a project moved: its
+    relative data paths moved with it)."""
     try:
-        return Path(str(OmegaConf.load(Path(run_dir) / ".hydra" / "hydra.yaml").hydra.runtime.cwd))
+        folder = Path(str(OmegaConf.load(Path(run_dir) / ".hydra" / "hydra.yaml").hydra.runtime.cwd))
     except Exception:  # noqa: BLE001 - absent or unreadable
-        return None
+        return Path.cwd()
+    return folder if folder.is_dir() else Path.cwd()
 
 
-def with_data_paths_from(cfg: DictConfig, folder: Path | None) -> DictConfig:
-    """cfg with a relative data.root or data.path taken from folder (None: left as they are). A run trained
-    with data.root=data read it from its launch folder: resumed or evaluated from elsewhere it must too."""
+def data_base(cfg: DictConfig, run_dir: Path) -> Path:
+    """The folder cfg's relative data paths are read from: the run's launch folder for resume=RUN (its
+    config is the run's, kept as written), else this process's, as for any command."""
+    return launch_folder(run_dir) if cfg.get("resume") else Path.cwd()
+
+
+def with_data_paths_from(cfg: DictConfig, folder: Path) -> DictConfig:
+    """cfg with a relative data.root or data.path taken from folder. A run trained with data.root=data read
+    it from its launch folder: resumed or evaluated from elsewhere it must too. ~ is the data loaders' to
+    expand: a path starting with it is not relative."""
     for key in ("data.root", "data.path"):
         value = OmegaConf.select(cfg, key, default=None)
-        if folder is not None and isinstance(value, str) and value and not Path(value).is_absolute():
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
             OmegaConf.update(cfg, key, str(folder / value))
     return cfg
 
@@ -206,7 +216,7 @@ def plan_run(run_dir: Path, cfg: DictConfig) -> Plan:
         return Plan("fresh")  # refused before training began (a bad value): nothing there to keep
     if stored is not None:  # relative data paths compared as each command read them: from its own folder
         stored = settings(with_data_paths_from(OmegaConf.create(stored), launch_folder(run_dir)))
-        current = settings(with_data_paths_from(cfg.copy(), Path.cwd()))
+        current = settings(with_data_paths_from(cfg.copy(), data_base(cfg, run_dir)))
     changed = differences(stored, current) if stored is not None else ["(no readable config)"]
     if changed:
         listed = "; ".join(changed[:4]) + ("; ..." if len(changed) > 4 else "")

@@ -121,13 +121,16 @@ def summarize(sweep_dir: str | Path, plot: bool = True, objective: tuple[str, st
     """Read every job folder of sweep_dir; write summary.csv, summary.md and (plot=True) summary.png.
 
     Every job is ranked by one objective (metric, direction): the one given, else that of the command
-    that last ran in sweep_dir (its multirun.yaml), else each job's own. So a sweep re-run with another
-    objective ranks its earlier command's finished jobs by the new one too, from their metrics.json."""
+    that last ran there (the newest multirun.yaml: the sweep folder's, or in an Optuna study's folder
+    its commands'), else each job's own. So a sweep re-run with another objective ranks its earlier
+    command's finished jobs by the new one too, from their metrics.json."""
     sweep_dir = Path(sweep_dir)
     if objective is None:
+        written = sorted([*sweep_dir.glob("multirun.yaml"), *sweep_dir.glob("*/multirun.yaml")],
+                         key=lambda path: path.stat().st_mtime_ns)
         try:
-            objective = command_objective(OmegaConf.load(sweep_dir / "multirun.yaml"))
-        except Exception:  # noqa: BLE001 - absent (an Optuna study's folder) or damaged: the jobs' own
+            objective = command_objective(OmegaConf.load(written[-1])) if written else None
+        except Exception:  # noqa: BLE001 - damaged: the jobs' own
             objective = None
     jobs = ranked(find_jobs(sweep_dir, objective))
     keys = swept_keys(jobs)

@@ -20,8 +20,8 @@ from vae_cli.eval_data import check_eval_settings, with_error
 from vae_cli.interrupts import StopSignals, stop_after_the_run
 from vae_cli.loop import Diverged, Loop, Stopped
 from vae_cli.run_end import finish
-from vae_cli.run_state import (CHECKPOINT, METRICS, Status, plan_run, remove_run_files, remove_temporary_files,
-                               run_files, run_lock)
+from vae_cli.run_state import (CHECKPOINT, METRICS, Status, data_base, plan_run, remove_run_files,
+                               remove_temporary_files, run_files, run_lock, with_data_paths_from)
 from vae_cli.schedules import build_scheduler
 from vae_cli.training_state import restore
 
@@ -110,7 +110,7 @@ def checked_run(cfg: DictConfig, run_dir: Path, on_start, signals: StopSignals) 
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     trained_on = plan.state["config"].get("data_source") if plan.state else None
-    data = build_data(cfg, trained_on)
+    data = build_data(with_data_paths_from(cfg.copy(), data_base(cfg, run_dir)), trained_on)
     if trained_on and trained_on != data.source:  # full MNIST in another folder, say
         log.warning("the run was trained on %s; it goes on with %s", trained_on, data.source)
     num_train = data.train_x.shape[0]

@@ -37,6 +37,7 @@ def capture(loop) -> dict:
         "step": loop.step, "epoch": loop.epoch, "steps_per_epoch": loop.steps_per_epoch,
         "loop": {"index": loop.index, "perm": loop.perm if loop.index else None,
                  "sums": loop.sums.clone(), "count": loop.count, "best": dict(loop.best),
+                 "provisional": loop.provisional,
                  "bad_epochs": loop.bad_epochs, "images_per_sec": loop.images_per_sec},
         "training_done": loop.training_done, "stopped_early": loop.stopped_early,
         "rng": _rng_states(loop),
@@ -65,6 +66,7 @@ def restore_loop(loop, state: dict) -> None:
     loop.perm = position["perm"].to(loop.device) if position["perm"] is not None else None
     loop.sums.copy_(position["sums"])
     loop.count, loop.best, loop.bad_epochs = position["count"], dict(position["best"]), position["bad_epochs"]
+    loop.provisional = position.get("provisional")
     # the images/s of a resumed epoch count its images since this process began it (loop.seen stays 0), not
     # those of the stopped process, timed from now: that read 2-9 times the true speed
     loop.images_per_sec = position["images_per_sec"]

@@ -113,7 +113,7 @@ def probe_figures(model, data, test_means: torch.Tensor, settings: DictConfig,
 
 
 def evaluate(model, data, test_x: torch.Tensor, settings: DictConfig, eval_seed: int) -> Evaluation:
-    """L_K, L_1 and their gap (docs/math.md), bits/dim for continuous data, active units, the probe and the
+    """L_K, L_1 and their gap (docs/math.md), bits/dim for dequantised data, active units, the probe and the
     latent pictures of the model on test_x (the test set as prepare_eval_sets made it). Nothing is written:
     Evaluation.write does that, so an interrupted evaluation leaves no partial figures.
 
