@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -184,3 +185,34 @@ def test_the_schedulers_own_handler_gets_the_signal_after_the_checkpoint():
     result = subprocess.run([sys.executable, "-c", FORWARD], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert f"forwarded [{int(signal.SIGUSR2)}]" in result.stdout
+
+
+REQUEUED = """
+import os, signal, sys
+sys.path.insert(0, TESTS)
+from conftest import compose_config
+from vae_cli import loop
+from vae_cli.train import train
+def requeue(signum, frame):  # submitit's handler, installed before the task runs: it requeues and exits
+    print("requeued", flush=True)
+    os._exit(0)
+signal.signal(signal.SIGUSR2, requeue)
+next_batch = loop.Loop.next_batch
+def sending(self):
+    if self.step == 5:
+        os.kill(os.getpid(), signal.SIGUSR2)
+    return next_batch(self)
+loop.Loop.next_batch = sending
+train(compose_config("debug=smoke", "~eval"), RUN)
+"""
+
+
+def test_a_job_the_scheduler_requeues_says_where_it_stopped_before_it_exits(tmp_path):
+    """A Slurm preemption (USR2): submitit's handler exits the process after our checkpoint, so the stop line
+    that vae-train prints at its end was never printed (nor written to vae-train.log)."""
+    run_dir = tmp_path / "run"
+    script = REQUEUED.replace("TESTS", repr(str(Path(__file__).parent))).replace("RUN", repr(str(run_dir)))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.strip().endswith("requeued"), result.stderr
+    line = f"stopped by SIGUSR2 at step 6 of 28 (in epoch 1); checkpoint written; resume with: vae-train resume={run_dir}"
+    assert result.stderr.strip().splitlines()[-1] == line

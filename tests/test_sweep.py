@@ -233,6 +233,19 @@ def test_callback_fails_only_for_jobs_this_command_ran(tmp_path, capsys):
     assert err == ["error: 1 of 2 jobs failed: job 3 (beta=-2): beta=-2 is not accepted"]
     assert [r["job"] for r in read_csv(root / "summary.csv")] == ["0", "4", "2", "1", "3"]
 
+    # a re-run while an earlier command's job 5 still runs on Slurm: refused as in use, while its process
+    # rewrites its status.json; it was counted twice ("2 of 2 jobs failed: job 5: running; job 5: ... in use")
+    make_job(root, "5", ["beta=5"], "running")
+    callback.on_multirun_start(config=config)
+    time.sleep(0.05)
+    make_job(root, "5", ["beta=5"], "running", step=12)
+    from vae_cli.sweep import record_refusal
+    record_refusal(root, 5, ["beta=5"], f"{root / '5'} is in use by another vae-train (pid 1 on vm)")
+    with pytest.raises(SystemExit):
+        callback.on_multirun_end(config=config)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: 1 of 1 jobs failed: job 5 (beta=5): {root / '5'} is in use by another vae-train (pid 1 on vm)"]
+
 
 def test_callback_with_an_optuna_sqlite_study_summarizes_its_folder(tmp_path, capsys):
     """Storage sqlite:///DIR/optuna.db: DIR is created before the study is, and the summary covers every
@@ -356,3 +369,26 @@ def test_a_slurm_signal_delay_not_below_the_time_limit_is_refused_before_submitt
     assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
     assert result.stderr.startswith(f"error: hydra.launcher.{words}")
     assert not (tmp_path / "outputs").exists()
+
+
+def test_a_mistyped_launcher_key_is_named_by_submitits_own_line(tmp_path):
+    """submitit's NameError is followed by lines of advice; the error line was the last of those ('As a
+    reminder, shared/generic (non-prefixed) parameters are: ...'), without the key."""
+    result = run_cli("-m", "hydra/launcher=slurm", "debug=smoke", "~eval", "seed=0,1", "+hydra.launcher.partitionn=x",
+                     cwd=tmp_path)
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("error: NameError: Unknown argument 'partitionn' for executor 'slurm'")
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_relative_sweep_folder_for_ray_is_made_absolute_from_the_launch_folder(tmp_path, monkeypatch):
+    """Jobs on a running Ray cluster start in the folder of `ray start`: a relative hydra.sweep.dir put their
+    folders there, and the summary here said 'no job started'."""
+    from vae_cli.cli import absolute_sweep_dir_for_ray
+    monkeypatch.chdir(tmp_path)
+    args = ["-m", "hydra/launcher=ray_jobs", "hydra.sweep.dir=rel/r3", "seed=0,1"]
+    assert absolute_sweep_dir_for_ray(args) == ["-m", "hydra/launcher=ray_jobs", f"hydra.sweep.dir={tmp_path}/rel/r3",
+                                                "seed=0,1"]
+    kept = ["-m", "hydra/launcher=ray_jobs", "hydra.sweep.dir=/abs/r3", "hydra.sweep.dir=${launch_dir:}/x"]
+    assert absolute_sweep_dir_for_ray(kept) == kept
+    assert absolute_sweep_dir_for_ray(["-m", "hydra.sweep.dir=rel"]) == ["-m", "hydra.sweep.dir=rel"]  # local jobs

@@ -1,6 +1,5 @@
 """Console entry point `vae-train`: compose the Hydra config, call train(cfg), turn failures into one line."""
 import io
-import logging
 import math
 import os
 import re
@@ -19,11 +18,12 @@ import vae_cli.configs  # noqa: F401 - registers ${launch_dir:} (configs/__init_
 from vae_cli.config_keys import check_added_keys, deleted_key, hydra_error_line, swept_objective
 from vae_cli.errors import ConfigError
 from vae_cli import interrupts
-from vae_cli.interrupts import Interrupted, exit_status, stop_quietly_until_the_run
+from vae_cli.interrupts import Interrupted, exit_status, say_last_line, stop_quietly_until_the_run
 from vae_cli.process_exit import ExitWithoutTeardown
 
 # configs/ at the top of the repository is installed as the package vae_cli.configs (pyproject.toml).
 CONFIG_PATH = "pkg://vae_cli.configs"
+EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception): ")  # "NameError: Unknown argument 'partitionn' ..."
 EXIT_BAD_INPUT, EXIT_DIVERGED = 2, 3
 
 
@@ -65,8 +65,9 @@ class HeldStderr(io.TextIOBase):
         text = ANSI_CODES.sub("", "".join(self.parts))  # a sweeper's coloured log lines
         lines = [line.strip() for line in text.splitlines()]
         lines = [line for line in lines if line and "HYDRA_FULL_ERROR" not in line and not LOG_RECORD.match(line)]
-        if any(line.startswith("Traceback") for line in lines):  # an error before the run: its last line
-            last = lines[-1]
+        if any(line.startswith("Traceback") for line in lines):  # an error before the run: its own line
+            # (its last; but submitit's NameError for a mistyped launcher key is followed by lines of advice)
+            last = next((line for line in reversed(lines) if EXCEPTION_LINE.match(line)), lines[-1])
             if "Unable to configure handler 'file'" in last:  # Hydra's log file in the run folder
                 return hydra_error_line(last)
             folder = last.split(":")[0] in FOLDER_ERRORS  # Hydra could not make the run folder
@@ -123,6 +124,21 @@ def check_ray_address(args: list[str], timeout: float = 5.0) -> None:
                      "prints it), or hydra.launcher.ray.init.address=local to start a Ray for this sweep"))
 
 
+def absolute_sweep_dir_for_ray(args: list[str]) -> list[str]:
+    """args with a relative hydra.sweep.dir made absolute (from this folder) for hydra/launcher=ray_jobs: a
+    running cluster's workers start in the folder of `ray start`, where the jobs' folders would go instead,
+    and the summary found none of them ('no job started')."""
+    if "hydra/launcher=ray_jobs" not in args:
+        return args
+    made = []
+    for arg in args:
+        key, _, value = arg.partition("=")
+        if key == "hydra.sweep.dir" and value and "${" not in value and not Path(value).expanduser().is_absolute():
+            arg = f"{key}={Path.cwd() / value}"
+        made.append(arg)
+    return made
+
+
 def check_slurm_times(args: list[str]) -> None:
     """hydra/launcher=slurm: the USR2 that gives a job time to checkpoint comes signal_delay_s before the
     time limit (timeout_min); a delay as long as the limit signals the job as it starts, and it is requeued
@@ -154,6 +170,7 @@ def main() -> None:
         return
     check_ray_address(args)
     check_slurm_times(args)
+    sys.argv[1:] = args = absolute_sweep_dir_for_ray(args)
     added = check_added_keys(args) or deleted_key(args, allowed=("eval",))  # ~eval: no evaluation at the end
     if added:
         fail(ConfigError(added))
@@ -305,7 +322,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
         if multirun and not recorded:  # the folder is another run's: the sweep's summary hears of it here
             record_refusal(Path(hydra_cfg.sweep.dir), hydra_cfg.job.num, list(hydra_cfg.overrides.task), str(err))
         if not in_use:  # the log of the process that holds the folder is its own
-            to_log_file(str(err))
+            say_last_line(str(err), terminal=False)
         if multirun:
             print(f"error: job {hydra_cfg.job.num} ({run_dir}): {err}", file=sys.stderr, flush=True)
             if not cfg.get("fail_fast"):  # recorded in status.json; the other jobs go on
@@ -313,8 +330,8 @@ def hydra_main(cfg: DictConfig) -> float | None:
             stop_sweep_here(hydra_cfg, status, parallel_worker)
         fail(err, status)
     except Stopped as stop:
-        to_log_file(str(stop))
-        print(stop, file=sys.stderr, flush=True)
+        if not getattr(stop, "said", False):  # said before a scheduler's handler, which may have exited
+            say_last_line(str(stop))
         return end_stopped_job(stop.signum, parallel_worker)
     except Interrupted as stop:
         line = f"stopped by {stop} outside a training step (no step lost)"
@@ -322,8 +339,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
             line += f"; continue with: vae-train resume={run_dir.resolve()}"
         elif not multirun:  # a sweep's job: the sweep's line follows
             line += "; continue with: the same command"
-        to_log_file(line)
-        print(line, file=sys.stderr, flush=True)
+        say_last_line(line)
         return end_stopped_job(stop.signum, parallel_worker)
     value = metrics.get(cfg.objective.metric)
     return float(value) if value is not None and math.isfinite(value) else None
@@ -411,16 +427,6 @@ def print_sweep_rerun() -> None:
         sweep.show_ended_sweep()
         return
     print(interrupts.SWEEP_RERUN, file=sys.stderr, flush=True)
-
-
-def to_log_file(line: str) -> None:
-    """The run's last line (a stop, an error), printed to the terminal, also into its vae-train.log: Hydra's
-    file handler on the root logger, the terminal's handler left out."""
-    record = logging.makeLogRecord({"name": "vae_cli.cli", "levelno": logging.ERROR, "levelname": "ERROR",
-                                    "msg": line})
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler):
-            handler.handle(record)
 
 
 def save_hydra_files(run_dir: Path, cfg: DictConfig, rewrite: bool) -> None:

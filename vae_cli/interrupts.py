@@ -90,12 +90,30 @@ class StopSignals:
     def pending(self) -> bool:
         return self.signum is not None
 
+    def forwards(self) -> bool:
+        """Whether forward() calls another handler (which may exit the process before the caller goes on)."""
+        handler = self.previous.get(self.signum)
+        return callable(handler) and handler is not signal.default_int_handler and handler is not before_the_run
+
     def forward(self) -> None:
         """Call the handler that was installed before ours for the recorded signal, if it was a Python one
         (submitit's requeue); it may exit the process itself."""
-        handler = self.previous.get(self.signum)
-        if callable(handler) and handler is not signal.default_int_handler and handler is not before_the_run:
-            handler(self.signum, None)
+        if self.forwards():
+            self.previous[self.signum](self.signum, None)
+
+
+def say_last_line(line: str, terminal: bool = True) -> None:
+    """The run's last line (a stop, an error): printed to the terminal (unless the caller prints it its own
+    way), and into its vae-train.log through Hydra's file handler on the root logger."""
+    import logging
+
+    record = logging.makeLogRecord({"name": "vae_cli.cli", "levelno": logging.ERROR, "levelname": "ERROR",
+                                    "msg": line})
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+    if terminal:
+        print(line, file=sys.stderr, flush=True)
 
 
 # Set by a sweep's first job (cli.py): between two jobs, the stop line says how to continue the sweep.
@@ -228,7 +246,8 @@ def before_the_run(signum, frame) -> None:
     elif MULTIRUN and (launcher := cluster_launcher()):
         # the jobs run on a cluster, not in this process's children: say what becomes of them
         sweep = sys.modules["vae_cli.sweep"]
-        jobs = ("Slurm runs the jobs it was given on (`scancel` stops one with its checkpoint)" if launcher == "slurm"
+        jobs = ("Slurm runs the jobs it was given on (`scancel` stops one with its checkpoint); re-run once they "
+                "have ended (squeue), else the jobs still running are refused as in use" if launcher == "slurm"
                 else "Ray ends the jobs with it (each resumes from its last checkpoint)")
         print(f"\nstopped by {name}: this command ends; {jobs}", file=sys.__stderr__, flush=True)
         getattr(sys.stderr, "release", lambda: None)()  # cli.HeldStderr: the re-run line is not held back

@@ -362,10 +362,13 @@ class SweepSummary(Callback):
             print(interrupts.sweep_rerun(config.hydra), file=sys.stderr, flush=True)
             return
         launched = self._launched(folder)
-        ran = [job for job in summary.jobs if job.folder in launched]
-        failed = [job for job in ran if job.state != "finished"]
         sweep_dir = Path(str(config.hydra.sweep.dir))
         refused = refusals(sweep_dir, self.refusals_before)
+        # a job refused as in use by the vae-train still running it (an earlier command's job, on Slurm) had its
+        # status.json rewritten by that process meanwhile: it is the refusal, not a job this command ran
+        in_use = {sweep_dir / str(r["job"]) for r in refused}
+        ran = [job for job in summary.jobs if job.folder in launched and job.folder not in in_use]
+        failed = [job for job in ran if job.state != "finished"]
         for path, stamp in self.refusals_before.items():  # an earlier command's, not recorded again
             if path.is_file() and path.stat().st_mtime_ns == stamp:
                 path.unlink()

@@ -17,7 +17,7 @@ from vae_cli.errors import ConfigError, check_bool, check_choice, check_integer,
 from vae_cli.estimators.terms import TERM_NAMES
 from vae_cli.estimators.train_step import make_train_step
 from vae_cli.eval_data import check_eval_settings, with_error
-from vae_cli.interrupts import StopSignals, stop_after_the_run
+from vae_cli.interrupts import StopSignals, say_last_line, stop_after_the_run
 from vae_cli.loop import Diverged, Loop, Stopped
 from vae_cli.run_end import finish
 from vae_cli.run_state import (CHECKPOINT, METRICS, Status, data_base, plan_run, remove_run_files,
@@ -154,7 +154,10 @@ def checked_run(cfg: DictConfig, run_dir: Path, on_start, signals: StopSignals) 
         finished = True
     except Stopped as stop:
         status.update(time.perf_counter() - start, state="interrupted", step=loop.step, epoch=loop.epoch)
-        signals.forward()  # a scheduler's own handler (submitit requeues the job) after our checkpoint
+        if signals.forwards():  # a scheduler's own handler (submitit requeues the job, exiting) after our checkpoint
+            say_last_line(str(stop))
+            stop.said = True
+            signals.forward()
         raise stop
     except Diverged as err:
         status.update(time.perf_counter() - start, state="failed", error=str(err), step=loop.step,
