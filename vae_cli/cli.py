@@ -466,8 +466,8 @@ def resumed_config(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> Dict
         if key in ("resume", "hydra") or key.startswith("hydra."):
             continue
         new = OmegaConf.select(cfg, key, default=None)
-        if key.split(".")[0] in RESUMABLE:  # eval=full, ~eval (no evaluation: eval is null), epochs=20, ...
-            top = key.split(".")[0]
+        top = key.split(".")[0]
+        if top in RESUMABLE:  # eval=full, ~eval (no evaluation: eval is null), epochs=20, ...
             if OmegaConf.select(stored, top, default=None) is None and cfg.get(top) is not None:
                 key, new = top, cfg[top]  # eval.num_samples=10 for a run of ~eval: the whole eval node, so set
             OmegaConf.update(stored, key, new, force_add=True)
