@@ -1,13 +1,10 @@
 """Diagonal Gaussian posterior q(z|x) = N(mu, diag sigma^2) with a standard normal prior p(z)."""
-import math
-
 import torch
 from torch import nn
 from torch.distributions import Independent, Normal
 
 from vae_cli.errors import check_choice, check_integer
-
-LOG_2PI = math.log(2 * math.pi)
+from vae_cli.likelihoods import LOG_2PI
 
 
 class DiagonalGaussian:
