@@ -230,10 +230,17 @@ def test_vae_eval_writes_every_promised_tag_and_key(smoke_run):
     acc = events(run_dir)
     scalars = set(acc.Tags()["scalars"])
     # vae-eval's figures have tags of their own: training's test/L_K (K = 100) keeps its one value
-    assert {f"vae-eval/{tag}" for tag in TEST_TAGS | PROBE_TAGS} <= scalars
+    assert {f"vae-eval/K300/{tag}" for tag in TEST_TAGS | PROBE_TAGS} <= scalars
     assert [e.value for e in acc.Scalars("test/L_K")] == [pytest.approx(metrics["test/L_K"], rel=1e-6)]
-    assert {f"vae-eval/{tag}" for tag in IMAGE_TAGS} <= set(acc.Tags()["images"])
-    assert acc.Scalars("vae-eval/test/L_K")[-1].step == metrics["step"]
+    assert {f"vae-eval/K300/{tag}" for tag in IMAGE_TAGS} <= set(acc.Tags()["images"])
+    assert acc.Scalars("vae-eval/K300/test/L_K")[-1].step == metrics["step"]
+    # an evaluation at another K has tags of its own: each tag holds one value, not two at the same step
+    main([str(run_dir), "eval.num_samples=30", "eval.chunk_size=64", "eval.embedding=false"])
+    acc = events(run_dir)
+    low, high = acc.Scalars("vae-eval/K30/test/L_K"), acc.Scalars("vae-eval/K300/test/L_K")
+    assert len(low) == len(high) == 1 and low[0].value == pytest.approx(
+        json.loads((run_dir / "eval.json").read_text())["figures"]["test/L_K"], rel=1e-6)
+    assert high[0].value == pytest.approx(figures["test/L_K"], rel=1e-6)
     projector = run_dir / f"{metrics['step']:05d}" / "test_latent_means"
     labels = (projector / "metadata.tsv").read_text().split()
     assert len(labels) == 128 and set(labels) == {"0", "1", "2", "3"}  # the synthetic test set

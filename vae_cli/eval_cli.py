@@ -25,8 +25,8 @@ Monte Carlo standard errors):
 and bits/dim (dequantised likelihoods), active units, the semi-supervised probe (logistic regression on
 latent means with 10, 100 and all labels per class, against raw pixels), latent traversal and
 interpolation pictures. Figures go to RUN_FOLDER/eval.json (an earlier one of other settings is kept as
-eval-1.json, ...) and, under vae-eval/ tags, to the run's TensorBoard events. docs/math.md says what each
-figure means.
+eval-1.json, ...) and, under vae-eval/K<K>/ tags, to the run's TensorBoard events. docs/math.md says
+what each figure means.
 
 Keys (configs/eval.yaml with eval/full.yaml), each overridable as key=value:
   checkpoint           best: best.pt (best validation ELBO) | last: checkpoint.pt

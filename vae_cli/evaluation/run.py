@@ -175,7 +175,8 @@ def load_run(run_dir: Path, device: torch.device, which: str = "best"):
 
 def evaluate_run(run_dir, eval_cfg: DictConfig) -> Evaluation:
     """vae-eval: evaluate a run folder's best (or last) model, writing eval.json and TensorBoard events
-    under the tags vae-eval/... (apart from training's own figures)."""
+    under the tags vae-eval/K<K>/... (apart from training's own figures, and from an evaluation at
+    another K, whose figures would otherwise share the tags and the step)."""
     from vae_cli.summary import RunWriter  # noqa: PLC0415
 
     run_dir = Path(run_dir)
@@ -195,7 +196,7 @@ def evaluate_run(run_dir, eval_cfg: DictConfig) -> Evaluation:
     result.images.update({PICTURE_TAGS[name]: images for name, images in grids.items()})
     try:
         writer = RunWriter(run_dir)
-        result.write(writer, step, prefix="vae-eval/")
+        result.write(writer, step, prefix=tag_prefix(eval_cfg.eval))
         writer.close()
     except OSError as err:  # TensorBoard's writer thread: the disk filled during the evaluation
         raise WriteError(f"could not write TensorBoard events in {run_dir} ({reason(err)}); free some space and "
@@ -207,8 +208,13 @@ def evaluate_run(run_dir, eval_cfg: DictConfig) -> Evaluation:
               "images_x_samples_per_sec": result.images_x_samples_per_sec}
     keep_earlier_report(run_dir / "eval.json", report)
     write_json(run_dir / "eval.json", report)
-    log.info("figures written to %s and its TensorBoard events (tags vae-eval/...)", run_dir / "eval.json")
+    log.info("figures written to %s and its TensorBoard events (tags %s...)", run_dir / "eval.json",
+             tag_prefix(eval_cfg.eval))
     return result
+
+
+def tag_prefix(settings: DictConfig) -> str:
+    return f"vae-eval/K{settings.num_samples}/"
 
 
 def check_writable(run_dir: Path) -> None:
