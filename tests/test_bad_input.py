@@ -6,6 +6,8 @@ import json
 import shutil
 import signal
 import subprocess
+import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -383,3 +385,26 @@ def test_a_sweep_refused_before_its_first_job_leaves_no_sweep_folder(tmp_path):
     empty.mkdir()
     result = run_cli("-m", *SMOKE, "optimizer.lrr=1e-3,1e-2", f"hydra.sweep.dir={empty}", cwd=tmp_path)
     assert result.returncode == 2 and list(empty.iterdir()) == []
+
+
+def test_a_bad_value_on_a_full_disk_is_still_one_line(tmp_path):
+    """A bad value in a fresh folder is recorded in its status.json for a sweep's summary; when that write
+    fails too (a full disk), the bad value's own line is what the user reads, exit 2, no traceback."""
+    script = textwrap.dedent(f"""
+        import errno, sys
+        from vae_cli import cli, run_state
+
+        def full(self, **changes):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        run_state.Status.update = full
+        sys.argv = ["vae-train", *{list(SMOKE)!r}, "likelihood=gaussian", "likelihood.scale=wobbly",
+                    "hydra.run.dir=run"]
+        cli.main()
+    """)
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 2, result.stderr
+    line = one_error_line(result)
+    assert "likelihood.scale='wobbly' is not accepted" in line, line
+    assert not (tmp_path / "run" / "status.json").exists()
