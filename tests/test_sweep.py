@@ -347,6 +347,31 @@ def test_a_ray_address_nothing_answers_at_is_one_line_at_once(tmp_path, address,
     assert not (tmp_path / "outputs").exists()
 
 
+def test_a_ray_address_held_by_another_service_is_one_line_at_once(tmp_path):
+    """A port that accepts connections but is no Ray head (here an HTTP server): ray.init hung in its retries."""
+    port = free_port()
+    web = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # listening
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and web.poll() is None, "the HTTP server did not start"
+                time.sleep(0.1)
+        result = run_cli("-m", "debug=smoke", "seed=0,1", "hydra/launcher=ray_jobs",
+                         f"hydra.launcher.ray.init.address=127.0.0.1:{port}", cwd=tmp_path)
+    finally:
+        web.kill()
+        web.wait(timeout=30)
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(f"error: hydra.launcher.ray.init.address=127.0.0.1:{port}: something listens "
+                                    "there but answers no gRPC handshake")
+    assert not (tmp_path / "outputs").exists()
+
+
 def test_a_ray_address_auto_checks_the_cluster_ray_address_names(tmp_path, monkeypatch):
     """address=auto makes ray.init join RAY_ADDRESS's cluster, retrying for minutes when nothing answers."""
     address = f"127.0.0.1:{free_port()}"

@@ -104,7 +104,8 @@ def check_ray_address(args: list[str], timeout: float = 5.0) -> None:
     """A running Ray cluster named on the command line (hydra/launcher=ray_jobs), or by RAY_ADDRESS with
     hydra.launcher.ray.init.address=auto, must answer at that address: ray.init would otherwise retry for
     minutes, a warning every few seconds, before any job starts. Checked here, before Hydra: its callbacks
-    cannot stop a sweep (it turns their errors into warnings). An address set in a config file is not seen."""
+    cannot stop a sweep (it turns their errors into warnings). An address set in a config file is not seen.
+    A port that is open but not a Ray head's is named too (speaks_grpc)."""
     given = [a.split("=", 1)[1] for a in args if a.startswith("hydra.launcher.ray.init.address=")]
     named = "hydra.launcher.ray.init.address={}"
     if given and given[-1] == "auto" and os.environ.get("RAY_ADDRESS"):  # ray.init reads it for auto
@@ -115,13 +116,34 @@ def check_ray_address(args: list[str], timeout: float = 5.0) -> None:
     host, _, port = address.removeprefix("ray://").rpartition(":")
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
-        return
+        if speaks_grpc(f"{host}:{port}", timeout):
+            return
+        reason = (f"something listens there but answers no gRPC handshake in {timeout:g} s, so it is not a Ray "
+                  "head (another service on that port?)")
     except ValueError:
         reason = "not HOST:PORT"
     except OSError as err:
         reason = f"no Ray cluster answers there ({err})"
     fail(ConfigError(f"{named.format(address)}: {reason}; give the HOST:PORT of a running head (`ray start --head` "
                      "prints it), or hydra.launcher.ray.init.address=local to start a Ray for this sweep"))
+
+
+def speaks_grpc(target: str, timeout: float) -> bool:
+    """A Ray head (its GCS, or the Ray Client server of ray://) is a gRPC server: a port held by anything
+    else (a web server, a database) accepts the connection but never completes gRPC's HTTP/2 handshake,
+    where ray.init would retry for minutes. grpc comes with ray; without it the launcher fails on its own."""
+    try:
+        import grpc  # noqa: PLC0415 - only for hydra/launcher=ray_jobs with an address
+    except ImportError:
+        return True
+    channel = grpc.insecure_channel(target)
+    try:
+        grpc.channel_ready_future(channel).result(timeout=timeout)
+        return True
+    except grpc.FutureTimeoutError:
+        return False
+    finally:
+        channel.close()
 
 
 def absolute_sweep_dir_for_ray(args: list[str]) -> list[str]:
