@@ -54,7 +54,7 @@ def importance_weighted_bounds(model, x: torch.Tensor, num_samples: int, chunk_s
     for start in range(0, num_samples, chunk_size):
         log_w = log_weights(model, posterior, x, min(chunk_size, num_samples - start))  # (S, B)
         for part in log_w.split(group, 0):
-            group_lse.append(torch.logsumexp(part, 0))  # (B,)
+            group_lse.append(torch.logsumexp(part.double(), 0))  # (B,); float64: the jackknife below differences them
             sizes.append(part.shape[0])
         sum_log_w += log_w.sum(0, dtype=torch.float64)
         if variances:
@@ -64,7 +64,7 @@ def importance_weighted_bounds(model, x: torch.Tensor, num_samples: int, chunk_s
                      for i in range(0, len(group_lse), chunks_per_group)]
         sizes = [sum(sizes[i:i + chunks_per_group]) for i in range(0, len(sizes), chunks_per_group)]
     lse = torch.logsumexp(torch.stack(group_lse), 0)  # (groups, B) -> (B,)
-    log_px = lse - math.log(num_samples)
+    log_px = (lse - math.log(num_samples)).to(x.dtype)
     elbo = (sum_log_w / num_samples).to(x.dtype)
     if not variances:
         return log_px, elbo
@@ -73,9 +73,11 @@ def importance_weighted_bounds(model, x: torch.Tensor, num_samples: int, chunk_s
     if num_samples < 2:  # one draw: no spread to measure
         nan = torch.full_like(sum_log_w, math.nan)
         return log_px, elbo, nan, nan
-    groups = torch.stack(group_lse).double()  # (G, B)
-    total = lse.double()
-    others = total + torch.log1p(-torch.exp(groups - total).clamp(max=1 - 1e-12))  # log sum of the other chunks
+    groups = torch.stack(group_lse)  # (G, B)
+    # log sum of the other groups, each taken directly: log(total - group) cancels where one group holds
+    # nearly all the weight (heavy-tailed weights), and over-stated the error up to 1.6x in float32
+    alone = torch.eye(len(sizes), dtype=torch.bool, device=x.device).unsqueeze(-1)  # (G, G, 1)
+    others = torch.logsumexp(groups.unsqueeze(0).masked_fill(alone, -math.inf), 1)  # (G, B)
     remaining = num_samples - torch.tensor(sizes, dtype=torch.float64, device=x.device)
     leave_out = others - torch.log(remaining).unsqueeze(1)  # (G, B): L without chunk g
     num_groups = len(sizes)
