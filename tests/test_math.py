@@ -172,6 +172,17 @@ def test_optimal_sigma_maximises_the_likelihood_given_the_mean():
         assert Gaussian(scale="fixed", sigma=sigma).double().log_prob(params, x).sum() < best
 
 
+def test_optimal_sigma_of_a_perfect_fit_is_the_floor_with_a_finite_gradient():
+    """A decoder that reproduces the batch exactly (dequantize=false data can allow it): sigma* = 0, floored
+    at min_log_scale; the gradient was NaN (log(0)'s slope times the clamp's zero), which ends a run."""
+    x = torch.rand(4, 6, dtype=torch.float64)
+    params = x.clone().unsqueeze(0).unsqueeze(-1).requires_grad_()
+    log_p = Gaussian(scale="optimal", min_log_scale=-6.0).double().log_prob(params, x)
+    log_p.sum().backward()
+    assert torch.allclose(log_p, torch.full((1, 4), 6 * (6 - 0.5 * math.log(2 * math.pi)), dtype=torch.float64))
+    assert torch.isfinite(params.grad).all()
+
+
 def test_optimal_sigma_is_fitted_on_training_batches_and_frozen_in_eval_mode():
     """Training mode: each batch is scored with its own sigma*^2 = MSE, and log_sigma holds half the log
     of the running fit m_n = m_(n-1) + max(1/n, FIT_MOMENTUM) (MSE_n - m_(n-1)) (m_1 = MSE_1: the mean of

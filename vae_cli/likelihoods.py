@@ -265,7 +265,8 @@ class Gaussian(Likelihood):
             # it). No gradient is lost by the floor: at sigma* the likelihood is flat in sigma.
             mse = (x - loc).pow(2).mean()
             self._fit(mse.detach())
-            return (0.5 * torch.log(mse)).clamp(min=self.min_log_scale)
+            # floored before the log: log(0)'s infinite slope times the clamp's zero was a NaN gradient
+            return 0.5 * torch.log(mse.clamp(min=math.exp(2 * self.min_log_scale)))
         return self.log_sigma
 
     @torch.no_grad()
