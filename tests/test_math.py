@@ -313,6 +313,8 @@ def test_continuous_likelihoods_fit_dequantised_data(likelihood):
     assert torch.all(x >= levels / 256) and torch.all(x < (levels + 1) / 256)  # (k + u)/256, u in [0,1)
     noise = x * 256 - levels
     assert abs(noise.mean().item() - 0.5) < 0.02 and abs(noise.var().item() - 1 / 12) < 0.005  # U[0,1)
+    top = likelihood.prepare(torch.ones(2_000_000), torch.Generator().manual_seed(0))  # level 255: [255/256, 1)
+    assert top.max() < 1  # (255 + u)/256 rounded to 1.0 in float32 for about 2^-17 of the draws
     likelihood.dequantize = False
     assert torch.equal(likelihood.prepare(levels / 255), levels / 255)
 

@@ -30,7 +30,8 @@ def dequantize(x: torch.Tensor, generator: torch.Generator | None = None) -> tor
     """
     levels = torch.round(x * 255)  # k in 0..255
     u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    return (levels + u) / 256
+    below_one = 1 - torch.finfo(x.dtype).eps / 2  # 255 + u rounds to 256 for u within 2^-17 of 1 in float32
+    return ((levels + u) / 256).clamp_(max=below_one)
 
 
 def soft_clip_below(log_scale: torch.Tensor, floor: float) -> torch.Tensor:
