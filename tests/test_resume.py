@@ -342,6 +342,26 @@ def test_non_finite_values_stop_the_run_and_keep_the_last_good_checkpoint(tmp_pa
     assert status["state"] == "failed" and "diverged" in status["error"]
 
 
+def test_an_update_that_leaves_non_finite_weights_is_named_and_not_checkpointed(tmp_path, monkeypatch):
+    """A non-finite gradient with a finite loss (no clipping: its norm is not measured) leaves non-finite
+    weights that the step's own terms do not show: the epoch's end names the update, not terms the run
+    never computed (it said 'non-finite recon, kl, ...', or 'validation terms are not finite')."""
+    real = loop_module.Loop.end_epoch
+
+    def poisoned(self):  # as if the second epoch's last update had had a NaN gradient
+        if self.epoch == 1:
+            with torch.no_grad():
+                next(self.model.parameters()).fill_(math.nan)
+        real(self)
+
+    monkeypatch.setattr(loop_module.Loop, "end_epoch", poisoned)
+    with pytest.raises(loop_module.Diverged, match=r"^training diverged at step 28 \(in epoch 2\): an update left "
+                                                   r"non-finite weights .*checkpoint.pt \(step 14\)"):
+        train(smoke("~eval"), tmp_path)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 14 and all(torch.isfinite(v).all() for v in state["model"].values())
+
+
 def test_a_divergence_with_clipping_on_advises_lower_clipping(tmp_path, monkeypatch):
     """It advised 'set optimizer.clip_grad_norm, e.g. 10' to a run that had it set (a review)."""
     real = loop_module.Loop.next_batch

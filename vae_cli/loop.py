@@ -173,17 +173,31 @@ class Loop:
         return self.batch_gen.get_state() if self.index % PREPARE_AHEAD == 0 else self.block_state
 
     def check_finite(self, means: torch.Tensor) -> None:
+        """Stops the run at a non-finite term or gradient norm (measured when clipping). Without clipping a
+        non-finite gradient whose loss was finite shows at the next step (or in check_parameters)."""
         grad_norm = getattr(self.train_step, "grad_norm", None)
         bad = [name for name, ok in zip(TERM_NAMES, torch.isfinite(means).tolist()) if not ok]
         if grad_norm is not None and not bool(torch.isfinite(grad_norm)):
             bad.append("gradient norm")
         if bad:
-            last = self.run_dir / CHECKPOINT
-            saved = (f"the last good checkpoint is {last} (step {self.saved_step})" if last.is_file()
-                     else "no checkpoint was written before it")
-            raise Diverged(
-                f"training diverged at step {self.step} ({self.position()}): non-finite {', '.join(bad)}; "
-                f"{saved}; {self.remedy()}")
+            self.diverged(self.step, f"non-finite {', '.join(bad)}")
+
+    def check_parameters(self) -> None:
+        """A checkpoint is never written from non-finite weights: the last good one stays. On the CPU every
+        step's terms were checked, so the last update made them; elsewhere one since the last check did."""
+        if not self.weights_finite():
+            self.diverged(self.step if self.device.type == "cpu" else None,
+                          "an update left non-finite weights (a non-finite gradient)")
+
+    def weights_finite(self) -> bool:
+        return all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+
+    def diverged(self, step: int | None, what: str) -> None:
+        last = self.run_dir / CHECKPOINT
+        saved = (f"the last good checkpoint is {last} (step {self.saved_step})" if last.is_file()
+                 else "no checkpoint was written before it")
+        where = f"at step {step}" if step is not None else f"by step {self.step}"
+        raise Diverged(f"training diverged {where} ({self.position()}): {what}; {saved}; {self.remedy()}")
 
     def position(self) -> str:
         """Where the run is, for messages: in an epoch, or after one (its end: validation, checkpoint)."""
@@ -259,15 +273,10 @@ class Loop:
                             seed=stream_seed(cfg.eval_seed, VAL_DRAWS))  # the same draws every epoch
         self.model.train()
         if val and not all(math.isfinite(v) for v in val.values()):
-            raise Diverged(
-                f"validation terms are not finite after epoch {self.epoch + 1} (step {self.step}); {self.remedy()}")
+            self.check_parameters()  # names the update, when one left non-finite weights
+            self.diverged(self.step, "non-finite validation terms")
         self.writer.scalars("val", val, self.step)
         return val
-
-    def check_parameters(self) -> None:
-        """A checkpoint is never written from non-finite weights: the last good one stays."""
-        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
-            self.check_finite(torch.full((len(TERM_NAMES),), math.nan))
 
     def save(self) -> None:
         self.check_parameters()
