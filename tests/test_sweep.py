@@ -244,7 +244,8 @@ def test_callback_fails_only_for_jobs_this_command_ran(tmp_path, capsys):
     with pytest.raises(SystemExit):
         callback.on_multirun_end(config=config)
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"error: 1 of 1 jobs failed: job 5 (beta=5): {root / '5'} is in use by another vae-train (pid 1 on vm)"]
+    assert err == [f"error: 1 of 1 jobs were refused (each refused job's folder is left as it was: the summary "
+                   f"shows the run it holds): job 5 (beta=5): {root / '5'} is in use by another vae-train (pid 1 on vm)"]
 
 
 def test_callback_with_an_optuna_sqlite_study_summarizes_its_folder(tmp_path, capsys):

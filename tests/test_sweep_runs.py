@@ -329,12 +329,13 @@ def test_jobs_refused_in_a_rerun_are_named_with_status_1(tmp_path):
     kept = (tmp_path / "sweep/3/metrics.json").read_bytes()
     again = vae_train("-m", *SMOKE, "epochs=1", "beta=0.5,1", "seed=0,1,2", sweep, cwd=tmp_path)
     assert again.returncode == 1, again.stderr[-3000:]
-    (line,) = [line for line in again.stderr.splitlines() if "jobs failed" in line]
-    assert line.startswith("error: 2 of 4 jobs failed: job 2 (") and "; job 3 (" in line
+    (line,) = [line for line in again.stderr.splitlines() if "jobs were refused" in line]
+    assert line.startswith("error: 2 of 4 jobs were refused (each refused job's folder is left as it was: the "
+                           "summary shows the run it holds): job 2 (") and "; job 3 (" in line
     assert "holds another run's files, with other settings (seed: 1 -> 0)" in line
     assert (tmp_path / "sweep/3/metrics.json").read_bytes() == kept
     same = vae_train("-m", *SMOKE, "epochs=1", "beta=0.5,1", "seed=0,1,2", sweep, cwd=tmp_path)
-    assert same.returncode == 1 and "2 of 2 jobs failed" in same.stderr  # still refused, and said again
+    assert same.returncode == 1 and "2 of 2 jobs were refused" in same.stderr  # still refused, and said again
 
 
 def children_of(pid: int) -> list[int]:
@@ -521,8 +522,8 @@ def test_a_rerun_with_another_epochs_grid_leaves_the_earlier_jobs_alone(tmp_path
     kept = (tmp_path / "sweep/0/metrics.json").read_bytes()
     again = vae_train("-m", *SMOKE, "epochs=3,4", sweep, cwd=tmp_path)
     assert again.returncode == 1, again.stderr[-3000:]
-    (line,) = [line for line in again.stderr.splitlines() if "jobs failed" in line]
-    assert line.startswith("error: 2 of 2 jobs failed: job 0 (") and "(epochs: 2 -> 3)" in line, line
+    (line,) = [line for line in again.stderr.splitlines() if "jobs were refused" in line]
+    assert line.startswith("error: 2 of 2 jobs were refused (") and "(epochs: 2 -> 3)" in line, line
     assert f"vae-train resume={(tmp_path / 'sweep/0').resolve()} epochs=3;" in line, line
     assert (tmp_path / "sweep/0/metrics.json").read_bytes() == kept
     same = vae_train("-m", *SMOKE, "epochs=2,3", sweep, cwd=tmp_path)  # the same command: as before

@@ -394,7 +394,7 @@ def check_same_job(run_dir: Path, overrides: list[str]) -> None:
 
     before, now = chosen(recorded), chosen(overrides)
     if before != now:
-        changed = ", ".join(f"{key}: {before.get(key, 'default')} -> {now.get(key, 'default')}"
+        changed = ", ".join(f"{key}: {before.get(key, 'not given')} -> {now.get(key, 'not given')}"
                             for key in JOB_RESULT_KEYS if before.get(key) != now.get(key))
         raise ConfigError(f"{run_dir} holds this job number's run of an earlier command, with other settings "
                           f"({changed}); give this sweep its own folder (a new hydra.sweep.dir=...), or continue "

@@ -197,10 +197,13 @@ def plot_objective(summary: Summary, path: Path) -> Path:
 
 
 def failure_line(failed: list[Job], total: int, refused: list[dict] = ()) -> str:
-    """One line naming the failed jobs (and the refused ones), their overrides and errors."""
+    """One line naming the failed jobs (and the refused ones), their overrides and errors. A refused job's
+    folder is left as it was, so the summary printed before this line shows the run that folder holds."""
     named = [f"job {job.name} ({' '.join(job.overrides)}): {job.status.get('error') or job.state}" for job in failed]
     named += [f"job {r['job']} ({' '.join(r['overrides'])}): {r['error']}" for r in refused]
-    return f"error: {len(named)} of {total} jobs failed: {'; '.join(named)}"
+    what = "were refused" if not failed else "failed or were refused" if refused else "failed"
+    kept = " (each refused job's folder is left as it was: the summary shows the run it holds)" if refused else ""
+    return f"error: {len(named)} of {total} jobs {what}{kept}: {'; '.join(named)}"
 
 
 REFUSED = ".refused-job-*.json"  # in the sweep folder: jobs refused without writing into their folders
