@@ -58,5 +58,6 @@ def main() -> None:
         print(f"  {value} against {first}: test ELBO {elbo - first_elbo:+.1f} nats, "
               f"grad variance x {variance / first_variance:.3g}")
 
+
 if __name__ == "__main__":
     main()

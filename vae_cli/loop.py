@@ -6,6 +6,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 from omegaconf import OmegaConf
@@ -192,7 +193,7 @@ class Loop:
     def weights_finite(self) -> bool:
         return all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
 
-    def diverged(self, step: int | None, what: str) -> None:
+    def diverged(self, step: int | None, what: str) -> NoReturn:
         last = self.run_dir / CHECKPOINT
         saved = (f"the last good checkpoint is {last} (step {self.saved_step})" if last.is_file()
                  else "no checkpoint was written before it")
