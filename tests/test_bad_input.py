@@ -348,6 +348,16 @@ def test_version_names_vae_cli(tmp_path):
         assert result.returncode == 0 and result.stdout.startswith(f"vae-cli {version('vae-cli')} (Hydra "), result
 
 
+def test_each_command_runs_as_python_dash_m_of_its_module(tmp_path):
+    """python -m vae_cli.cli (a venv's python without its scripts on PATH) is vae-train, not a silent no-op."""
+    for module, exe, args in (("cli", "vae-train", ["--version"]), ("eval_cli", "vae-eval", ["--version"]),
+                              ("sweep", "vae-sweep", ["--help"])):
+        ran = subprocess.run([sys.executable, "-m", f"vae_cli.{module}", *args], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=120)
+        expected = run_cli(*args, cwd=tmp_path, exe=shutil.which(exe))
+        assert ran.returncode == 0 and ran.stdout == expected.stdout and "vae-" in ran.stdout, (ran, expected)
+
+
 def test_hydra_usage_error_before_the_task_is_one_line(tmp_path):
     result = run_cli("-m", "beta=1,2", "--cfg", "job", cwd=tmp_path)  # Hydra raises a ValueError for it
     assert result.returncode == 2 and "Only one of --run, --multirun, --cfg" in one_error_line(result)

@@ -348,6 +348,23 @@ def test_a_ray_address_nothing_answers_at_is_one_line_at_once(tmp_path, address,
     assert not (tmp_path / "outputs").exists()
 
 
+def test_a_ray_address_set_in_a_config_file_is_checked_as_the_sweep_starts(tmp_path):
+    """An experiment of the user's own (--config-dir) that names the cluster: the command line does not show
+    it, so ray_jobs' launcher checks the composed config before ray.init, and the sweep folder goes."""
+    address = f"127.0.0.1:{free_port()}"
+    (tmp_path / "mine" / "experiment").mkdir(parents=True)
+    (tmp_path / "mine" / "experiment" / "cluster.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /hydra/launcher: ray_jobs\n"
+        f"hydra:\n  launcher:\n    ray:\n      init:\n        address: {address}\n")
+    start = time.monotonic()
+    result = run_cli("-m", "--config-dir", str(tmp_path / "mine"), "experiment=cluster", "debug=smoke", "seed=0,1",
+                     cwd=tmp_path)
+    assert result.returncode == 2 and time.monotonic() - start < 60, result.stderr
+    assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith(f"error: hydra.launcher.ray.init.address={address}: no Ray cluster answers there")
+    assert not (tmp_path / "outputs").exists()
+
+
 def test_a_ray_address_held_by_another_service_is_one_line_at_once(tmp_path):
     """A port that accepts connections but is no Ray head (here an HTTP server): ray.init hung in its retries."""
     port = free_port()

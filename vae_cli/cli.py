@@ -23,7 +23,6 @@ from vae_cli.process_exit import ExitWithoutTeardown
 
 # configs/ at the top of the repository is installed as the package vae_cli.configs (pyproject.toml).
 CONFIG_PATH = "pkg://vae_cli.configs"
-EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception): ")  # "NameError: Unknown argument 'partitionn' ..."
 EXIT_BAD_INPUT, EXIT_DIVERGED = 2, 3
 
 
@@ -68,6 +67,9 @@ class HeldStderr(io.TextIOBase):
         if any(line.startswith("Traceback") for line in lines):  # an error before the run: its own line
             # (its last; but submitit's NameError for a mistyped launcher key is followed by lines of advice)
             last = next((line for line in reversed(lines) if EXCEPTION_LINE.match(line)), lines[-1])
+            own = EXCEPTION_LINE.match(last)
+            if own and own.group(1) == "ConfigError":  # raised by vae-cli's Hydra plugins: a line of its own
+                return last[own.end():]
             if "Unable to configure handler 'file'" in last:  # Hydra's log file in the run folder
                 return hydra_error_line(last)
             folder = last.split(":")[0] in FOLDER_ERRORS  # Hydra could not make the run folder
@@ -100,32 +102,41 @@ def console() -> None:
         main()
 
 
-def check_ray_address(args: list[str], timeout: float = 5.0) -> None:
+def check_ray_address(args: list[str]) -> None:
     """A running Ray cluster named on the command line (hydra/launcher=ray_jobs), or by RAY_ADDRESS with
     hydra.launcher.ray.init.address=auto, must answer at that address: ray.init would otherwise retry for
-    minutes, a warning every few seconds, before any job starts. Checked here, before Hydra: its callbacks
-    cannot stop a sweep (it turns their errors into warnings). An address set in a config file is not seen.
-    A port that is open but not a Ray head's is named too (speaks_grpc)."""
+    minutes, a warning every few seconds, before any job starts. Checked here, before Hydra composes
+    anything; an address set in a config file is checked by ray_jobs' launcher as the sweep starts
+    (hydra_plugins/vae_cli_sweeper/ray_launcher.py)."""
     given = [a.split("=", 1)[1] for a in args if a.startswith("hydra.launcher.ray.init.address=")]
+    problem = ray_address_problem(given[-1]) if given else None
+    if problem:
+        fail(ConfigError(problem))
+
+
+def ray_address_problem(address: str | None, timeout: float = 5.0) -> str | None:
+    """What is wrong with hydra.launcher.ray.init.address=address, in one line, or None: local (a Ray of the
+    sweep's own), a HOST:PORT where a Ray head answers, or auto with RAY_ADDRESS unset (this node's running
+    cluster, which ray.init finds or refuses at once). A port that is open but not a Ray head's is named
+    too (speaks_grpc)."""
     named = "hydra.launcher.ray.init.address={}"
-    if given and given[-1] == "auto" and os.environ.get("RAY_ADDRESS"):  # ray.init reads it for auto
-        given, named = [os.environ["RAY_ADDRESS"]], "RAY_ADDRESS={} (read for hydra.launcher.ray.init.address=auto)"
-    if not given or given[-1] in ("local", "auto", "null", ""):  # auto: this node's running cluster
-        return
-    address = given[-1]
+    if address == "auto" and os.environ.get("RAY_ADDRESS"):  # ray.init reads it for auto
+        address, named = os.environ["RAY_ADDRESS"], "RAY_ADDRESS={} (read for hydra.launcher.ray.init.address=auto)"
+    if address in (None, "local", "auto", "null", ""):
+        return None
     host, _, port = address.removeprefix("ray://").rpartition(":")
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
         if speaks_grpc(f"{host}:{port}", timeout):
-            return
+            return None
         reason = (f"something listens there but answers no gRPC handshake in {timeout:g} s, so it is not a Ray "
                   "head (another service on that port?)")
     except ValueError:
         reason = "not HOST:PORT"
     except OSError as err:
         reason = f"no Ray cluster answers there ({err})"
-    fail(ConfigError(f"{named.format(address)}: {reason}; give the HOST:PORT of a running head (`ray start --head` "
-                     "prints it), or hydra.launcher.ray.init.address=local to start a Ray for this sweep"))
+    return (f"{named.format(address)}: {reason}; give the HOST:PORT of a running head (`ray start --head` prints "
+            "it), or hydra.launcher.ray.init.address=local to start a Ray for this sweep")
 
 
 def speaks_grpc(target: str, timeout: float) -> bool:
@@ -212,7 +223,7 @@ def main() -> None:
     if "vae_cli.sweep" in sys.modules:  # imported by an earlier command in this process (not at start-up)
         sys.modules["vae_cli.sweep"].FOUND.clear()
     if interrupts.MULTIRUN:
-        register_sweeper()
+        register_plugins()
     held = HeldStderr(sys.stderr)
     sys.stderr = held
     try:
@@ -278,17 +289,18 @@ def check_resume(folder: str, args: list[str]) -> None:
                           "checkpoints there; make it writable, or copy the run folder and resume the copy")
 
 
-def register_sweeper() -> None:
-    """The class of configs/hydra/sweeper/optuna_study.yaml, for Hydra: it finds plugins by listing the
-    folders of the hydra_plugins namespace package, and an editable install (pip install -e) adds this
-    repository's folder through an import hook that such a listing does not see."""
-    try:
-        from hydra_plugins.vae_cli_sweeper.optuna_study import OptunaStudySweeper
-    except ImportError:  # hydra-optuna-sweeper is not installed (pip install "vae-cli[sweep]")
-        return
+def register_plugins() -> None:
+    """The classes of configs/hydra/sweeper/optuna_study.yaml and hydra/launcher/ray_jobs.yaml, for Hydra:
+    it finds plugins by listing the folders of the hydra_plugins namespace package, and an editable install
+    (pip install -e) adds this repository's folder through an import hook that such a listing does not see.
+    Each is there when its Hydra plugin is installed (pip install "vae-cli[sweep]")."""
     from hydra.core.plugins import Plugins
 
-    Plugins.instance().register(OptunaStudySweeper)
+    from hydra_plugins.vae_cli_sweeper import optuna_study, ray_launcher
+
+    for module, name in ((optuna_study, "OptunaStudySweeper"), (ray_launcher, "CheckedRayLauncher")):
+        if hasattr(module, name):
+            Plugins.instance().register(getattr(module, name))
 
 
 def end_after_forwarded_stop(held: HeldStderr) -> None:
@@ -506,3 +518,9 @@ def resumed_config(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> Dict
     OmegaConf.update(stored, "resume", str(run_dir), force_add=True)
     OmegaConf.set_struct(stored, True)
     return stored
+
+
+if __name__ == "__main__":  # python -m vae_cli.cli: vae-train, run from the imported module (its one copy)
+    from vae_cli.cli import console as command
+
+    command()

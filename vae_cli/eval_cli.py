@@ -116,3 +116,9 @@ def main(argv: list[str] | None = None) -> None:
             evaluate_run(run_dir, eval_cfg)
     except ConfigError as err:
         fail(err)
+
+
+if __name__ == "__main__":  # python -m vae_cli.eval_cli: vae-eval, run from the imported module (its one copy)
+    from vae_cli.eval_cli import console as command
+
+    command()

@@ -437,3 +437,9 @@ def planned_in(sweep_dir: Path) -> int | None:
         return planned_jobs(hydra_node)
     except Exception:  # noqa: BLE001 - absent, damaged or of another layout: the jobs found are the count
         return None
+
+
+if __name__ == "__main__":  # python -m vae_cli.sweep: vae-sweep, run from the imported module (its one copy)
+    from vae_cli.sweep import main as command
+
+    command()
