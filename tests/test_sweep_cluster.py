@@ -95,6 +95,27 @@ def test_slurm_job_preempted_by_usr2_is_requeued_and_resumes(tmp_path, slurm_clu
     assert json.loads((job / "metrics.json").read_text()) == expected
 
 
+def test_a_submission_sbatch_refuses_is_one_line_and_leaves_no_sweep_behind(tmp_path, slurm_cluster):  # noqa: F811
+    """A partition the cluster lacks: sbatch refuses the array. It printed submitit's 'FailedJobError' with its
+    module path and left a sweep folder of multirun.yaml and submitit's pickles, though nothing ran. Into a
+    folder of an earlier sweep, that sweep's files are left as they were."""
+    earlier = tmp_path / "earlier"
+    (earlier / ".submitit" / "41_0").mkdir(parents=True)
+    (earlier / "multirun.yaml").write_text("hydra: {}\n")
+    (earlier / ".submitit" / "41_0" / "41_0_log.out").write_text("the earlier job's log\n")
+    before = sorted((str(p.relative_to(earlier)), p.read_bytes()) for p in earlier.rglob("*") if p.is_file())
+    for sweep in (tmp_path / "new", earlier):
+        result = vae_train("-m", *SMOKE, *SLURM, "hydra.launcher.partition=no_such_partition", "seed=0,1",
+                           f"hydra.sweep.dir={sweep}", cwd=tmp_path, timeout=120)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.splitlines() == [
+            "error: sbatch refused the sweep's jobs (invalid partition specified: no_such_partition; Batch job "
+            "submission failed: Invalid partition name specified), so none was submitted; check the hydra.launcher "
+            "keys it names against `sinfo` (partitions, limits), or that Slurm's controller is up"], result.stderr
+    assert not (tmp_path / "new").exists()
+    assert sorted((str(p.relative_to(earlier)), p.read_bytes()) for p in earlier.rglob("*") if p.is_file()) == before
+
+
 def test_a_cancelled_slurm_job_and_a_ctrl_c_of_the_launcher_say_what_became_of_the_sweep(tmp_path, slurm_cluster):  # noqa: F811
     """scancel of one job made submitit's launcher give up: it printed a traceback and 'the sweep stopped at
     a failure (fail_fast=true)' though fail_fast was off. Ctrl-C of the launching process said 'stopped

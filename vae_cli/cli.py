@@ -70,6 +70,13 @@ class HeldStderr(io.TextIOBase):
             own = EXCEPTION_LINE.match(last)
             if own and own.group(1) == "ConfigError":  # raised by vae-cli's Hydra plugins: a line of its own
                 return last[own.end():]
+            if own and own.group(1) == "FailedJobError" and last[own.end():].startswith("sbatch:"):
+                said = [last[own.end():], *lines[lines.index(last) + 1:]]  # sbatch's lines, as submitit raised them
+                reasons = "; ".join(line.removeprefix("sbatch:").strip().removeprefix("error:").strip()
+                                    for line in said if line.startswith("sbatch:"))
+                return (f"sbatch refused the sweep's jobs ({reasons}), so none was submitted; check the "
+                        "hydra.launcher keys it names against `sinfo` (partitions, limits), or that Slurm's "
+                        "controller is up")
             if "Unable to configure handler 'file'" in last:  # Hydra's log file in the run folder
                 return hydra_error_line(last)
             folder = last.split(":")[0] in FOLDER_ERRORS  # Hydra could not make the run folder

@@ -1,6 +1,7 @@
 """The sweep summary: one row per job of a multirun folder (summary.csv, summary.md, summary.png), written
 by the Hydra callback SweepSummary at the end of every multirun and by `vae-sweep SWEEP_FOLDER` on demand."""
 import argparse
+import contextlib
 import csv
 import io
 import math
@@ -283,10 +284,19 @@ def undo_sweep_folder() -> None:
     """After a command error before any job started (a typo in a swept key), Hydra has written its
     multirun.yaml for that command: a folder this command created, holding only that, is removed with the
     folders created for it (no empty sweep left to be taken for a real one); in a folder that was there
-    (a re-run into hydra.sweep.dir), the earlier multirun.yaml is put back, or the new one removed."""
+    (a re-run into hydra.sweep.dir), the earlier multirun.yaml is put back, or the new one removed. A Slurm
+    submission that sbatch refused leaves submitit's files for it at the top of .submitit/ (a submitted job's
+    are moved into .submitit/<job id>/): those this command wrote go too, and .submitit/ if left empty."""
     if not FOUND:
         return
     folder, created, earlier = FOUND["folder"], FOUND["created"], FOUND["multirun"]
+    submitit = folder / ".submitit"
+    if submitit.is_dir():
+        for path in submitit.iterdir():
+            if path.is_file() and path.stat().st_mtime >= FOUND["since"]:
+                path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            submitit.rmdir()  # only when empty
     if created is None:
         if earlier is not None:
             write_atomic(folder / "multirun.yaml", earlier.decode())
