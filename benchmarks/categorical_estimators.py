@@ -90,10 +90,12 @@ SPEED_DATA = (["data=fashion_mnist"] if Path("/usr/share/datasets/fashion-mnist"
 
 
 def speed_table(rounds: int, steps: int, extra: list[str], out: Path) -> None:
-    """Alternate the two SPEED runs `rounds` times; print each one's median images/s and the ratio."""
+    """Alternate the SPEED runs `rounds` times; print each one's median images/s and the ratio."""
     speeds = {name: [] for name in SPEED}
-    for round_index in range(rounds):
-        for index, (name, (overrides, posterior)) in enumerate(SPEED.items()):
+    names = list(SPEED)
+    for round_index in range(rounds):  # each round starts at the next run: none is always first
+        for name in names[round_index % len(names):] + names[:round_index % len(names)]:
+            index, (overrides, posterior) = names.index(name), SPEED[name]
             with initialize_config_module("vae_cli.configs", version_base="1.3"):
                 cfg = compose("train", overrides=[*SPEED_DATA, f"max_steps={steps}", "epochs=1", "~eval",
                                                   "diagnostics.every=0", *overrides, *extra])

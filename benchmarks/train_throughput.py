@@ -16,7 +16,8 @@ hand-written step and AutogradStep, and the step's floor: its matrix products al
 CPU's BLAS runs them (what the step's other work, the loop and the epoch's validation add on top).
 
 The paths alternate, round after round, in one process, so that load on a shared machine hits all of
-them; each path's best round (a quiet stretch) and median round are printed, and ratios to vae-cli.
+them, each round starting at the next path (so no path is always first); each path's best round (a
+quiet stretch) and median round are printed, and ratios to vae-cli.
 
     python benchmarks/train_throughput.py [--rounds 5] [--device auto] [--baseline DIR] [--steps]
                                           [--no-conventional] [--max-steps N]
@@ -195,9 +196,11 @@ def main():
     print(f"data: {cfg.data._target_.split('.')[-1]}, {images.shape[0]} images of {images.shape[1]} "
           f"pixels; device {device}; torch {torch.__version__}, {torch.get_num_threads()} threads")
     figures = {name: [] for name in paths}
+    names = list(paths)
     for round_ in range(args.rounds):  # alternate, so that load on a shared machine hits every path
-        for name, run in paths.items():
-            figures[name].append(run())
+        # and rotate the order: a path run first in every round read ~10 % low against an identical copy
+        for name in names[round_ % len(names):] + names[:round_ % len(names)]:
+            figures[name].append(paths[name]())
         print(f"round {round_ + 1}: " + ", ".join(f"{name} {v[-1]:,.0f}" for name, v in figures.items())
               + " images/s", flush=True)
     best = {name: max(v) for name, v in figures.items()}
