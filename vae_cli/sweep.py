@@ -285,16 +285,17 @@ def undo_sweep_folder() -> None:
     multirun.yaml for that command: a folder this command created, holding only that, is removed with the
     folders created for it (no empty sweep left to be taken for a real one); in a folder that was there
     (a re-run into hydra.sweep.dir), the earlier multirun.yaml is put back, or the new one removed. A Slurm
-    submission that sbatch refused leaves submitit's files for it at the top of .submitit/ (a submitted job's
-    are moved into .submitit/<job id>/): those this command wrote go too, and .submitit/ if left empty."""
+    submission that sbatch refused leaves submitit's files for it at the top of .submitit/: those this
+    command wrote go too, and .submitit/ if left empty, unless it submitted a job (a folder
+    .submitit/<job id>/ made since it started, whose files say why the job ended)."""
     if not FOUND:
         return
     folder, created, earlier = FOUND["folder"], FOUND["created"], FOUND["multirun"]
     submitit = folder / ".submitit"
-    if submitit.is_dir():
-        for path in submitit.iterdir():
-            if path.is_file() and path.stat().st_mtime >= FOUND["since"]:
-                path.unlink(missing_ok=True)
+    ours = [path for path in submitit.iterdir() if path.stat().st_mtime >= FOUND["since"]] if submitit.is_dir() else []
+    if not any(path.is_dir() for path in ours):  # nothing submitted
+        for path in ours:
+            path.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             submitit.rmdir()  # only when empty
     if created is None:
