@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
 
 from conftest import compose_config
 from vae_cli import loop as loop_module
@@ -157,6 +158,17 @@ def test_a_finished_run_is_reported_not_retrained_and_epochs_extend_it(reference
     # the same as a 3-epoch run from the start
     straight = train(smoke("~eval", "epochs=3"), tmp_path / "straight")
     assert extended == straight
+    # TensorBoard's HParams view shows the extended run's settings (it showed the first attempt's epochs=2)
+    assert hparams_settings(run_dir)["epochs"].number_value == 3
+    assert len(list(run_dir.glob("events.out.tfevents.*.hparams"))) == 1
+
+
+def hparams_settings(run_dir: Path) -> dict:
+    """The settings TensorBoard's HParams view reads for the run folder (the first it finds under the tag)."""
+    acc = EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
+    acc.Reload()
+    content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    return dict(plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams)
 
 
 def test_a_run_ended_by_max_steps_inside_an_epoch_extends_as_the_uninterrupted_run(references, tmp_path):

@@ -29,6 +29,9 @@ def flatten(cfg: dict, prefix: str = "") -> dict:
     return flat
 
 
+HPARAMS_SUFFIX = ".hparams"  # the events file holding a run's HParams settings (RunWriter.hparams)
+
+
 class RunWriter:
     """A SummaryWriter on the run folder, with the few kinds of record vae-cli writes.
 
@@ -84,14 +87,24 @@ class RunWriter:
         run: the figures are logged as hparams/<name> at the run's last step, so it shows metrics.json's
         (the best model's; val/elbo's own last value is the last epoch's). No experiment summary: the view
         would take the first run's as every run's columns; without one it builds them from all runs'
-        settings and scalars, so a sweep over latent types shows each one's settings and figures."""
+        settings and scalars, so a sweep over latent types shows each one's settings and figures.
+
+        The settings go to an events file of their own (HPARAMS_SUFFIX), which replaces an earlier
+        attempt's: TensorBoard keeps the first settings it reads under their tag, so a run extended with
+        epochs=N showed its first attempt's epochs. Removed before the new one is written: a run stopped in
+        between has no metrics.json yet, so its resume writes them again."""
         from torch.utils.tensorboard.summary import hparams  # noqa: PLC0415
+        from torch.utils.tensorboard.writer import FileWriter  # noqa: PLC0415
 
         figures = {k: float(v) for k, v in metrics.items()}
         self.scalars("hparams", figures, step)
         _, start, end = hparams(flatten(config), {f"hparams/{k}": v for k, v in figures.items()})
+        for earlier in self.run_dir.glob(f"events.out.tfevents.*{HPARAMS_SUFFIX}"):
+            earlier.unlink(missing_ok=True)
+        settings = FileWriter(str(self.run_dir), filename_suffix=HPARAMS_SUFFIX)
         for summary in (start, end):
-            self.writer.file_writer.add_summary(summary)
+            settings.add_summary(summary)
+        settings.close()
 
     def flush(self) -> None:
         self.writer.flush()
