@@ -209,7 +209,8 @@ def test_another_runs_folder_is_refused_unless_overwrite(references, tmp_path):
         train(smoke("~eval", "beta=2"), tmp_path / "run")
     metrics = train(smoke("~eval", "beta=2", "overwrite=true"), tmp_path / "run")
     assert metrics["test/loss"] != pytest.approx(-metrics["test/elbo"])  # beta = 2 trained and reported
-    assert len(list((tmp_path / "run").glob("events.out.tfevents.*"))) == 1  # the old events are gone
+    events = sorted(f.suffix == ".hparams" for f in (tmp_path / "run").glob("events.out.tfevents.*"))
+    assert events == [False, True]  # the old events are gone: this run's, and its HParams settings
 
 
 def script_validation(monkeypatch):
