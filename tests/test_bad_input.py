@@ -340,6 +340,18 @@ def test_the_corrected_command_runs_in_the_folder_of_a_refused_one(tmp_path):
     assert json.loads((tmp_path / "run/status.json").read_text())["state"] == "finished"
 
 
+def test_a_second_bad_value_in_the_folder_of_a_refused_one_is_recorded_in_its_place(tmp_path):
+    """status.json and .hydra/overrides.yaml kept the first refusal's error and overrides (a review): a
+    sweep's re-run then called its failing jobs refused."""
+    first = run_cli(*SMOKE, "beta=-1", "hydra.run.dir=run", cwd=tmp_path)
+    assert first.returncode == 2 and "beta=-1" in one_error_line(first)
+    second = run_cli(*SMOKE, "batch_size=0", "hydra.run.dir=run", cwd=tmp_path)
+    assert second.returncode == 2 and "batch_size=0" in one_error_line(second)
+    status = json.loads((tmp_path / "run/status.json").read_text())
+    assert status["state"] == "failed" and status["error"] == one_error_line(second).removeprefix("error: ")
+    assert "batch_size=0" in (tmp_path / "run/.hydra/overrides.yaml").read_text()
+
+
 def test_version_names_vae_cli(tmp_path):
     from importlib.metadata import version
 

@@ -355,6 +355,22 @@ def test_non_finite_values_stop_the_run_and_keep_the_last_good_checkpoint(tmp_pa
     assert status["state"] == "failed" and "diverged" in status["error"]
 
 
+def test_a_run_that_diverged_before_its_first_checkpoint_is_not_offered_for_resuming(tmp_path, monkeypatch):
+    """Another command in the folder of a run that diverged at step 1 is refused (its events and status stay)
+    with the ways on: not `vae-train resume=`, which fails there ('no checkpoint.pt there', a review)."""
+    real = loop_module.Loop.next_batch
+    monkeypatch.setattr(loop_module.Loop, "next_batch", lambda self: real(self) * math.nan)
+    with pytest.raises(loop_module.Diverged, match="at step 1 .*no checkpoint was written before it"):
+        train(smoke("~eval"), tmp_path)
+    monkeypatch.undo()
+    with pytest.raises(ConfigError) as refused:
+        train(smoke("~eval", "optimizer.lr=1e-4"), tmp_path)
+    message = str(refused.value)
+    assert "other settings (optimizer.lr: 0.001 -> 0.0001)" in message and "overwrite=true" in message
+    assert "resume" not in message, message
+    assert read_status(tmp_path)["state"] == "failed" and not (tmp_path / "checkpoint.pt").exists()
+
+
 def test_an_update_that_leaves_non_finite_weights_is_named_and_not_checkpointed(tmp_path, monkeypatch):
     """A non-finite gradient with a finite loss (no clipping: its norm is not measured) leaves non-finite
     weights that the step's own terms do not show: the epoch's end names the update, not terms the run

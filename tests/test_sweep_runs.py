@@ -338,6 +338,19 @@ def test_jobs_refused_in_a_rerun_are_named_with_status_1(tmp_path):
     assert same.returncode == 1 and "2 of 2 jobs were refused" in same.stderr  # still refused, and said again
 
 
+def test_a_job_that_fails_again_in_a_rerun_is_failed_not_refused(tmp_path):
+    """Its folder holds only its own earlier refusal: the re-run records the error again. It was called
+    refused ('2 of 2 jobs were refused ... the summary shows the run it holds'), though nothing was there."""
+    sweep = f"hydra.sweep.dir={tmp_path / 'sweep'}"
+    for ran in (2, 1):  # the re-run reports job 1's finished run without running it
+        result = vae_train("-m", *SMOKE, "epochs=1", "beta=-1,1", sweep, cwd=tmp_path)
+        assert result.returncode == 1, result.stderr[-3000:]
+        (line,) = [line for line in result.stderr.splitlines() if line.startswith("error: 1 of ")]
+        assert line.startswith(f"error: 1 of {ran} jobs failed: job 0 (") and "beta=-1 must be" in line, line
+        assert "refused" not in result.stderr
+        assert [r["state"] for r in summary_rows(tmp_path / "sweep")] == ["finished", "failed"]
+
+
 def children_of(pid: int) -> list[int]:
     found = []
     for name in filter(str.isdigit, os.listdir("/proc")):

@@ -338,7 +338,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
         for signum in interrupts.STOP_SIGNALS:  # from here (torch's import too) to the end of its last job
             signal.signal(signum, interrupts.keep_stop_between_jobs)
     from vae_cli.loop import Diverged, Stopped  # imported here so that --help and bad overrides answer fast
-    from vae_cli.run_state import FolderInUse, Status, read_status, run_files
+    from vae_cli.run_state import FolderInUse, Status, read_status, refused_before_training, run_files
     from vae_cli.sweep import record_refusal
     if interrupts.WORKER_STOP or (multirun and interrupts.FORWARDED):  # the sweep is stopping: start nothing
         return None
@@ -353,9 +353,12 @@ def hydra_main(cfg: DictConfig) -> float | None:
         in_use = isinstance(err, FolderInUse)  # the folder is the other process's: nothing written
         written = read_status(run_dir) or {}  # train() records an error met once it has written the folder
         recorded = written.get("state") == "failed" and written.get("pid") == os.getpid()  # Diverged too
-        if isinstance(err, ConfigError) and not in_use and not run_files(run_dir) and run_dir.is_dir():
+        # recorded where the folder holds no run, or only an earlier refusal (a bad value, now another)
+        empty = not run_files(run_dir)
+        if isinstance(err, ConfigError) and not in_use and run_dir.is_dir() and (
+                empty or refused_before_training(run_dir)):
             try:
-                save_hydra_files(run_dir, cfg, rewrite=False)  # a sweep's summary names the job's overrides
+                save_hydra_files(run_dir, cfg, rewrite=not empty)  # a sweep's summary names the job's overrides
                 Status(run_dir, state="failed", error=str(err), resume_command=None).update()
                 recorded = True
             except (OSError, ConfigError):  # a full disk (err may say so): the error line is what counts

@@ -208,22 +208,22 @@ def plan_run(run_dir: Path, cfg: DictConfig) -> Plan:
     found = run_files(run_dir)
     if not found or cfg.get("overwrite"):
         return Plan("fresh")
-    status = read_status(run_dir) or {}
+    if refused_before_training(run_dir):
+        return Plan("fresh")  # a bad value: nothing there to keep
     checkpoint = run_dir / CHECKPOINT
     state = load_checkpoint(checkpoint) if checkpoint.is_file() else None
     stored = state["config"] if state is not None else _stored_config(run_dir)
-    if state is None and stored is None and status.get("state") == "failed":
-        return Plan("fresh")  # refused before training began (a bad value): nothing there to keep
     if stored is not None:  # relative data paths compared as each command read them: from its own folder
         stored = settings(with_data_paths_from(OmegaConf.create(stored), launch_folder(run_dir)))
         current = settings(with_data_paths_from(cfg.copy(), data_base(cfg, run_dir)))
     changed = differences(stored, current) if stored is not None else ["(no readable config)"]
     if changed:
         listed = "; ".join(changed[:4]) + ("; ..." if len(changed) > 4 else "")
-        raise ConfigError(f"{run_dir} holds another run's files, with other settings ({listed}); resume it "
-                          f"as it was with `{resume_command(run_dir)}`, choose another folder "
-                          "(hydra.run.dir=...; for a sweep, a new hydra.sweep.dir=...), or start afresh there with "
-                          "overwrite=true (deletes its files)")
+        # no checkpoint (a run that diverged or died before its first): nothing to resume
+        resume = f"resume it as it was with `{resume_command(run_dir)}`, " if state is not None else ""
+        raise ConfigError(f"{run_dir} holds another run's files, with other settings ({listed}); {resume}choose "
+                          "another folder (hydra.run.dir=...; for a sweep, a new hydra.sweep.dir=...), or start "
+                          "afresh there with overwrite=true (deletes its files)")
     if state is None:
         return Plan("fresh")  # a run that failed or died before its first checkpoint
     # a failed run with a checkpoint (a full disk, a divergence) resumes from it: its steps are not thrown away
@@ -238,6 +238,15 @@ def plan_run(run_dir: Path, cfg: DictConfig) -> Plan:
         elif state.get("training_done") and not wants_more_steps(state, cfg):
             return Plan("finished", metrics=metrics)
     return Plan("resume", state=state)
+
+
+def refused_before_training(run_dir: Path) -> bool:
+    """Whether run_dir holds only what a command refused before training began left (a bad value): a failed
+    status.json, no checkpoint.pt and no config.yaml (train() writes it as training starts). Such a folder
+    has nothing to keep: the next command there starts afresh, and records its own error if it fails too."""
+    status = read_status(run_dir) or {}
+    return (status.get("state") == "failed" and not (run_dir / CHECKPOINT).exists()
+            and _stored_config(run_dir) is None)
 
 
 def wants_more_steps(state: dict, cfg: DictConfig) -> bool:
