@@ -98,3 +98,12 @@ def test_eval_help_describes_the_tool_and_its_keys():
         eval_cfg = compose("eval")
     for key in eval_cfg.eval:
         assert re.search(rf"\b{key}\b", result.stdout), key
+
+
+def test_eval_without_a_run_folder_says_so_in_one_line():
+    """It printed the whole --help (48 lines) to stderr, with no line saying what was missing."""
+    result = subprocess.run([shutil.which("vae-eval")], capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "error: give the folder of the run to evaluate: vae-eval RUN_FOLDER [key=value ...], e.g. vae-eval "
+        "outputs/<date>/<time>; vae-eval --help lists its settings"]

@@ -95,9 +95,12 @@ def main(argv: list[str] | None = None) -> None:
     if "--version" in argv:
         print(version_line())
         return
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE + OmegaConf.to_yaml(compose_eval_config([])), file=sys.stdout if argv else sys.stderr)
-        sys.exit(0 if argv else 2)
+    if not argv:  # one line, as for any bad command (the whole help filled the terminal with it)
+        fail(ConfigError("give the folder of the run to evaluate: vae-eval RUN_FOLDER [key=value ...], e.g. "
+                         "vae-eval outputs/<date>/<time>; vae-eval --help lists its settings"))
+    if argv[0] in ("-h", "--help"):
+        print(USAGE + OmegaConf.to_yaml(compose_eval_config([])))
+        return
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     run_dir, overrides = argv[0], argv[1:]
     try:
