@@ -181,7 +181,9 @@ EXISTING_CASES = [
     ("same command, another seed", ("seed=5",), None, ["another run's files", "seed: 0 -> 5", "overwrite=true"]),
     ("resume with another model", ("resume=RUN", "model.latent_dim=3"), None, ["model.latent_dim=3", "resume"]),
     ("resume with another likelihood", ("resume=RUN", "likelihood=gaussian"), None, ["likelihood=gaussian"]),
-    ("truncated checkpoint", (), "truncated", ["checkpoint.pt", "truncated"]),
+    # what a training command can do there: start afresh ("rerun the training" said neither how nor where)
+    ("truncated checkpoint", (), "truncated", ["checkpoint.pt", "truncated", "overwrite=true", "hydra.run.dir"]),
+    ("resume of a truncated checkpoint", ("resume=RUN",), "truncated", ["checkpoint.pt", "overwrite=true"]),
     ("foreign checkpoint", (), "foreign", ["checkpoint.pt", "lacks model"]),
     ("pickled object", (), "pickled", ["checkpoint.pt", "pickled"]),
     ("resume of a folder without a run", ("resume=EMPTY",), None, ["no checkpoint.pt"]),

@@ -83,8 +83,15 @@ def save_checkpoint(path: Path, state: dict) -> None:
     atomic_write(path, lambda f: torch.save(state, f))
 
 
-def load_checkpoint(path: Path, map_location="cpu") -> dict:
-    """Load a vae-cli checkpoint (tensors and plain containers only), or explain in one line why not."""
+# What a training command can do with a run folder whose checkpoint is unreadable (load_checkpoint's remedy)
+START_AFRESH = ("start the run afresh there with overwrite=true (deletes its files) or in another folder "
+                "(hydra.run.dir=...)")
+
+
+def load_checkpoint(path: Path, map_location="cpu",
+                    remedy: str = "rerun the training or point at another run") -> dict:
+    """Load a vae-cli checkpoint (tensors and plain containers only), or explain in one line why not, ending
+    with remedy: what the command's user can do about a damaged file."""
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoint.pt"
@@ -97,14 +104,13 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
         if "Unsupported global" in str(err):
             raise ConfigError(f"checkpoint {path} carries pickled Python objects, which vae-cli does not "
                               "load (they can run code); point at a checkpoint written by vae-train") from err
-        raise ConfigError(f"checkpoint {path} is not a torch checkpoint (corrupt or foreign); rerun the "
-                          "training or point at another run") from err
+        raise ConfigError(f"checkpoint {path} is not a torch checkpoint (corrupt or foreign); {remedy}") from err
     except PermissionError as err:  # the file may be whole: nothing to rerun
         raise ConfigError(f"checkpoint {path} cannot be read (permission denied); give this user read access "
                           "to it (e.g. chmod u+r)") from err
     except Exception as err:  # noqa: BLE001 - torch's unpickler raises KeyError, IndexError, ... on junk
         raise ConfigError(f"checkpoint {path} could not be read ({reason(err)}); it is truncated, corrupt or "
-                          "not written by vae-train: rerun the training or point at another run") from err
+                          f"not written by vae-train: {remedy}") from err
     missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
     if missing:
         raise ConfigError(f"checkpoint {path} lacks {', '.join(missing)}: not a vae-train checkpoint; "

@@ -493,13 +493,14 @@ def resumed_config(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> Dict
 
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from vae_cli.checkpoint import load_checkpoint
+    from vae_cli.checkpoint import START_AFRESH, load_checkpoint
     from vae_cli.run_state import RECORDED, RESUMABLE
 
     if not (run_dir / "checkpoint.pt").is_file():
         raise ConfigError(f"resume={run_dir}: no checkpoint.pt there, so nothing to resume; pass the folder "
                           "of a run started by vae-train (outputs/<date>/<time>)")
-    stored = OmegaConf.create({k: v for k, v in load_checkpoint(run_dir)["config"].items() if k not in RECORDED})
+    state = load_checkpoint(run_dir, remedy=START_AFRESH)
+    stored = OmegaConf.create({k: v for k, v in state["config"].items() if k not in RECORDED})
     # overwrite=true is what the run's first command asked (start afresh there), not this one: kept, it
     # would start the resumed run afresh, deleting its checkpoint
     OmegaConf.update(stored, "overwrite", False, force_add=True)

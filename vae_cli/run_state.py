@@ -12,7 +12,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from vae_cli.checkpoint import load_checkpoint, write_json
+from vae_cli.checkpoint import START_AFRESH, load_checkpoint, write_json
 from vae_cli.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -211,7 +211,7 @@ def plan_run(run_dir: Path, cfg: DictConfig) -> Plan:
     if refused_before_training(run_dir):
         return Plan("fresh")  # a bad value: nothing there to keep
     checkpoint = run_dir / CHECKPOINT
-    state = load_checkpoint(checkpoint) if checkpoint.is_file() else None
+    state = load_checkpoint(checkpoint, remedy=START_AFRESH) if checkpoint.is_file() else None
     stored = state["config"] if state is not None else _stored_config(run_dir)
     if stored is not None:  # relative data paths compared as each command read them: from its own folder
         stored = settings(with_data_paths_from(OmegaConf.create(stored), launch_folder(run_dir)))
