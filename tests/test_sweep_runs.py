@@ -349,6 +349,11 @@ def test_a_job_that_fails_again_in_a_rerun_is_failed_not_refused(tmp_path):
         assert line.startswith(f"error: 1 of {ran} jobs failed: job 0 (") and "beta=-1 must be" in line, line
         assert "refused" not in result.stderr
         assert [r["state"] for r in summary_rows(tmp_path / "sweep")] == ["finished", "failed"]
+        table = (tmp_path / "sweep/summary.md").read_text().splitlines()
+        head = [cell.strip() for cell in table[2].split("|")]
+        (failed,) = [[cell.strip() for cell in line.split("|")] for line in table if line.startswith("| 0 |")]
+        finished = [cell.strip() for cell in next(line for line in table if line.startswith("| 1 |")).split("|")]
+        assert (failed[head.index("steps")], finished[head.index("steps")]) == ("", "14/14")  # it showed "0/"
 
 
 def children_of(pid: int) -> list[int]:

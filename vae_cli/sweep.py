@@ -60,7 +60,8 @@ def markdown(rows: list[dict], keys: list[str], title: str) -> str:
         figures = [number(r[n]) + (f" ± {number(r[n + '_stderr'])}" if r[n + "_stderr"] is not None else "")
                    for n in FIGURES]
         state = r["state"] + (f": {r['error']}" if r["error"] else "")
-        steps = f"{number(r['step'])}/{number(r['total_steps'])}" if r["step"] is not None else ""
+        # none for a job refused before training (no total steps planned: it showed "0/")
+        steps = f"{number(r['step'])}/{number(r['total_steps'])}" if r["total_steps"] is not None else ""
         cells = [r["job"], *(short(r[k]) for k in keys), state, number(r["objective"]), *figures, steps,
                  number(r["wall_seconds"], 1), r["folder"]]
         lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
