@@ -60,7 +60,10 @@ FRESH_CASES = [
     (("+epoch=3",), ["+epoch=3:", "did you mean epochs?"]),  # Hydra would add it, and nothing would read it
     (("++seeed=1",), ["++seeed=1:", "did you mean seed?"]),
     (("likelihood.scale=optimal",), ["likelihood.scale is a key of likelihood=gaussian only"]),
-    (("data=fashion",), ["data/fashion", "the options of data are fashion_mnist, mnist, synthetic"]),
+    (("data=fashion",), ["data=fashion: no option fashion in data; did you mean data=fashion_mnist? (the options of "
+                          "data are fashion_mnist, mnist, synthetic)"]),  # Hydra's "In 'train': Could not find ..."
+    (("hydra/launcher=slurmm",), ["hydra/launcher=slurmm: no option slurmm in hydra/launcher; did you mean "
+                                  "hydra/launcher=slurm?"]),
     (("epochs=2", "checkpoint=[1"), ["checkpoint=[1: no viable alternative"]),  # syntax: which override
     (("data.root=~/data",), ["data.root=~/data:", "write data.root=$HOME/data"]),  # no shell expanded ~
     (("epochs=abc",), ["epochs='abc'", "integer"]),  # wrong type
@@ -403,7 +406,7 @@ def test_a_sweep_refused_before_its_first_job_leaves_no_sweep_folder(tmp_path):
     for name, text in files.items():
         (kept / name).write_text(text)
     result = run_cli("-m", *SMOKE, "data=fashion,mnist", f"hydra.sweep.dir={kept}", cwd=tmp_path)
-    assert result.returncode == 2 and "Could not find 'data/fashion'" in one_error_line(result)
+    assert result.returncode == 2 and "data=fashion: no option" in one_error_line(result)
     assert {p.name: p.read_text() for p in kept.iterdir()} == files
     empty = tmp_path / "empty"
     empty.mkdir()

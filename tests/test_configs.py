@@ -171,4 +171,6 @@ def test_cli_bad_value_is_one_line_and_exit_2(tmp_path):
 def test_cli_unknown_option_lists_the_available_ones(tmp_path):
     result = run_cli("debug=smoke", "likelihood=gausian", cwd=tmp_path)
     assert result.returncode != 0
-    assert "likelihood/gausian" in result.stderr and "gaussian" in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: likelihood=gausian: no option gausian in likelihood; did you mean likelihood=gaussian? (the options "
+        "of likelihood are bernoulli, continuous_bernoulli, gaussian)")

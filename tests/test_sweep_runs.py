@@ -524,8 +524,8 @@ def test_an_optuna_search_that_cannot_start_is_one_line_and_leaves_no_trial_runn
                     "likelihood=choice(wobbly)", "hydra.sweeper.study_name=bad", cwd=tmp_path)
     assert bad.returncode == 2, bad.stderr[-3000:]
     last = bad.stderr.strip().splitlines()[-1]
-    assert last == ("error: In 'train': Could not find 'likelihood/wobbly'; the options of likelihood are "
-                    "bernoulli, continuous_bernoulli, gaussian"), last
+    assert last == ("error: likelihood=wobbly: no option wobbly in likelihood (the options of likelihood are "
+                    "bernoulli, continuous_bernoulli, gaussian)"), last
     study = optuna.load_study(study_name="bad", storage=f"sqlite:///{tmp_path}/outputs/bad/optuna.db")
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL]
 

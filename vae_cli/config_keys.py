@@ -148,5 +148,18 @@ def hydra_error_line(message: str, primary: str = "train", args: list[str] = ())
     if found:
         return unknown_key_line(found.group(1), found.group(2), primary)
     message = message.split("; Config search path:")[0]
-    return re.sub(r"Available options in '([\w/]+)':; (.*)",
-                  lambda m: f"the options of {m.group(1)} are {m.group(2).replace('; ', ', ')}", message)
+    message = re.sub(r"Available options in '([\w/]+)':; (.*)",
+                     lambda m: f"the options of {m.group(1)} are {m.group(2).replace('; ', ', ')}", message)
+    return missing_option_line(message, primary)
+
+
+def missing_option_line(message: str, primary: str) -> str:
+    """Hydra's "In 'train': Could not find 'likelihood/gausian'; the options of likelihood are ..." for an
+    option of the command line's, as the override with the likely meant option first; else as it is."""
+    found = re.fullmatch(r"In '([\w/]+)': Could not find '([\w/]+)/([^'/]+)'; the options of \2 are (.*)", message)
+    if not found or found.group(1) not in (primary, "hydra/config"):  # named in a config file: Hydra says which
+        return message
+    group, option, options = found.group(2), found.group(3), found.group(4)
+    close = difflib.get_close_matches(option, options.split(", "), n=1)
+    hint = f"; did you mean {group}={close[0]}?" if close else ""
+    return f"{group}={option}: no option {option} in {group}{hint} (the options of {group} are {options})"
