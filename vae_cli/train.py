@@ -110,24 +110,27 @@ def checked_run(cfg: DictConfig, run_dir: Path, on_start, signals: StopSignals) 
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     trained_on = plan.state["config"].get("data_source") if plan.state else None
-    data = build_data(with_data_paths_from(cfg.copy(), data_base(cfg, run_dir)), trained_on)
-    if trained_on and trained_on != data.source:  # full MNIST in another folder, say
-        log.warning("the run was trained on %s; it goes on with %s", trained_on, data.source)
-    num_train = data.train_x.shape[0]
-    if cfg.batch_size > num_train:
-        raise ConfigError(f"batch_size={cfg.batch_size} is larger than the training split ({num_train:,} "
-                          f"images of {data.name}); use batch_size <= {num_train}")
-    cfg = cfg.copy()  # the caller's config is not changed
-    model = build_model(cfg, data.data_dim).to(device)
-    estimator = build_estimator(cfg, model, data).to(device)
-    optimizer = build_optimizer(cfg, list(model.parameters()) + list(estimator.parameters()), device)
-    scheduler = build_scheduler(cfg, optimizer)
-    train_step = make_train_step(cfg.train_step, model, estimator, optimizer, cfg.beta, device,
-                                 clip_grad_norm=cfg.optimizer.get("clip_grad_norm"))
-    with open_dict(cfg):  # what the run really used, so no one mistakes a subset for the full set
-        cfg.data_source, cfg.device_used = data.source, str(device)
-        cfg.train_step_used, cfg.threads_used = train_step.name, threads
-    model.likelihood.check_data(data.train_x, data.val_x, data.test_x)  # every image, not a sample
+    # the data's warnings (the MNIST subset) are logged once the whole config is checked
+    with HeldRecords("vae_cli.data") as data_log:
+        data = build_data(with_data_paths_from(cfg.copy(), data_base(cfg, run_dir)), trained_on)
+        if trained_on and trained_on != data.source:  # full MNIST in another folder, say
+            log.warning("the run was trained on %s; it goes on with %s", trained_on, data.source)
+        num_train = data.train_x.shape[0]
+        if cfg.batch_size > num_train:
+            raise ConfigError(f"batch_size={cfg.batch_size} is larger than the training split ({num_train:,} "
+                              f"images of {data.name}); use batch_size <= {num_train}")
+        cfg = cfg.copy()  # the caller's config is not changed
+        model = build_model(cfg, data.data_dim).to(device)
+        estimator = build_estimator(cfg, model, data).to(device)
+        optimizer = build_optimizer(cfg, list(model.parameters()) + list(estimator.parameters()), device)
+        scheduler = build_scheduler(cfg, optimizer)
+        train_step = make_train_step(cfg.train_step, model, estimator, optimizer, cfg.beta, device,
+                                     clip_grad_norm=cfg.optimizer.get("clip_grad_norm"))
+        with open_dict(cfg):  # what the run really used, so no one mistakes a subset for the full set
+            cfg.data_source, cfg.device_used = data.source, str(device)
+            cfg.train_step_used, cfg.threads_used = train_step.name, threads
+        model.likelihood.check_data(data.train_x, data.val_x, data.test_x)  # every image, not a sample
+        data_log.replay()  # not reached after a bad value: its error line is all the command prints
     if plan.action == "resume":
         restore(plan.state, model, estimator, optimizer, scheduler)
 
@@ -184,6 +187,35 @@ def checked_run(cfg: DictConfig, run_dir: Path, on_start, signals: StopSignals) 
                   images_per_sec=loop.images_per_sec, objective=objective_value(cfg, metrics), resume_command=None)
     log.info("%s; run folder %s", summary_line(metrics), run_dir)
     return metrics
+
+
+class HeldRecords(logging.Handler):
+    """In a with block, holds the records a logger and its children log until replay(), which logs them as
+    they came (the block's end drops any not replayed). A command refused for a bad value found once the
+    data was loaded (likelihood.scale=wobbly) printed the data's warnings first; held, they show only for a
+    command that goes on to train."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.logger, self.records = logging.getLogger(name), []
+        self.propagated, self.logger.propagate = self.logger.propagate, False
+        self.logger.addHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def __enter__(self) -> "HeldRecords":
+        return self
+
+    def __exit__(self, *exc) -> None:  # an error: the held records are dropped
+        self.logger.removeHandler(self)
+        self.logger.propagate = self.propagated
+
+    def replay(self) -> None:
+        self.__exit__()
+        for record in self.records:
+            logging.getLogger(record.name).handle(record)
+        self.records = []
 
 
 def objective_value(cfg: DictConfig, metrics: dict) -> dict:
