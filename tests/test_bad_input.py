@@ -60,6 +60,8 @@ FRESH_CASES = [
     (("+epoch=3",), ["+epoch=3:", "did you mean epochs?"]),  # Hydra would add it, and nothing would read it
     (("++seeed=1",), ["++seeed=1:", "did you mean seed?"]),
     (("likelihood.scale=optimal",), ["likelihood.scale is a key of likelihood=gaussian only"]),
+    # without -m the search's sweeper takes no part: it trained one run of the defaults, exit 0, saying nothing
+    (("hparams_search=optuna_mlp",), ["hparams_search=optuna_mlp is a search of many runs: start it with -m"]),
     (("data=fashion",), ["data=fashion: no option fashion in data; did you mean data=fashion_mnist? (the options of "
                           "data are fashion_mnist, mnist, synthetic)"]),  # Hydra's "In 'train': Could not find ..."
     (("hydra/launcher=slurmm",), ["hydra/launcher=slurmm: no option slurmm in hydra/launcher; did you mean "

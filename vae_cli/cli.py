@@ -218,6 +218,12 @@ def main() -> None:
         swept = swept_objective(args)
         if swept:
             fail(ConfigError(swept))
+    else:  # the search's sweeper takes part in multiruns only: one plain run of the defaults, said nowhere
+        search = [a.split("=", 1)[1] for a in args if a.startswith("hparams_search=")]
+        if search and search[-1] != "null":
+            fail(ConfigError(f"hparams_search={search[-1]} is a search of many runs: start it with -m "
+                             f"(vae-train -m hparams_search={search[-1]} ...); without -m it would train one run "
+                             "of the defaults"))
     stop_quietly_until_the_run()  # Ctrl-C while torch imports: one line, not a KeyboardInterrupt traceback
     resume = [a.split("=", 1)[1] for a in args if a.startswith("resume=")]
     if resume and resume[0] != "null":  # Hydra's run folder is the one being resumed
