@@ -60,6 +60,8 @@ def test_sigterm_mid_epoch_then_the_printed_command_resumes_to_the_same_metrics(
         assert "Traceback" not in stderr
         (line,) = [line for line in stderr.splitlines() if line.startswith("stopped by SIGTERM")]
         assert line in (run_dir / "vae-train.log").read_text()  # the log ends as the terminal did
+        # asked for, not an error (it was logged at ERROR, for tools that scan logs for failures)
+        assert f"[vae_cli.cli][WARNING] - {line}" in (run_dir / "vae-train.log").read_text()
         status = json.loads((run_dir / "status.json").read_text())
         assert status["state"] == "interrupted" and not (run_dir / "metrics.json").exists()
         assert f"at step {status['step']} of {EPOCHS * STEPS_PER_EPOCH}" in line

@@ -381,7 +381,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
         fail(err, status)
     except Stopped as stop:
         if not getattr(stop, "said", False):  # said before a scheduler's handler, which may have exited
-            say_last_line(str(stop))
+            say_last_line(str(stop), error=False)
         return end_stopped_job(stop.signum, parallel_worker)
     except Interrupted as stop:
         line = f"stopped by {stop} outside a training step (no step lost)"
@@ -389,7 +389,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
             line += f"; continue with: vae-train resume={run_dir.resolve()}"
         elif not multirun:  # a sweep's job: the sweep's line follows
             line += "; continue with: the same command"
-        say_last_line(line)
+        say_last_line(line, error=False)
         return end_stopped_job(stop.signum, parallel_worker)
     value = metrics.get(cfg.objective.metric)
     return float(value) if value is not None and math.isfinite(value) else None

@@ -102,12 +102,14 @@ class StopSignals:
             self.previous[self.signum](self.signum, None)
 
 
-def say_last_line(line: str, terminal: bool = True) -> None:
-    """The run's last line (a stop, an error): printed to the terminal (unless the caller prints it its own
-    way), and into its vae-train.log through Hydra's file handler on the root logger."""
+def say_last_line(line: str, terminal: bool = True, error: bool = True) -> None:
+    """The run's last line (an error; with error=False a stop, which the user or a scheduler asked for:
+    logged as a warning): printed to the terminal (unless the caller prints it its own way), and into its
+    vae-train.log through Hydra's file handler on the root logger."""
     import logging
 
-    record = logging.makeLogRecord({"name": "vae_cli.cli", "levelno": logging.ERROR, "levelname": "ERROR",
+    level = logging.ERROR if error else logging.WARNING
+    record = logging.makeLogRecord({"name": "vae_cli.cli", "levelno": level, "levelname": logging.getLevelName(level),
                                     "msg": line})
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):

@@ -158,7 +158,7 @@ def checked_run(cfg: DictConfig, run_dir: Path, on_start, signals: StopSignals) 
     except Stopped as stop:
         status.update(time.perf_counter() - start, state="interrupted", step=loop.step, epoch=loop.epoch)
         if signals.forwards():  # a scheduler's own handler (submitit requeues the job, exiting) after our checkpoint
-            say_last_line(str(stop))
+            say_last_line(str(stop), error=False)
             stop.said = True
             signals.forward()
         raise stop
