@@ -298,8 +298,11 @@ def test_installed_vae_eval_runs_and_rejects_a_corrupt_checkpoint(smoke_run, tmp
     result = run_cli(str(run_dir), "eval=light", "eval.probe_sizes=[10]", "eval.pixel_baseline=true",
                      cwd=tmp_path, exe=vae_eval_exe())
     assert result.returncode == 0, result.stderr
-    assert set(json.loads((run_dir / "eval.json").read_text())["figures"]) == TEST_TAGS | STDERR_TAGS | {
-        "probe/latent_n10", "probe/pixels_n10"}
+    figures = json.loads((run_dir / "eval.json").read_text())["figures"]
+    assert set(figures) == TEST_TAGS | STDERR_TAGS | {"probe/latent_n10", "probe/pixels_n10"}
+    # the probe's accuracies on the terminal too (they were in eval.json only)
+    assert (f"probe accuracy on the test set (logistic regression): latent_n10 {figures['probe/latent_n10']:.3f}, "
+            f"pixels_n10 {figures['probe/pixels_n10']:.3f}") in result.stdout + result.stderr
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "checkpoint.pt").write_bytes((run_dir / "checkpoint.pt").read_bytes()[:500])  # truncated

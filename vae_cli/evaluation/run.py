@@ -140,6 +140,9 @@ def evaluate(model, data, test_x: torch.Tensor, settings: DictConfig, eval_seed:
              "%.0f images x samples/s", settings.num_samples, test["L_K"], test["L_K_stderr"], test["elbo_L1"],
              test["posterior_gap"], test["active_units"], "unit" if test["active_units"] == 1 else "units",
              throughput)
+    if probes:  # per feature set (latent means, pixels) and labelled training images per class
+        log.info("probe accuracy on the test set (logistic regression): %s",
+                 ", ".join(f"{name} {accuracy:.3f}" for name, accuracy in probes.items()))
     return Evaluation(figures=figures, notes=notes, images_x_samples_per_sec=throughput, images=images,
                       embedding=embedding)
 
