@@ -359,6 +359,18 @@ def test_a_second_bad_value_in_the_folder_of_a_refused_one_is_recorded_in_its_pl
     assert "batch_size=0" in (tmp_path / "run/.hydra/overrides.yaml").read_text()
 
 
+@pytest.mark.parametrize("key,multirun", [("hydra.run.dir", ()), ("hydra.sweep.dir", ("-m", "beta=0.5,1"))])
+def test_a_run_or_sweep_folder_that_is_a_file_is_one_line(key, multirun, tmp_path):
+    """A sweep folder given as an existing file ended in two tracebacks (FileExistsError, then
+    NotADirectoryError from the clean-up of the sweep folder); the file is left as it was."""
+    (tmp_path / "notes").write_text("mine\n")
+    result = run_cli(*multirun, *SMOKE, f"{key}=notes", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert one_error_line(result) == f"error: {key}=notes is a file, not a folder; give a folder for the " + (
+        "run's files" if key == "hydra.run.dir" else "sweep's files")
+    assert (tmp_path / "notes").read_text() == "mine\n"
+
+
 def test_version_names_vae_cli(tmp_path):
     from importlib.metadata import version
 

@@ -224,6 +224,11 @@ def main() -> None:
             fail(ConfigError(f"hparams_search={search[-1]} is a search of many runs: start it with -m "
                              f"(vae-train -m hparams_search={search[-1]} ...); without -m it would train one run "
                              "of the defaults"))
+    for key in ("hydra.run.dir", "hydra.sweep.dir"):  # a file there: Hydra's FileExistsError, two tracebacks
+        given = [a.split("=", 1)[1] for a in args if a.startswith(f"{key}=")]
+        if given and Path(given[-1]).expanduser().exists() and not Path(given[-1]).expanduser().is_dir():
+            fail(ConfigError(f"{key}={given[-1]} is a file, not a folder; give a folder for the "
+                             f"{'run' if key == 'hydra.run.dir' else 'sweep'}'s files"))
     stop_quietly_until_the_run()  # Ctrl-C while torch imports: one line, not a KeyboardInterrupt traceback
     resume = [a.split("=", 1)[1] for a in args if a.startswith("resume=")]
     if resume and resume[0] != "null":  # Hydra's run folder is the one being resumed

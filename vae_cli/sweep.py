@@ -289,7 +289,7 @@ def undo_sweep_folder() -> None:
     submission that sbatch refused leaves submitit's files for it at the top of .submitit/: those this
     command wrote go too, and .submitit/ if left empty, unless it submitted a job (a folder
     .submitit/<job id>/ made since it started, whose files say why the job ended)."""
-    if not FOUND:
+    if not FOUND or not FOUND["folder"].is_dir():  # not a folder: Hydra wrote nothing there
         return
     folder, created, earlier = FOUND["folder"], FOUND["created"], FOUND["multirun"]
     submitit = folder / ".submitit"
