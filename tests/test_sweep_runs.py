@@ -122,7 +122,10 @@ def test_fail_fast_stops_at_the_first_failure_with_the_summary_so_far(tmp_path):
     sweep = tmp_path / "sweep"
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert errors == [f"error: job 1 ({sweep / '1'}): beta=-1 must be a finite number >= 0 (the KL weight)"], errors
-    assert result.stderr.strip().splitlines()[-1].startswith("the sweep stopped at this failure (fail_fast=true)")
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("the sweep stopped at this failure (fail_fast=true)")
+    # a job that trained before failing keeps its run: the advice led to its refusal, then to itself (a review)
+    assert last.endswith("runs the rest (a value changed since: in a new hydra.sweep.dir)"), last
     assert not (sweep / "2").exists()
     rows = summary_rows(sweep)
     assert [(r["job"], r["state"]) for r in rows] == [("0", "finished"), ("1", "failed")]
