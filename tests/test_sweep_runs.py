@@ -359,6 +359,24 @@ def test_a_job_that_fails_again_in_a_rerun_is_failed_not_refused(tmp_path):
         assert (failed[head.index("steps")], finished[head.index("steps")]) == ("", "14/14")  # it showed "0/"
 
 
+def test_a_study_run_again_into_the_same_sweep_folder_is_refused_before_any_trial(tmp_path):
+    """Each command numbers its trials' folders from 0: run again into a fixed hydra.sweep.dir, every trial
+    was refused as another run's and recorded in the study as failed (a review)."""
+    import optuna
+
+    command = ("-m", "hparams_search=optuna_mlp", *SMOKE, "epochs=1", "hydra.sweeper.n_trials=1",
+               f"hydra.sweep.dir={tmp_path / 'fixed'}")
+    first = vae_train(*command, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = vae_train(*command, cwd=tmp_path)
+    assert again.returncode == 2 and again.stderr.strip().splitlines() == [
+        f"error: hydra.sweep.dir={tmp_path / 'fixed'} holds an earlier command's trials, and each command of a "
+        "study numbers its trials' folders from 0; leave hydra.sweep.dir out (each command of "
+        "hparams_search=optuna_mlp then gets a folder of its own beside the study) or give a new one"]
+    study = optuna.load_study(study_name="optuna_mlp", storage=f"sqlite:///{tmp_path}/outputs/optuna_mlp/optuna.db")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE]
+
+
 def children_of(pid: int) -> list[int]:
     found = []
     for name in filter(str.isdigit, os.listdir("/proc")):

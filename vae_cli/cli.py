@@ -218,6 +218,9 @@ def main() -> None:
         swept = swept_objective(args)
         if swept:
             fail(ConfigError(swept))
+        shared = study_in_a_used_folder(args)
+        if shared:
+            fail(ConfigError(shared))
     else:  # the search's sweeper takes part in multiruns only: one plain run of the defaults, said nowhere
         search = [a.split("=", 1)[1] for a in args if a.startswith("hparams_search=")]
         if search and search[-1] != "null":
@@ -484,6 +487,22 @@ def print_sweep_rerun() -> None:
         sweep.show_ended_sweep()
         return
     print(interrupts.SWEEP_RERUN, file=sys.stderr, flush=True)
+
+
+def study_in_a_used_folder(args: list[str]) -> str | None:
+    """An Optuna study (hparams_search=NAME) run into a hydra.sweep.dir that holds an earlier command's jobs:
+    each command numbers its trials' folders from 0, so every trial of the new one was refused as another
+    run's and recorded in the study as failed. The refusal, or None."""
+    search = [a.split("=", 1)[1] for a in args if a.startswith("hparams_search=")]
+    folder = [a.split("=", 1)[1] for a in args if a.startswith("hydra.sweep.dir=")]
+    if not search or search[-1] == "null" or not folder:
+        return None
+    path = Path(folder[-1]).expanduser()
+    if not path.is_dir() or not any(p.is_dir() and p.name.isdigit() for p in path.iterdir()):
+        return None
+    return (f"hydra.sweep.dir={folder[-1]} holds an earlier command's trials, and each command of a study numbers "
+            f"its trials' folders from 0; leave hydra.sweep.dir out (each command of hparams_search={search[-1]} "
+            "then gets a folder of its own beside the study) or give a new one")
 
 
 def save_hydra_files(run_dir: Path, cfg: DictConfig, rewrite: bool) -> None:
