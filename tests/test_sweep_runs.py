@@ -377,6 +377,18 @@ def test_a_study_run_again_into_the_same_sweep_folder_is_refused_before_any_tria
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE]
 
 
+def test_a_sweep_stopped_early_keeps_a_column_for_each_swept_key(tmp_path):
+    """fail_fast ends it at job 1: jobs 0 and 1 share seed=0, so the seed column was dropped (columns came
+    from the values that differ between the jobs there), and a lone job showed every override (a review)."""
+    result = vae_train("-m", *SMOKE, "epochs=1", "seed=0,1", "beta=1,-1", "fail_fast=true", "hydra.sweep.dir=sweep",
+                       cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    rows = summary_rows(tmp_path / "sweep")
+    assert [(r["job"], r["seed"], r["beta"], r["state"]) for r in rows] == [("0", "0", "1", "finished"),
+                                                                              ("1", "0", "-1", "failed")]
+    assert not {"epochs", "debug", "fail_fast"} & set(rows[0])  # set alike for every job: not columns
+
+
 def children_of(pid: int) -> list[int]:
     found = []
     for name in filter(str.isdigit, os.listdir("/proc")):

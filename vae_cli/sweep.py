@@ -135,7 +135,7 @@ def summarize(sweep_dir: str | Path, plot: bool = True, objective: tuple[str, st
         except Exception:  # noqa: BLE001 - damaged: the jobs' own
             objective = None
     jobs = ranked(find_jobs(sweep_dir, objective))
-    keys = swept_keys(jobs)
+    keys = swept_keys(jobs, declared_keys(sweep_dir))
     rows = [row(job, keys) for job in jobs]
     metric, direction = jobs[0].objective if jobs else DEFAULT_OBJECTIVE
     buffer = io.StringIO()
@@ -150,6 +150,22 @@ def summarize(sweep_dir: str | Path, plot: bool = True, objective: tuple[str, st
     if plot and any(job.value is not None for job in jobs):
         files.append(plot_objective(summary, sweep_dir / "summary.png"))
     return summary
+
+
+def declared_keys(sweep_dir: Path) -> list[str]:
+    """The keys the sweep's commands swept (their multirun.yaml: the sweeping overrides of the command line,
+    and an Optuna study's searched params), in order; none where no multirun.yaml is readable."""
+    keys: list[str] = []
+    for path in sorted([*sweep_dir.glob("multirun.yaml"), *sweep_dir.glob("*/multirun.yaml")]):
+        try:
+            hydra_node = OmegaConf.load(path).hydra
+            overrides = OverridesParser.create().parse_overrides([str(o) for o in hydra_node.overrides.task])
+            params = OmegaConf.select(hydra_node, "sweeper.params") or {}
+        except Exception:  # noqa: BLE001 - damaged or foreign: the jobs' own overrides decide
+            continue
+        found = [o.key_or_group for o in overrides if o.is_sweep_override()] + [str(key) for key in params]
+        keys += [key for key in found if key not in keys]
+    return keys
 
 
 def as_number(value: str) -> float | None:

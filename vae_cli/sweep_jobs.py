@@ -108,15 +108,18 @@ def find_jobs(sweep_dir: Path, objective: tuple[str, str] | None = None) -> list
     return sorted(jobs, key=lambda job: natural(job.name))
 
 
-def swept_keys(jobs: list[Job]) -> list[str]:
-    """The override keys whose value differs between jobs (every override key when none differs)."""
+def swept_keys(jobs: list[Job], declared: list[str] = ()) -> list[str]:
+    """The keys the sweep's commands declared as swept (declared: from multirun.yaml), then the override keys
+    whose value differs between jobs; every override key when there are neither. Declared keys keep their
+    column when the jobs there share a value (a sweep stopped early), and a lone job shows only them."""
     values: dict[str, set] = {}
     for job in jobs:
         for key, value in job.swept().items():
             values.setdefault(key, set()).add(value)
     differing = [key for key, seen in values.items()
                  if len(seen) > 1 or any(key not in job.swept() for job in jobs)]
-    return differing or list(values)
+    keys = [key for key in declared if key in values] + [key for key in differing if key not in declared]
+    return keys or list(values)
 
 
 def ranked(jobs: list[Job]) -> list[Job]:
