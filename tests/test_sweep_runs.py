@@ -387,6 +387,7 @@ def test_a_sweep_stopped_early_keeps_a_column_for_each_swept_key(tmp_path):
     assert [(r["job"], r["seed"], r["beta"], r["state"]) for r in rows] == [("0", "0", "1", "finished"),
                                                                               ("1", "0", "-1", "failed")]
     assert not {"epochs", "debug", "fail_fast"} & set(rows[0])  # set alike for every job: not columns
+    assert "best: job 0 (seed=0 beta=1): val/elbo = " in result.stdout  # it listed every override
 
 
 def children_of(pid: int) -> list[int]:

@@ -107,7 +107,9 @@ class Summary:
         best = self.best
         if best is not None:
             metric, direction = best.objective
-            lines.append(f"best: job {best.name} ({' '.join(best.overrides) or 'no overrides'}): "
+            swept = best.swept()  # its values of the table's keys (its other overrides are every job's)
+            named = " ".join(f"{key}={swept[key]}" for key in self.keys if key in swept)
+            lines.append(f"best: job {best.name} ({named or 'no overrides'}): "
                          f"{metric} = {best.value:.4f} ({direction}), {best.folder}")
         return "\n".join(lines)
 
