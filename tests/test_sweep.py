@@ -128,6 +128,15 @@ def test_vae_sweep_names_the_best_job_and_exits_1_naming_the_failed_one(sweep):
     assert len(read_csv(sweep / "summary.csv")) == 5
 
 
+def test_vae_sweep_of_a_relative_folder_writes_and_prints_absolute_paths(sweep):
+    """`vae-sweep grid` printed and wrote relative paths (summary.md's title and folder column), where
+    vae-train -m prints absolute ones (a review)."""
+    result = subprocess.run([shutil.which("vae-sweep"), sweep.name, "--no-plot"], cwd=sweep.parent,
+                            capture_output=True, text=True, timeout=120)
+    assert f"sweep summary: {sweep / 'summary.md'} (" in result.stdout and f"{sweep / '1'}" in result.stdout
+    assert all(row["folder"].startswith(str(sweep)) for row in read_csv(sweep / "summary.csv"))
+
+
 def test_vae_sweep_counts_the_jobs_its_command_has_not_started(sweep):
     """A stopped 3 x 4 sweep with 5 job folders: `5 jobs`, as if it had no more (multirun.yaml, which Hydra
     writes, holds the command)."""

@@ -452,7 +452,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {args.sweep_dir} holds no job folders (none has .hydra/overrides.yaml); give the "
               "sweep folder that vae-train -m printed", file=sys.stderr)
         sys.exit(2)
-    summary = summarize(args.sweep_dir, plot=not args.no_plot)
+    summary = summarize(args.sweep_dir.resolve(), plot=not args.no_plot)  # the paths vae-train -m prints
     print(summary.report(planned_in(args.sweep_dir)))
     failed = summary.failed()
     if failed:
