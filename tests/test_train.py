@@ -282,3 +282,15 @@ def test_the_datas_warnings_wait_for_the_whole_config_to_be_checked(tmp_path, mo
     train_module.train(compose_config("debug=smoke", "~eval", "max_steps=2"), tmp_path / "trained")
     assert caplog.text.count("5,000-image subset") == 1
     assert not logging.getLogger("vae_cli.data").handlers and logging.getLogger("vae_cli.data").propagate
+
+
+def test_a_later_run_in_the_same_process_counts_its_start_up_from_its_own_start(tmp_path, caplog):
+    """A sweep's jobs share one process (the basic launcher): job 2's line said 'after 5.52 s from process
+    start', the sweep's time so far rather than its own start-up (a review)."""
+    caplog.set_level(logging.INFO, logger="vae_cli.train")
+    train(compose_config("debug=smoke", "~eval", "max_steps=1"), tmp_path / "first")
+    caplog.clear()
+    train(compose_config("debug=smoke", "~eval", "max_steps=1"), tmp_path / "second")
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("first training step")]
+    seconds = float(line.split("after ")[1].split(" s ")[0])
+    assert line.endswith(" s from this job's start") and 0 < seconds < 60, line

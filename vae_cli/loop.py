@@ -55,6 +55,9 @@ def seconds_since_process_start() -> float:
 
 
 IMPORTED_AT = time.perf_counter()
+# Runs whose first step this process has taken (a sweep's jobs share one process with the basic launcher):
+# after the first, the start-up line counts from the job's start, which the process's start no longer is.
+STEPPED_RUNS = []
 
 
 class Loop:
@@ -64,7 +67,8 @@ class Loop:
     resumed run takes exactly the steps the uninterrupted run would have taken."""
 
     def __init__(self, cfg, run_dir: Path, data, model, estimator, optimizer, scheduler, train_step, device,
-                 state: dict | None):
+                 state: dict | None, job_start: float | None = None):
+        self.job_start = time.perf_counter() if job_start is None else job_start  # train()'s start
         self.cfg, self.run_dir, self.data, self.device = cfg, run_dir, data, device
         self.model, self.estimator, self.optimizer, self.scheduler = model, estimator, optimizer, scheduler
         self.train_step, self.likelihood = train_step, model.likelihood
@@ -114,7 +118,12 @@ class Loop:
                 x = self.next_batch()
                 means = self.train_step(x)
                 if first:
-                    log.info("first training step after %.2f s from process start", seconds_since_process_start())
+                    if STEPPED_RUNS:
+                        log.info("first training step after %.2f s from this job's start",
+                                 time.perf_counter() - self.job_start)
+                    else:
+                        log.info("first training step after %.2f s from process start", seconds_since_process_start())
+                    STEPPED_RUNS.append(self.run_dir)
                     first = False
                     opening = time.perf_counter()  # TensorBoard's writer (its imports), outside the epoch's clock
                     self.writer.open()

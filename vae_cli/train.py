@@ -100,6 +100,7 @@ def train(cfg: DictConfig, run_dir: str | Path, on_start=None) -> dict:
 
 
 def checked_run(cfg: DictConfig, run_dir: Path, on_start, signals: StopSignals) -> dict:
+    job_start = time.perf_counter()
     check_settings(cfg)
     remove_temporary_files(run_dir)  # the lock is held: no other vae-train writes them
     plan = plan_run(run_dir, cfg)
@@ -139,7 +140,8 @@ def checked_run(cfg: DictConfig, run_dir: Path, on_start, signals: StopSignals) 
         remove_run_files(run_dir)  # a failed run, or one that died before its first checkpoint
     if on_start is not None:
         on_start(plan)
-    loop = Loop(cfg, run_dir, data, model, estimator, optimizer, scheduler, train_step, device, plan.state)
+    loop = Loop(cfg, run_dir, data, model, estimator, optimizer, scheduler, train_step, device, plan.state,
+                job_start)
     log.info("data: %s; training step: %s; %d %s; %s", data, train_step.name, threads,
              "thread" if threads == 1 else "threads", f"resuming at step {loop.step}" if plan.state else "fresh run")
     if plan.state and loop.step > loop.total_steps:  # a mistyped epochs=2 for 20 would end it quietly
