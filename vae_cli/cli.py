@@ -115,8 +115,8 @@ def check_ray_address(args: list[str]) -> None:
     minutes, a warning every few seconds, before any job starts. Checked here, before Hydra composes
     anything; an address set in a config file is checked by ray_jobs' launcher as the sweep starts
     (hydra_plugins/vae_cli_sweeper/ray_launcher.py)."""
-    given = [a.split("=", 1)[1] for a in args if a.startswith("hydra.launcher.ray.init.address=")]
-    problem = ray_address_problem(given[-1]) if given else None
+    address = given(args, "hydra.launcher.ray.init.address")
+    problem = ray_address_problem(address) if address is not None else None
     if problem:
         fail(ConfigError(problem))
 
@@ -214,23 +214,18 @@ def main() -> None:
     added = check_added_keys(args) or deleted_key(args, allowed=("eval",))  # ~eval: no evaluation at the end
     if added:
         fail(ConfigError(added))
-    if "-m" in args or "--multirun" in args:
+    multirun = "-m" in args or "--multirun" in args
+    if multirun:
         swept = swept_objective(args)
         if swept:
             fail(ConfigError(swept))
-        shared = study_in_a_used_folder(args)
-        if shared:
-            fail(ConfigError(shared))
-    else:  # the search's sweeper takes part in multiruns only: one plain run of the defaults, said nowhere
-        search = [a.split("=", 1)[1] for a in args if a.startswith("hparams_search=")]
-        if search and search[-1] != "null":
-            fail(ConfigError(f"hparams_search={search[-1]} is a search of many runs: start it with -m "
-                             f"(vae-train -m hparams_search={search[-1]} ...); without -m it would train one run "
-                             "of the defaults"))
+    search = search_problem(args, multirun)
+    if search:
+        fail(ConfigError(search))
     for key in ("hydra.run.dir", "hydra.sweep.dir"):  # a file there: Hydra's FileExistsError, two tracebacks
-        given = [a.split("=", 1)[1] for a in args if a.startswith(f"{key}=")]
-        if given and Path(given[-1]).expanduser().exists() and not Path(given[-1]).expanduser().is_dir():
-            fail(ConfigError(f"{key}={given[-1]} is a file, not a folder; give a folder for the "
+        folder = given(args, key)
+        if folder is not None and Path(folder).expanduser().exists() and not Path(folder).expanduser().is_dir():
+            fail(ConfigError(f"{key}={folder} is a file, not a folder; give a folder for the "
                              f"{'run' if key == 'hydra.run.dir' else 'sweep'}'s files"))
     stop_quietly_until_the_run()  # Ctrl-C while torch imports: one line, not a KeyboardInterrupt traceback
     resume = [a.split("=", 1)[1] for a in args if a.startswith("resume=")]
@@ -240,7 +235,7 @@ def main() -> None:
         except ConfigError as err:
             fail(err)
         sys.argv += [f"hydra.run.dir={resume[0]}"]
-    interrupts.new_command(multirun="-m" in args or "--multirun" in args)
+    interrupts.new_command(multirun=multirun)
     if "vae_cli.sweep" in sys.modules:  # imported by an earlier command in this process (not at start-up)
         sys.modules["vae_cli.sweep"].FOUND.clear()
     if interrupts.MULTIRUN:
@@ -489,19 +484,29 @@ def print_sweep_rerun() -> None:
     print(interrupts.SWEEP_RERUN, file=sys.stderr, flush=True)
 
 
-def study_in_a_used_folder(args: list[str]) -> str | None:
-    """An Optuna study (hparams_search=NAME) run into a hydra.sweep.dir that holds an earlier command's jobs:
-    each command numbers its trials' folders from 0, so every trial of the new one was refused as another
-    run's and recorded in the study as failed. The refusal, or None."""
-    search = [a.split("=", 1)[1] for a in args if a.startswith("hparams_search=")]
-    folder = [a.split("=", 1)[1] for a in args if a.startswith("hydra.sweep.dir=")]
-    if not search or search[-1] == "null" or not folder:
+def given(args: list[str], key: str) -> str | None:
+    """The value of the command line's last key=VALUE, or None where it has none."""
+    values = [a.split("=", 1)[1] for a in args if a.startswith(f"{key}=")]
+    return values[-1] if values else None
+
+
+def search_problem(args: list[str], multirun: bool) -> str | None:
+    """What is wrong with an Optuna study (hparams_search=NAME) on this command line, in one line, or None:
+    - without -m: the search's sweeper takes part in multiruns only, so it would train one run of the
+      defaults, saying nothing;
+    - into a hydra.sweep.dir that holds an earlier command's jobs: each command numbers its trials' folders
+      from 0, so every trial was refused as another run's and recorded in the study as failed."""
+    search, folder = given(args, "hparams_search"), given(args, "hydra.sweep.dir")
+    if search is None or search == "null":
         return None
-    path = Path(folder[-1]).expanduser()
-    if not path.is_dir() or not any(p.is_dir() and p.name.isdigit() for p in path.iterdir()):
+    if not multirun:
+        return (f"hparams_search={search} is a search of many runs: start it with -m (vae-train -m "
+                f"hparams_search={search} ...); without -m it would train one run of the defaults")
+    path = Path(folder).expanduser() if folder is not None else None
+    if path is None or not path.is_dir() or not any(p.is_dir() and p.name.isdigit() for p in path.iterdir()):
         return None
-    return (f"hydra.sweep.dir={folder[-1]} holds an earlier command's trials, and each command of a study numbers "
-            f"its trials' folders from 0; leave hydra.sweep.dir out (each command of hparams_search={search[-1]} "
+    return (f"hydra.sweep.dir={folder} holds an earlier command's trials, and each command of a study numbers "
+            f"its trials' folders from 0; leave hydra.sweep.dir out (each command of hparams_search={search} "
             "then gets a folder of its own beside the study) or give a new one")
 
 

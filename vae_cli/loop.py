@@ -67,8 +67,8 @@ class Loop:
     resumed run takes exactly the steps the uninterrupted run would have taken."""
 
     def __init__(self, cfg, run_dir: Path, data, model, estimator, optimizer, scheduler, train_step, device,
-                 state: dict | None, job_start: float | None = None):
-        self.job_start = time.perf_counter() if job_start is None else job_start  # train()'s start
+                 state: dict | None, job_start: float):
+        self.job_start = job_start  # perf_counter() as train() began
         self.cfg, self.run_dir, self.data, self.device = cfg, run_dir, data, device
         self.model, self.estimator, self.optimizer, self.scheduler = model, estimator, optimizer, scheduler
         self.train_step, self.likelihood = train_step, model.likelihood

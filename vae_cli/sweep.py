@@ -129,15 +129,15 @@ def summarize(sweep_dir: str | Path, plot: bool = True, objective: tuple[str, st
     its commands'), else each job's own. So a sweep re-run with another objective ranks its earlier
     command's finished jobs by the new one too, from their metrics.json."""
     sweep_dir = Path(sweep_dir)
+    written = sorted([*sweep_dir.glob("multirun.yaml"), *sweep_dir.glob("*/multirun.yaml")],
+                     key=lambda path: path.stat().st_mtime_ns)  # its commands', oldest first
     if objective is None:
-        written = sorted([*sweep_dir.glob("multirun.yaml"), *sweep_dir.glob("*/multirun.yaml")],
-                         key=lambda path: path.stat().st_mtime_ns)
         try:
             objective = command_objective(OmegaConf.load(written[-1])) if written else None
         except Exception:  # noqa: BLE001 - damaged: the jobs' own
             objective = None
     jobs = ranked(find_jobs(sweep_dir, objective))
-    keys = swept_keys(jobs, declared_keys(sweep_dir))
+    keys = swept_keys(jobs, declared_keys(written))
     rows = [row(job, keys) for job in jobs]
     metric, direction = jobs[0].objective if jobs else DEFAULT_OBJECTIVE
     buffer = io.StringIO()
@@ -154,11 +154,11 @@ def summarize(sweep_dir: str | Path, plot: bool = True, objective: tuple[str, st
     return summary
 
 
-def declared_keys(sweep_dir: Path) -> list[str]:
-    """The keys the sweep's commands swept (their multirun.yaml: the sweeping overrides of the command line,
-    and an Optuna study's searched params), in order; none where no multirun.yaml is readable."""
+def declared_keys(written: list[Path]) -> list[str]:
+    """The keys the sweep's commands swept (their multirun.yaml files, written: the sweeping overrides of the
+    command line, and an Optuna study's searched params), in order; none from a file that is unreadable."""
     keys: list[str] = []
-    for path in sorted([*sweep_dir.glob("multirun.yaml"), *sweep_dir.glob("*/multirun.yaml")]):
+    for path in written:
         try:
             hydra_node = OmegaConf.load(path).hydra
             overrides = OverridesParser.create().parse_overrides([str(o) for o in hydra_node.overrides.task])

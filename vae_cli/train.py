@@ -209,12 +209,15 @@ class HeldRecords(logging.Handler):
     def __enter__(self) -> "HeldRecords":
         return self
 
-    def __exit__(self, *exc) -> None:  # an error: the held records are dropped
+    def __exit__(self, *exc) -> None:  # records not replayed (an error came first) are dropped
+        self.detach()
+
+    def detach(self) -> None:
         self.logger.removeHandler(self)
         self.logger.propagate = self.propagated
 
     def replay(self) -> None:
-        self.__exit__()
+        self.detach()
         for record in self.records:
             logging.getLogger(record.name).handle(record)
         self.records = []
