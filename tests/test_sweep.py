@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import shutil
+import shlex
 import socket
 import subprocess
 import sys
@@ -206,15 +207,40 @@ def test_the_report_counts_the_jobs_a_stopped_sweep_did_not_start(sweep):
     assert "(5 jobs: 3 finished, 1 running, 1 failed)" in summary.report(planned=4)  # an earlier command's too
 
 
-@pytest.mark.parametrize("task, again", [(["beta=0.5,1"], "the same command again with"),
-                                          (["beta=0.5,1", "overwrite=true"], "the same command again without "
-                                                                               "overwrite=true with")])
-def test_the_rerun_line_drops_overwrite_which_would_start_every_job_afresh(task, again, tmp_path):
+@pytest.mark.parametrize("task, hydra, command", [
+    (["beta=0.5,1"], [], "vae-train -m beta=0.5,1 hydra.sweep.dir={dir}"),
+    # overwrite=true would start every job afresh, the finished ones too; Hydra's own overrides stay
+    (["beta=0.5,1", "overwrite=true", "~eval", "model.hidden_sizes=[64,32]"],
+     ["hydra.sweep.dir=x", "hydra/launcher=parallel", "hydra.launcher.n_jobs=2", "hydra.mode=MULTIRUN"],
+     "vae-train -m beta=0.5,1 '~eval' 'model.hidden_sizes=[64,32]' hydra/launcher=parallel "
+     "hydra.launcher.n_jobs=2 hydra.sweep.dir={dir}"),
+])
+def test_the_rerun_line_ends_in_the_command_to_paste_without_overwrite(task, hydra, command, tmp_path):
     from vae_cli.interrupts import rerun_command
 
-    hydra_node = OmegaConf.create({"sweeper": {"_target_": BASIC_SWEEPER}, "overrides": {"task": task},
+    hydra_node = OmegaConf.create({"sweeper": {"_target_": BASIC_SWEEPER}, "overrides": {"task": task, "hydra": hydra},
                                    "sweep": {"dir": str(tmp_path / "sweep")}})
-    assert rerun_command(hydra_node).startswith(f"{again} hydra.sweep.dir={tmp_path / 'sweep'} skips its finished")
+    line = rerun_command(hydra_node)
+    assert line == ("it goes on (finished jobs skipped, stopped ones resumed, the rest run) with: "
+                    + command.format(dir=tmp_path / "sweep"))
+    pasted = shlex.split(line.split(" with: ")[1])  # what a shell hands vae-train
+    assert pasted[2:] == [o for o in task if o != "overwrite=true"] + hydra[1:3] + [f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    assert rerun_command(hydra_node, mended=True).startswith("once it is mended (a value changed: in a new "
+                                                            "hydra.sweep.dir), it goes on")
+
+
+def test_the_rerun_line_of_a_job_gives_its_sweeps_command_from_multirun_yaml(tmp_path):
+    """A job's own Hydra node holds that job's values (beta=-1 of beta=1,-1, fail_fast=True as Hydra renders
+    it); the command is the one Hydra recorded in the sweep folder as it started."""
+    from vae_cli.interrupts import rerun_command
+
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"overrides": {
+        "hydra": [f"hydra.sweep.dir={sweep}", "hydra.mode=MULTIRUN"], "task": ["beta=1,-1", "fail_fast=true"]}}}))
+    job = OmegaConf.create({"sweeper": {"_target_": BASIC_SWEEPER}, "sweep": {"dir": str(sweep)},
+                            "overrides": {"task": ["beta=-1", "fail_fast=True"], "hydra": ["hydra.mode=MULTIRUN"]}})
+    assert rerun_command(job).endswith(f" with: vae-train -m beta=1,-1 fail_fast=true hydra.sweep.dir={sweep}")
 
 
 def test_callback_fails_only_for_jobs_this_command_ran(tmp_path, capsys):

@@ -3,6 +3,7 @@ bad value, a killed and re-run sweep, an Optuna study continued by the same comm
 import csv
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -125,7 +126,11 @@ def test_fail_fast_stops_at_the_first_failure_with_the_summary_so_far(tmp_path):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("the sweep stopped at this failure (fail_fast=true)")
     # a job that trained before failing keeps its run: the advice led to its refusal, then to itself (a review)
-    assert last.endswith("runs the rest (a value changed since: in a new hydra.sweep.dir)"), last
+    assert last.startswith("the sweep stopped at this failure (fail_fast=true); once it is mended (a value "
+                           "changed: in a new hydra.sweep.dir), it goes on"), last
+    # the command to paste is the one that ran, its folder made absolute
+    assert shlex.split(last.split(" with: ")[1]) == ["vae-train", "-m", *SMOKE, "beta=1,-1,0.5", "fail_fast=true",
+                                                     f"hydra.sweep.dir={sweep.resolve()}"], last
     assert not (sweep / "2").exists()
     rows = summary_rows(sweep)
     assert [(r["job"], r["state"]) for r in rows] == [("0", "finished"), ("1", "failed")]
@@ -220,8 +225,10 @@ def test_killed_sweep_rerun_skips_finished_resumes_interrupted_runs_the_rest(tmp
     sweep = tmp_path / "sweep"
     returncode, _ = stop_when_training(command, tmp_path, tmp_path / "first.log", [sweep / "1"], signal.SIGTERM)
     assert returncode == 143, read_tail(tmp_path / "first.log")
-    rerun = f"the same command again with hydra.sweep.dir={sweep.resolve()} skips its finished jobs, resumes"
-    assert rerun in read_tail(tmp_path / "first.log")
+    last = read_tail(tmp_path / "first.log").strip().splitlines()[-1]
+    assert last.startswith("the sweep: it goes on (finished jobs skipped, stopped ones resumed, the rest run) with: ")
+    pasted = shlex.split(last.split(" with: ")[1])  # the command the line gives, run below from another folder
+    assert pasted[1:] == [*command[1:-1], f"hydra.sweep.dir={sweep.resolve()}"], last
     # the summary so far, as a stopped parallel sweep prints it (the basic launcher's printed none)
     assert "(3 jobs: 1 finished, 1 interrupted, 1 not started)" in read_tail(tmp_path / "first.log")
     stopped = status(sweep / "1")
@@ -230,7 +237,9 @@ def test_killed_sweep_rerun_skips_finished_resumes_interrupted_runs_the_rest(tmp
     job0 = run_files(sweep / "0")
 
     watcher = StatusWatcher(sweep / "1")
-    second = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=python_env())
+    (tmp_path / "elsewhere").mkdir()
+    second = subprocess.run([vae_train_exe(), *pasted[1:]], cwd=tmp_path / "elsewhere", capture_output=True, text=True,
+                            timeout=300, env=python_env())
     seen = watcher.close()
     assert second.returncode == 0, second.stderr[-3000:]
     assert run_files(sweep / "0") == job0, "the finished job's files were rewritten"

@@ -466,9 +466,8 @@ def stop_sweep_here(hydra_cfg, status: int, parallel_worker: bool) -> None:
         sys.exit(status)
     print(summarize(summary_dir(hydra_cfg), objective=FOUND.get("objective")).report(FOUND.get("planned")), flush=True)
     # the folder of a job that trained before it failed holds that run: other values there are refused
-    changed = "" if interrupts.optuna_study(hydra_cfg) else " (a value changed since: in a new hydra.sweep.dir)"
-    print(f"the sweep stopped at this failure (fail_fast=true); once it is mended, "
-          f"{interrupts.rerun_command(hydra_cfg)}{changed}", file=sys.stderr, flush=True)
+    print(f"the sweep stopped at this failure (fail_fast=true); {interrupts.rerun_command(hydra_cfg, mended=True)}",
+          file=sys.stderr, flush=True)
     sys.exit(status)
 
 

@@ -292,8 +292,8 @@ def show_ended_sweep(fail_fast: bool = False) -> None:
     if fail_fast:
         others = ("trials with it (failed in the study)" if interrupts.optuna_study(FOUND["hydra"]) is not None
                   else "jobs with it (each goes on from its last checkpoint, if it wrote one)")
-        line = (f"the sweep stopped at a failure (fail_fast=true), and its other running {others}; once it is "
-                f"mended, {interrupts.rerun_command(FOUND['hydra'])}")
+        line = (f"the sweep stopped at a failure (fail_fast=true), and its other running {others}; "
+                f"{interrupts.rerun_command(FOUND['hydra'], mended=True)}")
     else:
         line = interrupts.sweep_rerun(FOUND["hydra"])
     print(line, file=sys.stderr, flush=True)
