@@ -140,12 +140,24 @@ def test_vae_sweep_of_a_relative_folder_writes_and_prints_absolute_paths(sweep):
 
 def test_vae_sweep_counts_the_jobs_its_command_has_not_started(sweep):
     """A stopped 3 x 4 sweep with 5 job folders: `5 jobs`, as if it had no more (multirun.yaml, which Hydra
-    writes, holds the command)."""
+    writes, holds the command). The summary has a row for each job not started, with its overrides as
+    Hydra's basic sweeper makes them (job 4: the second beta with the first lr), where it had none."""
     (sweep / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {
-        "sweeper": {"_target_": BASIC_SWEEPER, "params": None},
+        "sweeper": {"_target_": BASIC_SWEEPER, "params": {"seed": "7"}}, "sweep": {"dir": str(sweep),
+                                                                                    "subdir": "${hydra.job.num}"},
         "overrides": {"task": ["beta=0.5,1,2", "optimizer.lr=0.001,0.01,0.0001,0.1", "epochs=2"]}}}))
     result = vae_sweep(sweep, "--no-plot")
     assert "(12 jobs: 3 finished, 1 running, 1 failed, 7 not started)" in result.stdout, result.stdout
+    rows = read_csv(sweep / "summary.csv")
+    waiting = [(r["job"], r["overrides"], r["beta"], r["optimizer.lr"], r["folder"]) for r in rows
+               if r["state"] == "not started"]
+    lrs = ["0.001", "0.01", "0.0001", "0.1"]
+    assert waiting == [(str(n), f"seed=7 beta={b} optimizer.lr={lr} epochs=2", b, lr, "")
+                       for n, (b, lr) in enumerate((b, lr) for b in ["0.5", "1", "2"] for lr in lrs)
+                       if n in (4, 5, 6, 7, 8, 9, 11)], waiting
+    assert [r["job"] for r in rows[:5]] == ["1", "0", "10", "3", "2"]  # the jobs that ran come first
+    (line,) = [line for line in (sweep / "summary.md").read_text().splitlines() if line.startswith("| 11 | 2 | 0.1 |")]
+    assert "| not started |" in line
 
 
 def test_vae_sweep_on_a_running_sweep_exits_0(sweep):

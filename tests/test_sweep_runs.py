@@ -133,8 +133,9 @@ def test_fail_fast_stops_at_the_first_failure_with_the_summary_so_far(tmp_path):
                                                      f"hydra.sweep.dir={sweep.resolve()}"], last
     assert not (sweep / "2").exists()
     rows = summary_rows(sweep)
-    assert [(r["job"], r["state"]) for r in rows] == [("0", "finished"), ("1", "failed")]
-    # the job not started is counted (the summary counted only job folders: "2 jobs")
+    # the job not started is counted, and has its row (the summary counted only job folders: "2 jobs")
+    assert [(r["job"], r["state"], r["beta"]) for r in rows] == [("0", "finished", "1"), ("1", "failed", "-1"),
+                                                                  ("2", "not started", "0.5")]
     assert "sweep summary: " in result.stdout and "(3 jobs: 1 finished, 1 failed, 1 not started)" in result.stdout
 
 
@@ -393,8 +394,9 @@ def test_a_sweep_stopped_early_keeps_a_column_for_each_swept_key(tmp_path):
                        cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-3000:]
     rows = summary_rows(tmp_path / "sweep")
-    assert [(r["job"], r["seed"], r["beta"], r["state"]) for r in rows] == [("0", "0", "1", "finished"),
-                                                                              ("1", "0", "-1", "failed")]
+    assert [(r["job"], r["seed"], r["beta"], r["state"]) for r in rows] == [
+        ("0", "0", "1", "finished"), ("1", "0", "-1", "failed"), ("2", "1", "1", "not started"),
+        ("3", "1", "-1", "not started")]
     assert not {"epochs", "debug", "fail_fast"} & set(rows[0])  # set alike for every job: not columns
     assert "best: job 0 (seed=0 beta=1): val/elbo = " in result.stdout  # it listed every override
 
@@ -424,12 +426,12 @@ def test_a_stopped_parallel_sweep_checkpoints_its_jobs_and_leaves_no_worker(tmp_
     output = read_tail(tmp_path / "sweep.log")
     assert returncode == -signal.SIGINT, output
     states = {job.name: job.state for job in summarize(tmp_path / "sweep", plot=False).jobs}
-    assert states == {"0": "interrupted", "1": "interrupted"}, states
-    for name in states:
+    assert states == {"0": "interrupted", "1": "interrupted", "2": "not started"}, states
+    for name in ("0", "1"):
         assert (tmp_path / f"sweep/{name}/checkpoint.pt").is_file()
         assert status(tmp_path / f"sweep/{name}")["step"] > 0
     assert not (tmp_path / "sweep/2/status.json").exists()
-    assert "(3 jobs: 2 interrupted, 1 not started)" in output and "resumes the stopped ones and runs the rest" in output
+    assert "(3 jobs: 2 interrupted, 1 not started)" in output and "the rest run) with: vae-train -m " in output
     assert "error:" not in output
     deadline = time.monotonic() + 30
     while (alive := [pid for pid in workers if Path(f"/proc/{pid}").exists()]) and time.monotonic() < deadline:
@@ -545,7 +547,8 @@ def test_a_ctrl_c_while_a_run_writes_its_last_files_is_acted_on_once_they_are_wr
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
     if "-m" in arguments:
-        assert last.startswith("stopped by SIGINT between two jobs; the sweep: the same command again"), last
+        assert last.startswith("stopped by SIGINT between two jobs; the sweep: it goes on (finished jobs skipped, "
+                               "stopped ones resumed, the rest run) with: vae-train -m "), last
         assert status(tmp_path / "sweep/0")["state"] == "finished" and not (tmp_path / "sweep/1").exists()
     else:
         assert last == "stopped by SIGINT as the run ended; it is finished (metrics.json), nothing lost"

@@ -4,6 +4,7 @@ import argparse
 import contextlib
 import csv
 import io
+import itertools
 import math
 import os
 import sys
@@ -15,10 +16,10 @@ import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from vae_cli import interrupts
-from vae_cli.sweep_jobs import DEFAULT_OBJECTIVE, Job, find_jobs, natural, ranked, swept_keys
+from vae_cli.sweep_jobs import DEFAULT_OBJECTIVE, NOT_STARTED, Job, find_jobs, natural, ranked, swept_keys
 
 # The figures of metrics.json shown for every job (each with its _stderr where the run wrote one).
 FIGURES = ("val/elbo", "test/elbo", "test/L_K")
@@ -36,7 +37,7 @@ def row(job: Job, keys: list[str]) -> dict:
         out[f"{name}_stderr"] = job.metrics.get(f"{name}_stderr")
     out.update(step=job.status.get("step"), total_steps=job.status.get("total_steps"),
                wall_seconds=job.status.get("wall_seconds"), error=job.status.get("error") or "",
-               folder=str(job.folder))
+               folder=str(job.folder) if job.state != NOT_STARTED else "")
     return out
 
 
@@ -131,12 +132,14 @@ def summarize(sweep_dir: str | Path, plot: bool = True, objective: tuple[str, st
     sweep_dir = Path(sweep_dir)
     written = sorted([*sweep_dir.glob("multirun.yaml"), *sweep_dir.glob("*/multirun.yaml")],
                      key=lambda path: path.stat().st_mtime_ns)  # its commands', oldest first
-    if objective is None:
-        try:
-            objective = command_objective(OmegaConf.load(written[-1])) if written else None
-        except Exception:  # noqa: BLE001 - damaged: the jobs' own
-            objective = None
-    jobs = ranked(find_jobs(sweep_dir, objective))
+    try:
+        command = OmegaConf.load(written[-1]) if written else None
+    except Exception:  # noqa: BLE001 - damaged: the jobs' own objectives, and no planned jobs
+        command = None
+    if objective is None and command is not None:
+        objective = command_objective(command)
+    jobs = find_jobs(sweep_dir, objective)
+    jobs = ranked(jobs + not_started(sweep_dir, command, jobs, objective))
     keys = swept_keys(jobs, declared_keys(written))
     rows = [row(job, keys) for job in jobs]
     metric, direction = jobs[0].objective if jobs else DEFAULT_OBJECTIVE
@@ -152,6 +155,20 @@ def summarize(sweep_dir: str | Path, plot: bool = True, objective: tuple[str, st
     if plot and any(job.value is not None for job in jobs):
         files.append(plot_objective(summary, sweep_dir / "summary.png"))
     return summary
+
+
+def not_started(sweep_dir: Path, command, jobs: list[Job], objective: tuple[str, str] | None) -> list[Job]:
+    """A row for each job the sweep's last command (command: its multirun.yaml) plans in sweep_dir (a grid of
+    the basic sweeper, in job folders named by number, Hydra's default) whose folder holds no job yet."""
+    hydra_node = OmegaConf.select(command, "hydra") if command is not None else None
+    if not isinstance(hydra_node, DictConfig) or not isinstance(hydra_node.get("sweep"), DictConfig):
+        return []
+    planned = planned_overrides(hydra_node)
+    if planned is None or OmegaConf.to_container(hydra_node.sweep).get("subdir") != "${hydra.job.num}":
+        return []
+    names = {job.name for job in jobs}
+    return [Job(str(num), sweep_dir / str(num), overrides, {"state": NOT_STARTED}, {}, objective or DEFAULT_OBJECTIVE)
+            for num, overrides in enumerate(planned) if str(num) not in names]
 
 
 def declared_keys(written: list[Path]) -> list[str]:
@@ -243,21 +260,29 @@ FOUND: dict = {}
 
 
 def planned_jobs(hydra_node) -> int | None:
-    """How many jobs Hydra's basic sweeper makes of the command's overrides (and hydra.sweeper.params): the
-    product of the sizes of its choice and range sweeps. None for another sweeper (an Optuna study asks for
-    its trials a batch at a time) or a sweep whose size is not known before it runs (glob)."""
+    """How many jobs Hydra's basic sweeper makes of the command's overrides (planned_overrides)."""
+    planned = planned_overrides(hydra_node)
+    return None if planned is None else len(planned)
+
+
+def planned_overrides(hydra_node) -> list[list[str]] | None:
+    """The overrides of each job, in job order, that Hydra's basic sweeper makes of the command's (and of
+    hydra.sweeper.params, which come first), as its split_arguments does: one list per key (a later value
+    of a key replaces an earlier one in its place), their product. None for another sweeper (an Optuna study
+    asks for its trials a batch at a time) or a sweep whose jobs are not known before it runs (a glob)."""
     if "BasicSweeper" not in str(OmegaConf.select(hydra_node, "sweeper._target_", default="")):
         return None
     params = OmegaConf.select(hydra_node, "sweeper.params", default=None) or {}
-    overrides = [*hydra_node.overrides.task, *(f"{key}={value}" for key, value in params.items())]
-    planned = 1
+    overrides = [*(f"{key}={value}" for key, value in params.items()), *hydra_node.overrides.task]
+    choices: dict[str, list[str]] = {}
     try:
         for override in OverridesParser.create().parse_overrides(overrides):
-            if override.is_sweep_override():
-                planned *= len(list(override.sweep_string_iterator()))
+            key = override.get_key_element()
+            choices[key] = ([f"{key}={value}" for value in override.sweep_string_iterator()]
+                            if override.is_sweep_override() else [f"{key}={override.get_value_element_as_str()}"])
     except HydraException:  # a glob needs the config groups' options; an interval is not a grid
         return None
-    return planned
+    return [list(job) for job in itertools.product(*choices.values())]
 
 
 def note_sweep_folder(sweep_dir: Path, hydra_node) -> None:

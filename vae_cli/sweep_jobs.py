@@ -10,7 +10,8 @@ from pathlib import Path
 import yaml
 
 # Order of the states in the summary: finished jobs first (by objective), then the rest.
-STATE_RANK = {"finished": 0, "running": 1, "interrupted": 2, "killed": 3, "failed": 4}
+NOT_STARTED = "not started"  # a job the sweep's command plans whose folder holds none (sweep.not_started)
+STATE_RANK = {"finished": 0, "running": 1, "interrupted": 2, "killed": 3, "failed": 4, NOT_STARTED: 5}
 DEFAULT_OBJECTIVE = ("val/elbo", "maximize")
 
 
