@@ -228,13 +228,13 @@ def main() -> None:
             fail(ConfigError(f"{key}={folder} is a file, not a folder; give a folder for the "
                              f"{'run' if key == 'hydra.run.dir' else 'sweep'}'s files"))
     stop_quietly_until_the_run()  # Ctrl-C while torch imports: one line, not a KeyboardInterrupt traceback
-    resume = [a.split("=", 1)[1] for a in args if a.startswith("resume=")]
-    if resume and resume[0] != "null":  # Hydra's run folder is the one being resumed
+    resume = given(args, "resume")  # the last, as Hydra takes it
+    if resume is not None and resume != "null":  # Hydra's run folder is the one being resumed
         try:
-            check_resume(resume[0], args)
+            check_resume(resume, args)
         except ConfigError as err:
             fail(err)
-        sys.argv += [f"hydra.run.dir={resume[0]}"]
+        sys.argv += [f"hydra.run.dir={resume}"]
     interrupts.new_command(multirun=multirun)
     if "vae_cli.sweep" in sys.modules:  # imported by an earlier command in this process (not at start-up)
         sys.modules["vae_cli.sweep"].FOUND.clear()
