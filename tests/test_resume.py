@@ -201,13 +201,16 @@ def test_a_resume_asking_for_fewer_steps_than_taken_says_so(tmp_path, monkeypatc
     assert read_status(tmp_path)["step"] == 20
 
 
-def test_another_runs_folder_is_refused_unless_overwrite(references, tmp_path):
+def test_another_runs_folder_is_refused_unless_overwrite(references, tmp_path, caplog):
     import shutil
 
     shutil.copytree(references("bernoulli", "~eval"), tmp_path / "run")
     with pytest.raises(ConfigError, match=r"another run's files.*beta: 1.0 -> 2\).*overwrite=true"):
         train(smoke("~eval", "beta=2"), tmp_path / "run")
-    metrics = train(smoke("~eval", "beta=2", "overwrite=true"), tmp_path / "run")
+    with caplog.at_level("WARNING", logger="vae_cli.train"):
+        metrics = train(smoke("~eval", "beta=2", "overwrite=true"), tmp_path / "run")
+    # said, where it was silent: a sweep re-run with overwrite=true replaced its finished jobs unannounced
+    assert f"overwrite=true: the finished run in {tmp_path / 'run'} is deleted" in caplog.text
     assert metrics["test/loss"] != pytest.approx(-metrics["test/elbo"])  # beta = 2 trained and reported
     events = sorted(f.suffix == ".hparams" for f in (tmp_path / "run").glob("events.out.tfevents.*"))
     assert events == [False, True]  # the old events are gone: this run's, and its HParams settings

@@ -137,7 +137,10 @@ def checked_run(cfg: DictConfig, run_dir: Path, on_start, signals: StopSignals) 
 
     # Checked: from here on the run folder is written.
     if plan.action == "fresh" and run_files(run_dir):
-        remove_run_files(run_dir)  # a failed run, or one that died before its first checkpoint
+        if cfg.get("overwrite") and (run_dir / CHECKPOINT).is_file():  # a sweep's finished jobs too: said
+            log.warning("overwrite=true: the %s run in %s is deleted (its checkpoints, metrics and events) and "
+                        "starts afresh", "finished" if (run_dir / METRICS).is_file() else "unfinished", run_dir)
+        remove_run_files(run_dir)  # else a failed run, or one that died before its first checkpoint
     if on_start is not None:
         on_start(plan)
     loop = Loop(cfg, run_dir, data, model, estimator, optimizer, scheduler, train_step, device, plan.state,
