@@ -270,7 +270,7 @@ def test_log_px_estimates_says_how_long_the_whole_set_will_take(caplog, monkeypa
         log_px, elbo = iwae.log_px_estimates(model, x, 20, chunk_size=10, batch_size=1, progress=False)
     took = time.perf_counter() - start
     (line,) = [r.getMessage() for r in caplog.records]
-    said = re.fullmatch(r"L_20 on 50 images: (\d+) done in [\d.]+ s, so about (\d+) s in all", line)
+    said = re.fullmatch(r"L_20 on 50 images: (\d+) done in [\d.]+ s, so about (\d+) s for all of them", line)
     assert said and 0 < int(said[1]) < 50 and took / 2 <= int(said[2]) <= took * 1.5, (line, took)
     assert log_px.shape == elbo.shape == (50,) and len(calls) == 50
     assert (iwae.duration(42.4), iwae.duration(450), iwae.duration(9000)) == ("42 s", "7.5 min", "2.5 h")

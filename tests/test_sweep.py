@@ -138,6 +138,22 @@ def test_vae_sweep_of_a_relative_folder_writes_and_prints_absolute_paths(sweep):
     assert all(row["folder"].startswith(str(sweep)) for row in read_csv(sweep / "summary.csv"))
 
 
+def test_vae_sweep_of_a_stopped_sweep_says_how_to_continue_it(tmp_path):
+    """As the sweep's own last line did when it stopped: vae-sweep on it later said nothing of how to go on."""
+    sweep = tmp_path / "moved"  # a folder moved since: the command names where it is now
+    make_job(sweep, "0", ["seed=0"], "finished", -150.0)
+    make_job(sweep, "1", ["seed=1"], "interrupted", step=12)
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {
+        "sweeper": {"_target_": BASIC_SWEEPER, "params": None}, "sweep": {"dir": "/elsewhere", "subdir": "${hydra.job.num}"},
+        "overrides": {"hydra": ["hydra/launcher=parallel", "hydra.mode=MULTIRUN"], "task": ["seed=0,1,2"]}}}))
+    result = vae_sweep(sweep, "--no-plot")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == (
+        "to continue the sweep (finished jobs skipped, stopped ones resumed, the rest run), run: vae-train -m "
+        f"seed=0,1,2 hydra/launcher=parallel hydra.sweep.dir={sweep}"), result.stdout
+    assert "(3 jobs: 1 finished, 1 interrupted, 1 not started)" in result.stdout
+
+
 def test_vae_sweep_counts_the_jobs_its_command_has_not_started(sweep):
     """A stopped 3 x 4 sweep with 5 job folders: `5 jobs`, as if it had no more (multirun.yaml, which Hydra
     writes, holds the command). The summary has a row for each job not started, with its overrides as
@@ -233,12 +249,28 @@ def test_the_rerun_line_ends_in_the_command_to_paste_without_overwrite(task, hyd
     hydra_node = OmegaConf.create({"sweeper": {"_target_": BASIC_SWEEPER}, "overrides": {"task": task, "hydra": hydra},
                                    "sweep": {"dir": str(tmp_path / "sweep")}})
     line = rerun_command(hydra_node)
-    assert line == ("it goes on (finished jobs skipped, stopped ones resumed, the rest run) with: "
+    assert line == ("to continue the sweep (finished jobs skipped, stopped ones resumed, the rest run), run: "
                     + command.format(dir=tmp_path / "sweep"))
-    pasted = shlex.split(line.split(" with: ")[1])  # what a shell hands vae-train
+    pasted = shlex.split(line.split(", run: ")[1])  # what a shell hands vae-train
     assert pasted[2:] == [o for o in task if o != "overwrite=true"] + hydra[1:3] + [f"hydra.sweep.dir={tmp_path / 'sweep'}"]
-    assert rerun_command(hydra_node, mended=True).startswith("once it is mended (a value changed: in a new "
-                                                            "hydra.sweep.dir), it goes on")
+
+
+def test_after_a_failure_the_rerun_line_says_what_the_failed_jobs_folder_takes(tmp_path):
+    """fail_fast: a job refused before training (a bad value) takes the changed value in its folder, where
+    the line said 'in a new hydra.sweep.dir' (a review: the mended command ran there); one that trained keeps
+    its run there, which the same command resumes and a changed value is refused."""
+    from vae_cli.interrupts import rerun_command
+
+    hydra_node = OmegaConf.create({"sweeper": {"_target_": BASIC_SWEEPER}, "overrides": {"task": ["beta=1,-1"]},
+                                   "sweep": {"dir": str(tmp_path)}})
+    job = make_job(tmp_path, "1", ["beta=-1"], "failed", error="beta=-1 must be a finite number >= 0")
+    command = f"The command: vae-train -m beta=1,-1 hydra.sweep.dir={tmp_path}"
+    assert rerun_command(hydra_node, job) == ("change the failing value in the sweep's command and run it again: the "
+                                              f"failed job's folder takes the change (finished jobs skipped, the rest run). {command}")
+    (job / "checkpoint.pt").write_bytes(b"")  # a run that trained, then failed (diverged, a full disk)
+    line = rerun_command(hydra_node, job)
+    assert line.startswith("the failed job's folder keeps its run: the same command runs it again there, from its "
+                           "last checkpoint if it wrote one") and "a changed value needs a new hydra.sweep.dir" in line and line.endswith(command)
 
 
 def test_the_rerun_line_of_a_job_gives_its_sweeps_command_from_multirun_yaml(tmp_path):
@@ -252,7 +284,7 @@ def test_the_rerun_line_of_a_job_gives_its_sweeps_command_from_multirun_yaml(tmp
         "hydra": [f"hydra.sweep.dir={sweep}", "hydra.mode=MULTIRUN"], "task": ["beta=1,-1", "fail_fast=true"]}}}))
     job = OmegaConf.create({"sweeper": {"_target_": BASIC_SWEEPER}, "sweep": {"dir": str(sweep)},
                             "overrides": {"task": ["beta=-1", "fail_fast=True"], "hydra": ["hydra.mode=MULTIRUN"]}})
-    assert rerun_command(job).endswith(f" with: vae-train -m beta=1,-1 fail_fast=true hydra.sweep.dir={sweep}")
+    assert rerun_command(job).endswith(f", run: vae-train -m beta=1,-1 fail_fast=true hydra.sweep.dir={sweep}")
 
 
 def test_callback_fails_only_for_jobs_this_command_ran(tmp_path, capsys):

@@ -152,7 +152,7 @@ def test_a_cancelled_slurm_job_and_a_ctrl_c_of_the_launcher_say_what_became_of_t
         else:
             assert master.returncode == -signal.SIGINT, output
             assert "stopped by SIGINT: this command ends; Slurm runs the jobs it was given on" in output, output
-        assert "sweep summary: " in output and "the rest run) with: vae-train -m " in output, output
+        assert "sweep summary: " in output and "the rest run), run: vae-train -m " in output, output
         assert f" hydra.sweep.dir={sweep}\n" in output, output
 
 

@@ -126,10 +126,10 @@ def test_fail_fast_stops_at_the_first_failure_with_the_summary_so_far(tmp_path):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("the sweep stopped at this failure (fail_fast=true)")
     # a job that trained before failing keeps its run: the advice led to its refusal, then to itself (a review)
-    assert last.startswith("the sweep stopped at this failure (fail_fast=true); once it is mended (a value "
-                           "changed: in a new hydra.sweep.dir), it goes on"), last
-    # the command to paste is the one that ran, its folder made absolute
-    assert shlex.split(last.split(" with: ")[1]) == ["vae-train", "-m", *SMOKE, "beta=1,-1,0.5", "fail_fast=true",
+    assert last.startswith("the sweep stopped at this failure (fail_fast=true); change the failing value in the "
+                           "sweep's command and run it again: the failed job's folder takes the change"), last
+    # the command given is the one that ran, its folder made absolute
+    assert shlex.split(last.split(". The command: ")[1]) == ["vae-train", "-m", *SMOKE, "beta=1,-1,0.5", "fail_fast=true",
                                                      f"hydra.sweep.dir={sweep.resolve()}"], last
     assert not (sweep / "2").exists()
     rows = summary_rows(sweep)
@@ -227,8 +227,8 @@ def test_killed_sweep_rerun_skips_finished_resumes_interrupted_runs_the_rest(tmp
     returncode, _ = stop_when_training(command, tmp_path, tmp_path / "first.log", [sweep / "1"], signal.SIGTERM)
     assert returncode == 143, read_tail(tmp_path / "first.log")
     last = read_tail(tmp_path / "first.log").strip().splitlines()[-1]
-    assert last.startswith("the sweep: it goes on (finished jobs skipped, stopped ones resumed, the rest run) with: ")
-    pasted = shlex.split(last.split(" with: ")[1])  # the command the line gives, run below from another folder
+    assert last.startswith("to continue the sweep (finished jobs skipped, stopped ones resumed, the rest run), run: ")
+    pasted = shlex.split(last.split(", run: ")[1])  # the command the line gives, run below from another folder
     assert pasted[1:] == [*command[1:-1], f"hydra.sweep.dir={sweep.resolve()}"], last
     # the summary so far, as a stopped parallel sweep prints it (the basic launcher's printed none)
     assert "(3 jobs: 1 finished, 1 interrupted, 1 not started)" in read_tail(tmp_path / "first.log")
@@ -431,7 +431,7 @@ def test_a_stopped_parallel_sweep_checkpoints_its_jobs_and_leaves_no_worker(tmp_
         assert (tmp_path / f"sweep/{name}/checkpoint.pt").is_file()
         assert status(tmp_path / f"sweep/{name}")["step"] > 0
     assert not (tmp_path / "sweep/2/status.json").exists()
-    assert "(3 jobs: 2 interrupted, 1 not started)" in output and "the rest run) with: vae-train -m " in output
+    assert "(3 jobs: 2 interrupted, 1 not started)" in output and "the rest run), run: vae-train -m " in output
     assert "error:" not in output
     deadline = time.monotonic() + 30
     while (alive := [pid for pid in workers if Path(f"/proc/{pid}").exists()]) and time.monotonic() < deadline:
@@ -547,8 +547,8 @@ def test_a_ctrl_c_while_a_run_writes_its_last_files_is_acted_on_once_they_are_wr
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
     if "-m" in arguments:
-        assert last.startswith("stopped by SIGINT between two jobs; the sweep: it goes on (finished jobs skipped, "
-                               "stopped ones resumed, the rest run) with: vae-train -m "), last
+        assert last.startswith("stopped by SIGINT between two jobs; to continue the sweep (finished jobs skipped, "
+                               "stopped ones resumed, the rest run), run: vae-train -m "), last
         assert status(tmp_path / "sweep/0")["state"] == "finished" and not (tmp_path / "sweep/1").exists()
     else:
         assert last == "stopped by SIGINT as the run ended; it is finished (metrics.json), nothing lost"

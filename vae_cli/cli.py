@@ -466,7 +466,8 @@ def stop_sweep_here(hydra_cfg, status: int, parallel_worker: bool) -> None:
         sys.exit(status)
     print(summarize(summary_dir(hydra_cfg), objective=FOUND.get("objective")).report(FOUND.get("planned")), flush=True)
     # the folder of a job that trained before it failed holds that run: other values there are refused
-    print(f"the sweep stopped at this failure (fail_fast=true); {interrupts.rerun_command(hydra_cfg, mended=True)}",
+    failed_job = Path(hydra_cfg.runtime.output_dir)
+    print(f"the sweep stopped at this failure (fail_fast=true); {interrupts.rerun_command(hydra_cfg, failed_job)}",
           file=sys.stderr, flush=True)
     sys.exit(status)
 

@@ -131,16 +131,26 @@ def optuna_study(hydra_node) -> str | None:
     return sweeper.get("study_name") if "optuna" in str(sweeper.get("_target_", "")).lower() else None
 
 
-def rerun_command(hydra_node, mended: bool = False) -> str:
-    """How to continue a sweep (README, Re-running a sweep), ending in the command to paste, from Hydra's
-    config (its `hydra` node). mended: after a failure, for the command once the cause is mended (a changed
-    swept value runs in a new folder: the jobs that trained keep theirs). An Optuna study is not re-run job
-    by job: its next command asks it for new trials."""
+def rerun_command(hydra_node, failed_job: Path | None = None) -> str:
+    """How to continue a sweep (README, Re-running a sweep), ending in its command, from Hydra's config (its
+    `hydra` node). failed_job: after a failure (fail_fast), the folder of the job that failed, whose files say
+    what its folder takes: a job refused before training (a bad value) takes the changed value there; one
+    that trained keeps its run, which the same command resumes and a changed value is refused. An Optuna
+    study is not re-run job by job: its next command asks it for new trials."""
     if optuna_study(hydra_node) is not None:
-        return (f"{'once it is mended, ' if mended else ''}the same command again adds new trials to the study "
-                f"{optuna_study(hydra_node)}")
-    return (f"{'once it is mended (a value changed: in a new hydra.sweep.dir), ' if mended else ''}it goes on "
-            f"(finished jobs skipped, stopped ones resumed, the rest run) with: {sweep_command(hydra_node)}")
+        return (f"{'once it is mended, ' if failed_job else ''}the same command again adds new trials to the "
+                f"study {optuna_study(hydra_node)}")
+    command = sweep_command(hydra_node)
+    if failed_job is None:
+        return f"to continue the sweep (finished jobs skipped, stopped ones resumed, the rest run), run: {command}"
+    from vae_cli.run_state import refused_before_training  # noqa: PLC0415 - only after a failure
+
+    if refused_before_training(Path(failed_job)):
+        return ("change the failing value in the sweep's command and run it again: the failed job's folder takes "
+                f"the change (finished jobs skipped, the rest run). The command: {command}")
+    return ("the failed job's folder keeps its run: the same command runs it again there, from its last checkpoint "
+            "if it wrote one (once the cause, e.g. a full disk, is mended), and a changed value needs a new "
+            f"hydra.sweep.dir. The command: {command}")
 
 
 def sweep_command(hydra_node) -> str:
@@ -164,7 +174,7 @@ def sweep_rerun(hydra_node) -> str:
     if optuna_study(hydra_node) is not None:
         return (f"the study {optuna_study(hydra_node)}: the same command again adds new trials to it (a stopped "
                 "trial is recorded there as failed)")
-    return f"the sweep: {rerun_command(hydra_node)}"
+    return rerun_command(hydra_node)
 
 
 MULTIRUN = False  # vae-train -m: set by cli.main

@@ -312,13 +312,15 @@ def show_ended_sweep(fail_fast: bool = False) -> None:
         return
     FOUND["shown"] = True
     folder = summary_dir(FOUND["hydra"])
-    if folder.is_dir():
-        print(summarize(folder, objective=FOUND.get("objective")).report(FOUND["planned"]), flush=True)
+    summary = summarize(folder, objective=FOUND.get("objective")) if folder.is_dir() else None
+    if summary is not None:
+        print(summary.report(FOUND["planned"]), flush=True)
     if fail_fast:
         others = ("trials with it (failed in the study)" if interrupts.optuna_study(FOUND["hydra"]) is not None
                   else "jobs with it (each goes on from its last checkpoint, if it wrote one)")
+        failed = summary.failed() if summary is not None else []
         line = (f"the sweep stopped at a failure (fail_fast=true), and its other running {others}; "
-                f"{interrupts.rerun_command(FOUND['hydra'], mended=True)}")
+                f"{interrupts.rerun_command(FOUND['hydra'], failed[0].folder if failed else None)}")
     else:
         line = interrupts.sweep_rerun(FOUND["hydra"])
     print(line, file=sys.stderr, flush=True)
@@ -477,20 +479,28 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {args.sweep_dir} holds no job folders (none has .hydra/overrides.yaml); give the "
               "sweep folder that vae-train -m printed", file=sys.stderr)
         sys.exit(2)
-    summary = summarize(args.sweep_dir.resolve(), plot=not args.no_plot)  # the paths vae-train -m prints
-    print(summary.report(planned_in(args.sweep_dir)))
+    sweep_dir = args.sweep_dir.resolve()  # the paths vae-train -m prints
+    summary = summarize(sweep_dir, plot=not args.no_plot)
+    hydra_node = command_node(sweep_dir)
+    print(summary.report(planned_jobs(hydra_node) if hydra_node is not None else None))
+    states = {job.state for job in summary.jobs}
+    if hydra_node is not None and states & {"interrupted", "killed", NOT_STARTED} and "running" not in states:
+        print(interrupts.rerun_command(hydra_node))  # a stopped sweep, as its own last line said
     failed = summary.failed()
     if failed:
         print(failure_line(failed, len(summary.jobs)), file=sys.stderr)
         sys.exit(1)
 
 
-def planned_in(sweep_dir: Path) -> int | None:
-    """planned_jobs of the command that last ran in sweep_dir (its multirun.yaml, written by Hydra)."""
+def command_node(sweep_dir: Path):
+    """The `hydra` node of the command that last ran in sweep_dir (its multirun.yaml, written by Hydra), its
+    sweep.dir set to sweep_dir (a folder moved since); None when absent, damaged or of another layout."""
     try:
         hydra_node = OmegaConf.load(sweep_dir / "multirun.yaml").hydra
-        return planned_jobs(hydra_node)
-    except Exception:  # noqa: BLE001 - absent, damaged or of another layout: the jobs found are the count
+        hydra_node.sweep.dir = str(sweep_dir)
+        hydra_node.overrides.task  # noqa: B018 - the layout the callers read
+        return hydra_node
+    except Exception:  # noqa: BLE001 - the jobs found are all there is to say
         return None
 
 

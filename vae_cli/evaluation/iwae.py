@@ -108,7 +108,7 @@ def log_px_estimates(model, x: torch.Tensor, num_samples: int, chunk_size: int, 
                 warm = (now, done)  # the end of the first batch
             elif not estimated and now - warm[0] >= ESTIMATE_AFTER and done < x.shape[0]:
                 estimated, per_image = True, (now - warm[0]) / (done - warm[1])
-                log.info("L_%d on %d images: %d done in %.1f s, so about %s in all", num_samples, x.shape[0],
+                log.info("L_%d on %d images: %d done in %.1f s, so about %s for all of them", num_samples, x.shape[0],
                          done, now - start_time, duration(now - start_time + per_image * (x.shape[0] - done)))
     return tuple(torch.cat(column) for column in zip(*parts))
 
