@@ -514,3 +514,27 @@ def test_a_relative_sweep_folder_for_ray_is_made_absolute_from_the_launch_folder
     kept = ["-m", "hydra/launcher=ray_jobs", "hydra.sweep.dir=/abs/r3", "hydra.sweep.dir=${launch_dir:}/x"]
     assert absolute_sweep_dir_for_ray(kept) == kept
     assert absolute_sweep_dir_for_ray(["-m", "hydra.sweep.dir=rel"]) == ["-m", "hydra.sweep.dir=rel"]  # local jobs
+
+
+def test_the_failure_line_names_jobs_with_the_same_error_once(tmp_path):
+    """A re-run refused job by job repeated the same long refusal, its folder aside, once per job (a review):
+    such jobs share one entry, JOB_FOLDER standing for each one's folder; other errors keep their own."""
+    from vae_cli.sweep import failure_line
+    from vae_cli.sweep_jobs import Job
+
+    def refusal(num):
+        folder = tmp_path / str(num)
+        return {"job": num, "overrides": [f"seed={num}", "epochs=3"],
+                "error": f"{folder} holds this job number's run of an earlier command (epochs: 2 -> 3); continue "
+                         f"that run alone: vae-train resume={folder} epochs=3"}
+
+    bad = [Job(str(n), tmp_path / str(n), [f"seed={n}", "beta=-1"], {"state": "failed", "error": "beta=-1 is refused"})
+           for n in (4, 5)]
+    odd = Job("6", tmp_path / "6", ["seed=6"], {"state": "failed", "error": "diverged at step 3"})
+    line = failure_line([*bad, odd], 7, [refusal(0), refusal(1)], tmp_path)
+    assert line == (
+        "error: 5 of 7 jobs failed or were refused (each refused job's folder is left as it was: the summary shows "
+        "the run it holds): jobs 4, 5: beta=-1 is refused; job 6 (seed=6): diverged at step 3; jobs 0, 1 "
+        f"(JOB_FOLDER: {tmp_path.resolve()}/<job>): JOB_FOLDER holds this job number's run of an earlier command "
+        "(epochs: 2 -> 3); continue that run alone: vae-train resume=JOB_FOLDER epochs=3"), line
+    assert failure_line([odd], 1) == "error: 1 of 1 jobs failed: job 6 (seed=6): diverged at step 3"

@@ -233,14 +233,31 @@ def plot_objective(summary: Summary, path: Path) -> Path:
     return path
 
 
-def failure_line(failed: list[Job], total: int, refused: list[dict] = ()) -> str:
-    """One line naming the failed jobs (and the refused ones), their overrides and errors. A refused job's
-    folder is left as it was, so the summary printed before this line shows the run that folder holds."""
-    named = [f"job {job.name} ({' '.join(job.overrides)}): {job.status.get('error') or job.state}" for job in failed]
-    named += [f"job {r['job']} ({' '.join(r['overrides'])}): {r['error']}" for r in refused]
+def failure_line(failed: list[Job], total: int, refused: list[dict] = (), sweep_dir: Path | None = None) -> str:
+    """One line naming the failed jobs (and the refused ones, recorded in sweep_dir), their overrides and
+    errors; jobs whose errors are the same but for their own folder (a re-run's refusals, a bad value of every
+    job) share one entry, JOB_FOLDER standing for each one's folder. A refused job's folder is left as it was, so
+    the summary printed before this line shows the run that folder holds."""
+    entries = [(job.name, job.overrides, job.status.get("error") or job.state, job.folder) for job in failed]
+    entries += [(str(r["job"]), r["overrides"], r["error"], sweep_dir / str(r["job"]) if sweep_dir else None)
+                for r in refused]
+    groups: dict[str, list] = {}
+    for name, overrides, error, folder in entries:
+        general = error
+        for path in {str(folder), str(folder.resolve())} if folder is not None else ():
+            general = general.replace(path, "JOB_FOLDER")
+        groups.setdefault(general, []).append((name, overrides, error, folder))
+    named = []
+    for general, members in groups.items():
+        if len(members) == 1:
+            name, overrides, error, _ = members[0]
+            named.append(f"job {name} ({' '.join(overrides)}): {error}")
+        else:
+            legend = f" (JOB_FOLDER: {members[0][3].resolve().parent}/<job>)" if "JOB_FOLDER" in general else ""
+            named.append(f"jobs {', '.join(m[0] for m in members)}{legend}: {general}")
     what = "were refused" if not failed else "failed or were refused" if refused else "failed"
     kept = " (each refused job's folder is left as it was: the summary shows the run it holds)" if refused else ""
-    return f"error: {len(named)} of {total} jobs {what}{kept}: {'; '.join(named)}"
+    return f"error: {len(entries)} of {total} jobs {what}{kept}: {'; '.join(named)}"
 
 
 REFUSED = ".refused-job-*.json"  # in the sweep folder: jobs refused without writing into their folders
@@ -433,7 +450,7 @@ class SweepSummary(Callback):
             if path.is_file() and path.stat().st_mtime_ns == stamp:
                 path.unlink()
         if failed or refused:
-            print(failure_line(failed, len(ran) + len(refused), refused), file=sys.stderr, flush=True)
+            print(failure_line(failed, len(ran) + len(refused), refused, sweep_dir), file=sys.stderr, flush=True)
             sys.exit(1)  # SystemExit passes Hydra's error reporting: no traceback
 
 
@@ -488,7 +505,7 @@ def main(argv: list[str] | None = None) -> None:
         print(interrupts.rerun_command(hydra_node))  # a stopped sweep, as its own last line said
     failed = summary.failed()
     if failed:
-        print(failure_line(failed, len(summary.jobs)), file=sys.stderr)
+        print(failure_line(failed, len(summary.jobs), sweep_dir=sweep_dir), file=sys.stderr)
         sys.exit(1)
 
 
