@@ -584,8 +584,12 @@ def test_a_rerun_with_another_epochs_grid_leaves_the_earlier_jobs_alone(tmp_path
     first = vae_train("-m", *SMOKE, "epochs=2,3", sweep, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     kept = (tmp_path / "sweep/0/metrics.json").read_bytes()
+    command = (tmp_path / "sweep/multirun.yaml").read_bytes()
     again = vae_train("-m", *SMOKE, "epochs=3,4", sweep, cwd=tmp_path)
     assert again.returncode == 1, again.stderr[-3000:]
+    # every job refused: the folder still holds the first command's sweep, and says so (vae-sweep's line to
+    # continue it gave the refused command)
+    assert (tmp_path / "sweep/multirun.yaml").read_bytes() == command
     (line,) = [line for line in again.stderr.splitlines() if "jobs were refused" in line]
     assert line.startswith("error: 2 of 2 jobs were refused (") and "(epochs: 2 -> 3)" in line, line
     assert f"vae-train resume={(tmp_path / 'sweep/0').resolve()} epochs=3;" in line, line

@@ -432,18 +432,23 @@ class SweepSummary(Callback):
         folder = summary_dir(config.hydra)
         if not folder.is_dir():
             return
-        summary = summarize(folder, plot=self.plot, objective=command_objective(config))
-        print(summary.report(FOUND.get("planned")), flush=True)
-        FOUND["shown"] = True
-        if interrupts.FORWARDED:  # a stopped parallel sweep: each job said how it stopped; cli.main ends it
-            print(interrupts.sweep_rerun(config.hydra), file=sys.stderr, flush=True)
-            return
         launched = self._launched(folder)
         sweep_dir = Path(str(config.hydra.sweep.dir))
         refused = refusals(sweep_dir, self.refusals_before)
         # a job refused as in use by the vae-train still running it (an earlier command's job, on Slurm) had its
         # status.json rewritten by that process meanwhile: it is the refusal, not a job this command ran
         in_use = {sweep_dir / str(r["job"]) for r in refused}
+        restore = bool(refused) and not launched - in_use and FOUND.get("multirun") is not None
+        if restore:
+            # every job refused: the folder is still the earlier command's sweep, which its multirun.yaml tells
+            # (the summary's not-started jobs, the command that continues it); Hydra had replaced it
+            write_atomic(sweep_dir / "multirun.yaml", FOUND["multirun"].decode())
+        summary = summarize(folder, plot=self.plot, objective=command_objective(config))
+        print(summary.report(None if restore else FOUND.get("planned")), flush=True)
+        FOUND["shown"] = True
+        if interrupts.FORWARDED:  # a stopped parallel sweep: each job said how it stopped; cli.main ends it
+            print(interrupts.sweep_rerun(config.hydra), file=sys.stderr, flush=True)
+            return
         ran = [job for job in summary.jobs if job.folder in launched and job.folder not in in_use]
         failed = [job for job in ran if job.state != "finished"]
         for path, stamp in self.refusals_before.items():  # an earlier command's, not recorded again
