@@ -152,6 +152,11 @@ def test_vae_sweep_of_a_stopped_sweep_says_how_to_continue_it(tmp_path):
         "to continue the sweep (finished jobs skipped, stopped ones resumed, the rest run), run: vae-train -m "
         f"seed=0,1,2 hydra/launcher=parallel hydra.sweep.dir={sweep}"), result.stdout
     assert "(3 jobs: 1 finished, 1 interrupted, 1 not started)" in result.stdout
+    # stopped by fail_fast at a bad value: the line says where the changed value goes, as the sweep's did
+    make_job(sweep, "1", ["seed=1"], "failed", error="seed=1 is refused")
+    result = vae_sweep(sweep, "--no-plot")
+    assert result.returncode == 1 and result.stdout.strip().splitlines()[-1].startswith(
+        "change the failing value in the sweep's command and run it again: the failed job's folder takes"), result.stdout
 
 
 def test_vae_sweep_counts_the_jobs_its_command_has_not_started(sweep):

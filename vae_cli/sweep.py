@@ -505,10 +505,10 @@ def main(argv: list[str] | None = None) -> None:
     summary = summarize(sweep_dir, plot=not args.no_plot)
     hydra_node = command_node(sweep_dir)
     print(summary.report(planned_jobs(hydra_node) if hydra_node is not None else None))
-    states = {job.state for job in summary.jobs}
+    states, failed = {job.state for job in summary.jobs}, summary.failed()
     if hydra_node is not None and states & {"interrupted", "killed", NOT_STARTED} and "running" not in states:
-        print(interrupts.rerun_command(hydra_node))  # a stopped sweep, as its own last line said
-    failed = summary.failed()
+        # a stopped sweep (fail_fast's too), as its own last line said
+        print(interrupts.rerun_command(hydra_node, failed[0].folder if failed else None))
     if failed:
         print(failure_line(failed, len(summary.jobs), sweep_dir=sweep_dir), file=sys.stderr)
         sys.exit(1)
