@@ -273,4 +273,12 @@ def test_log_px_estimates_says_how_long_the_whole_set_will_take(caplog, monkeypa
     said = re.fullmatch(r"L_20 on 50 images: (\d+) done in [\d.]+ s, so about (\d+) s for all of them", line)
     assert said and 0 < int(said[1]) < 50 and took / 2 <= int(said[2]) <= took * 1.5, (line, took)
     assert log_px.shape == elbo.shape == (50,) and len(calls) == 50
+    # two batches, the first long (LONG_FIRST): estimated from it alone, where no batch came after it to wait for
+    caplog.clear()
+    calls.clear()
+    monkeypatch.setattr(iwae, "LONG_FIRST", 0.5)
+    with caplog.at_level(logging.INFO, logger="vae_cli.evaluation.iwae"):
+        iwae.log_px_estimates(model, x, 20, chunk_size=10, batch_size=25, progress=False)
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert re.fullmatch(r"L_20 on 50 images: 25 done in 0\.[6-9] s, so about 1 s for all of them", line), line
     assert (iwae.duration(42.4), iwae.duration(450), iwae.duration(9000)) == ("42 s", "7.5 min", "2.5 h")

@@ -95,7 +95,8 @@ def test_resume_of_a_run_started_with_overwrite_keeps_it(tmp_path):
     assert again.returncode == 0 and "is finished" in again.stdout + again.stderr, again.stderr
     assert {name: (run_dir / name).read_bytes() for name in kept} == kept
     # the last resume= counts, as Hydra takes a key's last value (its first was checked: "no such folder")
-    last = run_cli("resume=nowhere", f"resume={run_dir}", cwd=tmp_path)
+    # and overwrite= too (overwrite=true anywhere on the line refused resume=, whatever came after it)
+    last = run_cli("overwrite=true", "resume=nowhere", f"resume={run_dir}", "overwrite=false", cwd=tmp_path)
     assert last.returncode == 0 and "is finished" in last.stdout + last.stderr, last.stderr
     assert not (tmp_path / "nowhere").exists()
 

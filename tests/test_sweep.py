@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -148,15 +149,18 @@ def test_vae_sweep_of_a_stopped_sweep_says_how_to_continue_it(tmp_path):
         "overrides": {"hydra": ["hydra/launcher=parallel", "hydra.mode=MULTIRUN"], "task": ["seed=0,1,2"]}}}))
     result = vae_sweep(sweep, "--no-plot")
     assert result.returncode == 0, result.stderr
+    # it cannot tell a stopped sweep from one still launching its jobs (the next loading, Slurm's queue)
     assert result.stdout.strip().splitlines()[-1] == (
-        "to continue the sweep (finished jobs skipped, stopped ones resumed, the rest run), run: vae-train -m "
-        f"seed=0,1,2 hydra/launcher=parallel hydra.sweep.dir={sweep}"), result.stdout
+        "if the sweep's command has ended (its jobs too: squeue): to continue the sweep (finished jobs skipped, "
+        f"stopped ones resumed, the rest run), run: vae-train -m seed=0,1,2 hydra/launcher=parallel "
+        f"hydra.sweep.dir={sweep}"), result.stdout
     assert "(3 jobs: 1 finished, 1 interrupted, 1 not started)" in result.stdout
     # stopped by fail_fast at a bad value: the line says where the changed value goes, as the sweep's did
     make_job(sweep, "1", ["seed=1"], "failed", error="seed=1 is refused")
     result = vae_sweep(sweep, "--no-plot")
     assert result.returncode == 1 and result.stdout.strip().splitlines()[-1].startswith(
-        "change the failing value in the sweep's command and run it again: the failed job's folder takes"), result.stdout
+        "if the sweep's command has ended (its jobs too: squeue): change the failing value in the sweep's command "
+        "and run it again: the failed job's folder takes"), result.stdout
 
 
 def test_vae_sweep_counts_the_jobs_its_command_has_not_started(sweep):
@@ -223,6 +227,8 @@ BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
     (["beta=0.5,1"], {"seed": "0,1", "model.hidden": "[400],[200],[100]"}, 12),  # hydra.sweeper.params too
     (["epochs=1"], None, 1),
     (["model=glob(*)"], None, None),  # its options are known only to Hydra's config loader
+    (["seed=shuffle(0,1,2)"], None, None),  # an order drawn anew each time: not the jobs' order
+    (["seed=0,1", "data.root=${hydra:runtime.cwd}/d"], None, 2),  # read as given: no resolver for hydra: here
 ])
 def test_planned_jobs_counts_the_grid_of_the_basic_sweeper(task, params, expected):
     hydra_node = OmegaConf.create({"sweeper": {"_target_": BASIC_SWEEPER, "params": params},
@@ -258,6 +264,19 @@ def test_the_rerun_line_ends_in_the_command_to_paste_without_overwrite(task, hyd
                     + command.format(dir=tmp_path / "sweep"))
     pasted = shlex.split(line.split(", run: ")[1])  # what a shell hands vae-train
     assert pasted[2:] == [o for o in task if o != "overwrite=true"] + hydra[1:3] + [f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+
+
+def test_the_rerun_command_quotes_the_sweep_folder_for_hydra_too(tmp_path):
+    """A folder with a comma, brackets or a space: Hydra read `hydra.sweep.dir=/data/a,b` as a sweep over two
+    folders, and `(copy)` as a parse error (a review)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from vae_cli.interrupts import sweep_command
+
+    for name in ("a,b", "run (copy)", "it's", 'q"uote', "k=v[1]"):
+        node = OmegaConf.create({"sweep": {"dir": str(tmp_path / name)}, "overrides": {"task": ["seed=0,1"]}})
+        (override,) = OverridesParser.create().parse_overrides(shlex.split(sweep_command(node))[-1:])
+        assert not override.is_sweep_override() and override.value() == str(tmp_path / name), name
 
 
 def test_after_a_failure_the_rerun_line_says_what_the_failed_jobs_folder_takes(tmp_path):
@@ -519,6 +538,18 @@ def test_a_relative_sweep_folder_for_ray_is_made_absolute_from_the_launch_folder
     kept = ["-m", "hydra/launcher=ray_jobs", "hydra.sweep.dir=/abs/r3", "hydra.sweep.dir=${launch_dir:}/x"]
     assert absolute_sweep_dir_for_ray(kept) == kept
     assert absolute_sweep_dir_for_ray(["-m", "hydra.sweep.dir=rel"]) == ["-m", "hydra.sweep.dir=rel"]  # local jobs
+
+
+def test_the_failure_line_groups_the_refusals_of_a_relative_sweep_folder(tmp_path, monkeypatch):
+    """hydra.sweep.dir=sweep: the errors name the absolute folders, of which the relative ones are a part;
+    the grouping depended on the order of a set (PYTHONHASHSEED), and could print '/abs/JOB_FOLDER' (a review)."""
+    from vae_cli.sweep import failure_line
+
+    monkeypatch.chdir(tmp_path)
+    refused = [{"job": n, "overrides": [f"seed={n}"], "error": f"{tmp_path / 'sweep' / str(n)} holds another run"}
+               for n in (0, 1)]
+    assert failure_line([], 2, refused, Path("sweep")).endswith(
+        f": jobs 0, 1 (JOB_FOLDER: {tmp_path / 'sweep'}/<job>): JOB_FOLDER holds another run")
 
 
 def test_the_failure_line_names_jobs_with_the_same_error_once(tmp_path):

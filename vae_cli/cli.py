@@ -290,7 +290,7 @@ def check_resume(folder: str, args: list[str]) -> None:
     hint = "pass the folder of a run started by vae-train (outputs/<date>/<time>)"
     if not folder:
         raise ConfigError(f"resume= names no folder (an unset shell variable?); {hint}")
-    if any(a.lstrip("+") in ("overwrite=true", "overwrite=True") for a in args):
+    if given([a.lstrip("+") for a in args], "overwrite") in ("true", "True"):  # the last, as Hydra takes it
         raise ConfigError("resume= continues the run in its folder and overwrite=true deletes it; give one of them")
     if path.is_file():
         raise ConfigError(f"resume={folder} is a file; pass its folder: resume={path.parent}")

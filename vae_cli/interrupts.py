@@ -162,11 +162,15 @@ def sweep_command(hydra_node) -> str:
         text = (Path(str(hydra_node.sweep.dir)) / "multirun.yaml").read_text()
         overrides = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))["hydra"]["overrides"]
     except Exception:  # noqa: BLE001 - absent (a command in test code) or unreadable: the node's own
-        overrides = hydra_node.overrides
+        from omegaconf import OmegaConf  # noqa: PLC0415 - Hydra has imported it
+
+        overrides = OmegaConf.to_container(hydra_node.overrides, resolve=False)  # as given: `${...}` kept
     hydra = [str(o) for o in overrides.get("hydra") or [] if not str(o).startswith(("hydra.sweep.dir=", "hydra.mode="))]
     task = [str(o) for o in overrides["task"] if str(o).lower() != "overwrite=true"]
-    folder = f"hydra.sweep.dir={Path(str(hydra_node.sweep.dir)).resolve()}"
-    return shlex.join(["vae-train", "-m", *task, *hydra, folder])
+    folder = str(Path(str(hydra_node.sweep.dir)).resolve())
+    if any(char in folder for char in " ,()[]{}='\":\\"):  # quoted for Hydra's parser too: a comma made a sweep
+        folder = '"' + folder.replace('"', '\\"') + '"'  # then for the shell, in its single quotes
+    return shlex.join(["vae-train", "-m", *task, *hydra, f"hydra.sweep.dir={folder}"])
 
 
 def sweep_rerun(hydra_node) -> str:

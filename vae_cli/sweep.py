@@ -244,7 +244,8 @@ def failure_line(failed: list[Job], total: int, refused: list[dict] = (), sweep_
     groups: dict[str, list] = {}
     for name, overrides, error, folder in entries:
         general = error
-        for path in {str(folder), str(folder.resolve())} if folder is not None else ():
+        # the absolute path first: a relative one (hydra.sweep.dir=sweep) is part of it
+        for path in sorted({str(folder), str(folder.resolve())}, key=len, reverse=True) if folder is not None else ():
             general = general.replace(path, "JOB_FOLDER")
         groups.setdefault(general, []).append((name, overrides, error, folder))
     named = []
@@ -289,16 +290,18 @@ def planned_overrides(hydra_node) -> list[list[str]] | None:
     asks for its trials a batch at a time) or a sweep whose jobs are not known before it runs (a glob)."""
     if "BasicSweeper" not in str(OmegaConf.select(hydra_node, "sweeper._target_", default="")):
         return None
-    params = OmegaConf.select(hydra_node, "sweeper.params", default=None) or {}
-    overrides = [*(f"{key}={value}" for key, value in params.items()), *hydra_node.overrides.task]
     choices: dict[str, list[str]] = {}
-    try:
-        for override in OverridesParser.create().parse_overrides(overrides):
+    try:  # the overrides as given (Hydra reads them unresolved: `${hydra:runtime.cwd}` has no resolver here)
+        params = OmegaConf.to_container(hydra_node.sweeper, resolve=False).get("params") or {}
+        task = OmegaConf.to_container(hydra_node.overrides, resolve=False)["task"]
+        for override in OverridesParser.create().parse_overrides([*(f"{k}={v}" for k, v in params.items()), *task]):
             key = override.get_key_element()
+            if override.is_sweep_override() and getattr(override.value(), "shuffle", False):
+                return None  # shuffle(...): an order drawn anew each time
             choices[key] = ([f"{key}={value}" for value in override.sweep_string_iterator()]
                             if override.is_sweep_override() else [f"{key}={override.get_value_element_as_str()}"])
-    except HydraException:  # a glob needs the config groups' options; an interval is not a grid
-        return None
+    except (HydraException, Exception):  # noqa: BLE001 - a glob needs the config groups' options, an interval
+        return None  # is not a grid; and a multirun.yaml of another layout
     return [list(job) for job in itertools.product(*choices.values())]
 
 
@@ -335,7 +338,9 @@ def show_ended_sweep(fail_fast: bool = False) -> None:
     if fail_fast:
         others = ("trials with it (failed in the study)" if interrupts.optuna_study(FOUND["hydra"]) is not None
                   else "jobs with it (each goes on from its last checkpoint, if it wrote one)")
-        failed = summary.failed() if summary is not None else []
+        # this command's failed job (an earlier command's may have a lower number)
+        failed = [job for job in summary.failed() if (job.folder / "status.json").is_file()
+                  and (job.folder / "status.json").stat().st_mtime >= FOUND["since"]] if summary is not None else []
         line = (f"the sweep stopped at a failure (fail_fast=true), and its other running {others}; "
                 f"{interrupts.rerun_command(FOUND['hydra'], failed[0].folder if failed else None)}")
     else:
@@ -507,8 +512,10 @@ def main(argv: list[str] | None = None) -> None:
     print(summary.report(planned_jobs(hydra_node) if hydra_node is not None else None))
     states, failed = {job.state for job in summary.jobs}, summary.failed()
     if hydra_node is not None and states & {"interrupted", "killed", NOT_STARTED} and "running" not in states:
-        # a stopped sweep (fail_fast's too), as its own last line said
-        print(interrupts.rerun_command(hydra_node, failed[0].folder if failed else None))
+        # a stopped sweep (fail_fast's too), as its own last line said; or one still launching its jobs (the
+        # next one loading, Slurm's queue), which this process cannot tell from here
+        print("if the sweep's command has ended (its jobs too: squeue): "
+              + interrupts.rerun_command(hydra_node, failed[0].folder if failed else None))
     if failed:
         print(failure_line(failed, len(summary.jobs), sweep_dir=sweep_dir), file=sys.stderr)
         sys.exit(1)

@@ -86,6 +86,7 @@ def importance_weighted_bounds(model, x: torch.Tensor, num_samples: int, chunk_s
 
 
 ESTIMATE_AFTER = 0.25  # s of batches after the first, whose time (warm-up, first allocations) says little
+LONG_FIRST = 5.0  # s: a first batch this long estimates the rest itself (its one-time costs are small in it)
 
 
 def log_px_estimates(model, x: torch.Tensor, num_samples: int, chunk_size: int, batch_size: int,
@@ -94,7 +95,8 @@ def log_px_estimates(model, x: torch.Tensor, num_samples: int, chunk_size: int, 
     variances their Monte Carlo variances (N,) each.
 
     Logs what the whole set will take once the batches after the first have run ESTIMATE_AFTER seconds
-    (at least one of them): the first pays one-time costs and alone over-stated the total up to 9x.
+    (at least one of them): the first pays one-time costs and alone over-stated the total up to 9x; or
+    right after the first when it took LONG_FIRST seconds or more (two long batches: no second estimate).
     """
     parts, start_time, warm, estimated = [], time.perf_counter(), None, False
     with tqdm(total=x.shape[0], desc=f"log p(x), K={num_samples}", unit="img", disable=None if progress
@@ -103,13 +105,17 @@ def log_px_estimates(model, x: torch.Tensor, num_samples: int, chunk_size: int, 
             batch = x[start:start + batch_size]
             parts.append(importance_weighted_bounds(model, batch, num_samples, chunk_size, variances))
             bar.update(batch.shape[0])
-            now, done = time.perf_counter(), start + batch.shape[0]
+            now, done, total = time.perf_counter(), start + batch.shape[0], None
             if warm is None:
                 warm = (now, done)  # the end of the first batch
+                if now - start_time >= LONG_FIRST and done < x.shape[0]:
+                    total = (now - start_time) * x.shape[0] / done
             elif not estimated and now - warm[0] >= ESTIMATE_AFTER and done < x.shape[0]:
-                estimated, per_image = True, (now - warm[0]) / (done - warm[1])
-                log.info("L_%d on %d images: %d done in %.1f s, so about %s for all of them", num_samples, x.shape[0],
-                         done, now - start_time, duration(now - start_time + per_image * (x.shape[0] - done)))
+                total = now - start_time + (now - warm[0]) / (done - warm[1]) * (x.shape[0] - done)
+            if total is not None:
+                estimated = True
+                log.info("L_%d on %d images: %d done in %.1f s, so about %s for all of them", num_samples,
+                         x.shape[0], done, now - start_time, duration(total))
     return tuple(torch.cat(column) for column in zip(*parts))
 
 
