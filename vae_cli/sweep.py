@@ -14,7 +14,6 @@ from pathlib import Path
 
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -300,8 +299,8 @@ def planned_overrides(hydra_node) -> list[list[str]] | None:
                 return None  # shuffle(...): an order drawn anew each time
             choices[key] = ([f"{key}={value}" for value in override.sweep_string_iterator()]
                             if override.is_sweep_override() else [f"{key}={override.get_value_element_as_str()}"])
-    except (HydraException, Exception):  # noqa: BLE001 - a glob needs the config groups' options, an interval
-        return None  # is not a grid; and a multirun.yaml of another layout
+    except Exception:  # noqa: BLE001 - HydraException: a glob needs the config groups' options, an interval is
+        return None  # not a grid; others: a multirun.yaml of another layout
     return [list(job) for job in itertools.product(*choices.values())]
 
 
