@@ -3,6 +3,7 @@ import json
 import logging
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -294,3 +295,33 @@ def test_a_later_run_in_the_same_process_counts_its_start_up_from_its_own_start(
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("first training step")]
     seconds = float(line.split("after ")[1].split(" s ")[0])
     assert line.endswith(" s from this job's start") and 0 < seconds < 60, line
+
+
+def test_the_evaluation_logs_how_long_it_took_what_eval_leaves_out(smoke_cfg, tmp_path, monkeypatch, caplog):
+    """benchmarks/end_of_run.py reads issue 13.2's light evaluation from this figure: it must cover the
+    probe (the evaluation's last part), not L_K alone, and not the test ELBO before it."""
+    import vae_cli.evaluation.run as run_module
+
+    probe_figures = run_module.probe_figures
+
+    def slow_probe(*args):
+        time.sleep(0.5)
+        return probe_figures(*args)
+
+    monkeypatch.setattr(run_module, "probe_figures", slow_probe)
+    import vae_cli.run_end as run_end
+
+    average_terms = run_end.average_terms
+
+    def slow_test_elbo(*args, **kwargs):
+        time.sleep(1.0)
+        return average_terms(*args, **kwargs)
+
+    monkeypatch.setattr(run_end, "average_terms", slow_test_elbo)
+    caplog.set_level(logging.INFO)
+    start = time.perf_counter()
+    train(smoke_cfg(), tmp_path)
+    took = time.perf_counter() - start
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("test L_100")]
+    seconds = float(re.search(r"; evaluation ([\d.]+) s in all$", line)[1])
+    assert 0.5 <= seconds < took - 1.0, (line, took)

@@ -121,6 +121,7 @@ def evaluate(model, data, test_x: torch.Tensor, settings: DictConfig, eval_seed:
     the training seed, and training's random stream is left as it was.
     """
     check_eval_settings(settings)
+    start = time.perf_counter()
     model.eval()
     device, shape = test_x.device, data.image_shape
     with seeded(stream_seed(eval_seed, EVAL_DRAWS), device):
@@ -137,9 +138,9 @@ def evaluate(model, data, test_x: torch.Tensor, settings: DictConfig, eval_seed:
     embedding = (means, data.test_y, to_unit(data.test_x).view(-1, *shape)) if settings.embedding else None
     figures = {f"test/{k}": v for k, v in test.items()} | {f"probe/{k}": v for k, v in probes.items()}
     log.info("test L_%d %.2f ± %.2f nats (a lower bound on log p(x)), ELBO %.2f, gap %.2f; %d active %s; "
-             "%.0f images x samples/s", settings.num_samples, test["L_K"], test["L_K_stderr"], test["elbo_L1"],
-             test["posterior_gap"], test["active_units"], "unit" if test["active_units"] == 1 else "units",
-             throughput)
+             "%.0f images x samples/s; evaluation %.1f s in all", settings.num_samples, test["L_K"],
+             test["L_K_stderr"], test["elbo_L1"], test["posterior_gap"], test["active_units"],
+             "unit" if test["active_units"] == 1 else "units", throughput, time.perf_counter() - start)
     if probes:  # per feature set (latent means, pixels) and labelled training images per class
         log.info("probe accuracy on the test set (logistic regression): %s",
                  ", ".join(f"{name} {accuracy:.3f}" for name, accuracy in probes.items()))
