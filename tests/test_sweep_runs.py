@@ -611,3 +611,27 @@ def test_the_exception_line_of_a_held_traceback_is_its_own():
                   "srun: error: vm: task 0: Exited with exit code 143\n"]
     assert held.error_line([]) == ("UncompletedJobError: Job 73_0 (task: 0) with path /x/73_0_0_result.pkl has "
                                    "not produced any output (state: CANCELLED by 0)")
+
+
+def test_the_command_to_paste_keeps_the_sweeps_config_dir_and_name(tmp_path):
+    """A sweep of a user's own config (docs/extending.md: --config-dir): the command to paste composed
+    vae-train's train.yaml instead, whose job configs differ from the finished jobs', and was refused."""
+    from omegaconf import OmegaConf
+
+    from vae_cli.interrupts import sweep_command
+
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "short.yaml").write_text("defaults:\n  - train\n  - _self_\nepochs: 1\n")
+    sweep = tmp_path / "sweep"
+    first = vae_train("-m", "--config-dir", "mine", "--config-name", "short", *SMOKE, "~eval", "seed=0,1",
+                      f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert [status(sweep / job)["epoch"] for job in "01"] == [1, 1]
+    command = shlex.split(sweep_command(OmegaConf.load(sweep / "multirun.yaml").hydra))
+    assert command[2:6] == ["--config-dir", str(tmp_path / "mine"), "--config-name", "short"], command
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    again = vae_train(*command[1:], cwd=elsewhere)  # pasted in another folder: the absolute config dir
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "(2 jobs: 2 finished)" in again.stdout + again.stderr
+    assert [status(sweep / job)["epoch"] for job in "01"] == [1, 1]

@@ -154,9 +154,9 @@ def rerun_command(hydra_node, failed_job: Path | None = None) -> str:
 
 
 def sweep_command(hydra_node) -> str:
-    """The vae-train -m command line of a sweep, each override quoted for a POSIX shell, writing into its
-    folder, absolute: overwrite=true, which would start every job afresh (the finished ones too), left out.
-    The overrides are those of the folder's multirun.yaml, which Hydra writes as the command starts (a
+    """The vae-train -m command line of a sweep, each override quoted for a POSIX shell, with its config
+    options (config_options), writing into its folder, absolute: overwrite=true, which would start every
+    job afresh (the finished ones too), left out. The overrides are those of the folder's multirun.yaml, which Hydra writes as the command starts (a
     job's own hydra_node holds that job's values: beta=-1 of beta=1,-1), else hydra_node's."""
     try:  # plain YAML, C-parsed: 2 ms where OmegaConf.load took 30, at each sweep job's start (cli.py)
         text = (Path(str(hydra_node.sweep.dir)) / "multirun.yaml").read_text()
@@ -170,7 +170,23 @@ def sweep_command(hydra_node) -> str:
     folder = str(Path(str(hydra_node.sweep.dir)).resolve())
     if any(char in folder for char in " ,()[]{}='\":\\"):  # quoted for Hydra's parser too: a comma made a sweep
         folder = '"' + folder.replace('"', '\\"') + '"'  # then for the shell, in its single quotes
-    return shlex.join(["vae-train", "-m", *task, *hydra, f"hydra.sweep.dir={folder}"])
+    return shlex.join(["vae-train", "-m", *config_options(hydra_node), *task, *hydra, f"hydra.sweep.dir={folder}"])
+
+
+def config_options(hydra_node) -> list[str]:
+    """The command's --config-path, --config-dir and --config-name, from what Hydra recorded of them in its
+    node (the primary config's source and name, each --config-dir as a command-line source): without
+    them the pasted command composes vae-train's own configs, and a sweep over a user's config groups
+    (docs/extending.md) fails on its first job."""
+    runtime, job = hydra_node.get("runtime") or {}, hydra_node.get("job") or {}
+    options = []
+    for source in runtime.get("config_sources") or []:
+        if source.get("schema") == "file" and source.get("provider") in ("main", "command-line"):
+            flag = "--config-path" if source.get("provider") == "main" else "--config-dir"
+            options += [flag, str(Path(str(source.get("path"))).resolve())]
+    if job.get("config_name") not in (None, "train"):
+        options += ["--config-name", str(job.get("config_name"))]
+    return options
 
 
 def sweep_rerun(hydra_node) -> str:
