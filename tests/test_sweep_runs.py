@@ -3,6 +3,7 @@ bad value, a killed and re-run sweep, an Optuna study continued by the same comm
 import csv
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -99,6 +100,13 @@ def test_parallel_sweep_runs_two_jobs_at_once(tmp_path):
     assert sorted(r["job"] for r in rows) == ["0", "1", "2", "3"] and {r["state"] for r in rows} == {"finished"}
     assert_sorted_best_first(rows)
     assert f"best: job {rows[0]['job']} (" in result.stdout
+    # the jobs' log lines interleave on the terminal: each names its job; each job folder's log is its own
+    logged = [line for line in result.stdout.splitlines() if line.startswith("[") and "][HYDRA]" not in line]
+    assert logged and all(re.match(r"\[job [0-3]\]\[\d{4}-", line) for line in logged), logged[:3]
+    for job in range(4):
+        assert sum(line.startswith(f"[job {job}]") and "run folder" in line for line in logged) == 1
+        own = (jobs[job] / "vae-train.log").read_text().splitlines()
+        assert own[0].startswith("[20") and f"run folder {jobs[job]}" in own[-1], own[-1]
 
 
 def test_a_bad_value_fails_its_job_only_and_the_sweep_reports_it(tmp_path):

@@ -1,5 +1,6 @@
 """Console entry point `vae-train`: compose the Hydra config, call train(cfg), turn failures into one line."""
 import io
+import logging
 import math
 import os
 import re
@@ -333,6 +334,18 @@ def end_after_forwarded_stop(held: HeldStderr) -> None:
         raise SystemExit(exit_status(interrupts.FORWARDED[0]))
 
 
+def number_console_lines(hydra_cfg) -> None:
+    """hydra/launcher=parallel: the jobs' log lines interleave on one terminal, so each console line starts
+    with its job's number, `[job 3]`; the job's vae-train.log keeps Hydra's format. Hydra configures the
+    logging afresh for each job, from hydra.job_logging, whose format for the console this extends."""
+    logging_cfg = hydra_cfg.get("job_logging") or {}
+    name = ((logging_cfg.get("handlers") or {}).get("console") or {}).get("formatter")
+    fmt = ((logging_cfg.get("formatters") or {}).get(name) or {}).get("format") if name else None
+    for handler in logging.getLogger().handlers:  # the console's: a StreamHandler, not a FileHandler
+        if fmt and type(handler) is logging.StreamHandler:
+            handler.setFormatter(logging.Formatter(f"[job {hydra_cfg.job.num}]{fmt}"))
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
 def hydra_main(cfg: DictConfig) -> float | None:
     if isinstance(sys.stderr, HeldStderr):
@@ -344,6 +357,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
         interrupts.SWEEP_RERUN = interrupts.sweep_rerun(hydra_cfg)
     parallel_worker = interrupts.in_parallel_worker(multirun)
     if parallel_worker:
+        number_console_lines(hydra_cfg)
         for signum in interrupts.STOP_SIGNALS:  # from here (torch's import too) to the end of its last job
             signal.signal(signum, interrupts.keep_stop_between_jobs)
     from vae_cli.loop import Diverged, Stopped  # imported here so that --help and bad overrides answer fast
