@@ -156,8 +156,9 @@ def rerun_command(hydra_node, failed_job: Path | None = None) -> str:
 def sweep_command(hydra_node) -> str:
     """The vae-train -m command line of a sweep, each override quoted for a POSIX shell, with its config
     options (config_options), writing into its folder, absolute: overwrite=true, which would start every
-    job afresh (the finished ones too), left out. The overrides are those of the folder's multirun.yaml, which Hydra writes as the command starts (a
-    job's own hydra_node holds that job's values: beta=-1 of beta=1,-1), else hydra_node's."""
+    job afresh (the finished ones too), left out. The overrides are those of the folder's multirun.yaml,
+    which Hydra writes as the command starts (a job's own hydra_node holds that job's values: beta=-1 of
+    beta=1,-1), else hydra_node's."""
     try:  # plain YAML, C-parsed: 2 ms where OmegaConf.load took 30, at each sweep job's start (cli.py)
         text = (Path(str(hydra_node.sweep.dir)) / "multirun.yaml").read_text()
         overrides = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))["hydra"]["overrides"]
@@ -176,8 +177,8 @@ def sweep_command(hydra_node) -> str:
 def config_options(hydra_node) -> list[str]:
     """The command's --config-path, --config-dir and --config-name, from what Hydra recorded of them in its
     node (the primary config's source and name, each --config-dir as a command-line source): without
-    them the pasted command composes vae-train's own configs, and a sweep over a user's config groups
-    (docs/extending.md) fails on its first job."""
+    them the pasted command composes vae-train's own configs, so a sweep of a user's configs
+    (docs/extending.md) is refused (its jobs' configs differ) or fails to compose."""
     runtime, job = hydra_node.get("runtime") or {}, hydra_node.get("job") or {}
     options = []
     for source in runtime.get("config_sources") or []:
