@@ -11,9 +11,10 @@ for --rounds rounds; each side's end of run is printed per round, with the media
 Each example runs as a real `vae-train` process at its default epochs, in a temporary folder, and the
 times come from its log: training is the first training step to the last epoch's line, the end of the
 run is that line to the final summary line (test figures of the best model, the light evaluation: L_100,
-active units, the latent probe, pictures), and the light evaluation alone is the time the run logs for it
-("evaluation X s in all": what `~eval` leaves out). Issue 13.2's targets: the end of the run at most as
-long as the training, and the light evaluation never more than ~10 s on this machine.
+active units, the latent probe, pictures), and the evaluation alone is the time the run logs for it
+("evaluation X s in all": what `~eval` leaves out, but for writing its figures to TensorBoard). Issue
+13.2's targets: the end of the run at most as long as the training, and the light evaluation never more
+than ~10 s on this machine.
 
 experiment=burda_mlp trains 3,280 epochs (hours on a CPU); it runs here with epochs=2 and its default
 training time is that run's seconds per epoch times 3,280, printed as an estimate. Its evaluation is
@@ -61,7 +62,7 @@ def vae_train() -> str:
 
 def one_run(exe: str, overrides: list[str], folder: Path,
             baseline: Path | None = None) -> tuple[float, float, int, float, float | None]:
-    """(training seconds, end-of-run seconds, epochs trained, whole process seconds, the light
+    """(training seconds, end-of-run seconds, epochs trained, whole process seconds, the
     evaluation's seconds as the run logs them, None where it logs none) from the log; with baseline, the
     vae_cli package of that checkout runs instead of the installed one."""
     env = dict(os.environ)

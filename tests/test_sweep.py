@@ -279,6 +279,49 @@ def test_the_rerun_command_quotes_the_sweep_folder_for_hydra_too(tmp_path):
         assert not override.is_sweep_override() and override.value() == str(tmp_path / name), name
 
 
+def test_the_rerun_command_names_a_primary_config_source_of_any_schema(tmp_path):
+    """--config-path pkg://theirs.conf (a package's configs) was dropped where a file's was kept: the pasted
+    command looked for their --config-name among vae-train's configs (a review). vae-train's own source and
+    Hydra's are not named."""
+    from vae_cli.interrupts import sweep_command
+
+    sources = [{"path": "hydra.conf", "schema": "pkg", "provider": "hydra"},
+               {"path": "theirs.conf", "schema": "pkg", "provider": "main"},
+               {"path": "/home/me/more", "schema": "file", "provider": "command-line"},
+               {"path": "", "schema": "structured", "provider": "schema"}]
+    node = OmegaConf.create({"sweep": {"dir": str(tmp_path)}, "overrides": {"task": ["seed=0,1"]},
+                             "runtime": {"config_sources": sources}, "job": {"config_name": "mine"}})
+    assert shlex.split(sweep_command(node))[2:8] == ["--config-path", "pkg://theirs.conf", "--config-dir",
+                                                     "/home/me/more", "--config-name", "mine"]
+    sources[1] = {"path": "vae_cli.configs", "schema": "pkg", "provider": "main"}
+    node = OmegaConf.create({"sweep": {"dir": str(tmp_path)}, "overrides": {"task": ["seed=0,1"]},
+                             "runtime": {"config_sources": sources[:2]}, "job": {"config_name": "train"}})
+    assert shlex.split(sweep_command(node))[2:] == ["seed=0,1", f"hydra.sweep.dir={tmp_path}"]
+
+
+def test_parallel_jobs_number_their_console_lines_in_the_consoles_own_format(tmp_path):
+    """The prefix wraps the formatter Hydra installed: rebuilt from its format string, a '{' style printed
+    its fields literally and colorlog's fields raised a logging error on every line (a review)."""
+    import io
+    import logging
+
+    from vae_cli.cli import number_console_lines
+
+    root, console = logging.getLogger(), io.StringIO()
+    handlers = [logging.StreamHandler(console), logging.FileHandler(tmp_path / "vae-train.log")]
+    handlers[0].setFormatter(logging.Formatter("<{levelname}> {message}", style="{"))
+    saved = root.handlers[:]
+    root.handlers[:] = handlers
+    try:
+        number_console_lines(3)
+        logging.getLogger("vae_cli.train").warning("epoch %d", 2)
+    finally:
+        root.handlers[:] = saved
+        handlers[1].close()
+    assert console.getvalue() == "[job 3]<WARNING> epoch 2\n"
+    assert (tmp_path / "vae-train.log").read_text() == "epoch 2\n"  # a job folder's log keeps its format
+
+
 def test_after_a_failure_the_rerun_line_says_what_the_failed_jobs_folder_takes(tmp_path):
     """fail_fast: a job refused before training (a bad value) takes the changed value in its folder, where
     the line said 'in a new hydra.sweep.dir' (a review: the mended command ran there); one that trained keeps

@@ -104,7 +104,7 @@ def test_parallel_sweep_runs_two_jobs_at_once(tmp_path):
     logged = [line for line in result.stdout.splitlines() if line.startswith("[") and "][HYDRA]" not in line]
     assert logged and all(re.match(r"\[job [0-3]\]\[\d{4}-", line) for line in logged), logged[:3]
     for job in range(4):
-        assert sum(line.startswith(f"[job {job}]") and "run folder" in line for line in logged) == 1
+        assert sum(line.startswith(f"[job {job}]") and f"run folder {jobs[job]}" in line for line in logged) == 1
         own = (jobs[job] / "vae-train.log").read_text().splitlines()
         assert own[0].startswith("[20") and f"run folder {jobs[job]}" in own[-1], own[-1]
 

@@ -23,7 +23,7 @@ from vae_cli.interrupts import Interrupted, exit_status, say_last_line, stop_qui
 from vae_cli.process_exit import ExitWithoutTeardown
 
 # configs/ at the top of the repository is installed as the package vae_cli.configs (pyproject.toml).
-CONFIG_PATH = "pkg://vae_cli.configs"
+CONFIG_PATH = interrupts.VAE_CLI_CONFIGS  # "pkg://vae_cli.configs"
 EXIT_BAD_INPUT, EXIT_DIVERGED = 2, 3
 
 
@@ -334,16 +334,25 @@ def end_after_forwarded_stop(held: HeldStderr) -> None:
         raise SystemExit(exit_status(interrupts.FORWARDED[0]))
 
 
-def number_console_lines(hydra_cfg) -> None:
+class JobNumbered(logging.Formatter):
+    """Another formatter's lines, each started with a job's number: `[job 3][...`."""
+
+    def __init__(self, inner: logging.Formatter, job_num) -> None:
+        super().__init__()
+        self.inner, self.prefix = inner, f"[job {job_num}]"
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.prefix + self.inner.format(record)
+
+
+def number_console_lines(job_num) -> None:
     """hydra/launcher=parallel: the jobs' log lines interleave on one terminal, so each console line starts
-    with its job's number, `[job 3]`; the job's vae-train.log keeps Hydra's format. Hydra configures the
-    logging afresh for each job, from hydra.job_logging, whose format for the console this extends."""
-    logging_cfg = hydra_cfg.get("job_logging") or {}
-    name = ((logging_cfg.get("handlers") or {}).get("console") or {}).get("formatter")
-    fmt = ((logging_cfg.get("formatters") or {}).get(name) or {}).get("format") if name else None
-    for handler in logging.getLogger().handlers:  # the console's: a StreamHandler, not a FileHandler
-        if fmt and type(handler) is logging.StreamHandler:
-            handler.setFormatter(logging.Formatter(f"[job {hydra_cfg.job.num}]{fmt}"))
+    with its job's number; the job's vae-train.log keeps Hydra's format. Hydra sets the logging up afresh
+    for each job (hydra.job_logging); this wraps the console handlers' formatters as they are, whatever
+    they are (a user's colorlog, a '{' style)."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.setFormatter(JobNumbered(handler.formatter or logging.Formatter(), job_num))
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")
@@ -357,7 +366,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
         interrupts.SWEEP_RERUN = interrupts.sweep_rerun(hydra_cfg)
     parallel_worker = interrupts.in_parallel_worker(multirun)
     if parallel_worker:
-        number_console_lines(hydra_cfg)
+        number_console_lines(hydra_cfg.job.num)
         for signum in interrupts.STOP_SIGNALS:  # from here (torch's import too) to the end of its last job
             signal.signal(signum, interrupts.keep_stop_between_jobs)
     from vae_cli.loop import Diverged, Stopped  # imported here so that --help and bad overrides answer fast

@@ -174,6 +174,9 @@ def sweep_command(hydra_node) -> str:
     return shlex.join(["vae-train", "-m", *config_options(hydra_node), *task, *hydra, f"hydra.sweep.dir={folder}"])
 
 
+VAE_CLI_CONFIGS = "pkg://vae_cli.configs"  # vae-train's primary config source (cli.CONFIG_PATH): configs/, installed
+
+
 def config_options(hydra_node) -> list[str]:
     """The command's --config-path, --config-dir and --config-name, from what Hydra recorded of them in its
     node (the primary config's source and name, each --config-dir as a command-line source): without
@@ -182,9 +185,12 @@ def config_options(hydra_node) -> list[str]:
     runtime, job = hydra_node.get("runtime") or {}, hydra_node.get("job") or {}
     options = []
     for source in runtime.get("config_sources") or []:
-        if source.get("schema") == "file" and source.get("provider") in ("main", "command-line"):
-            flag = "--config-path" if source.get("provider") == "main" else "--config-dir"
-            options += [flag, str(Path(str(source.get("path"))).resolve())]
+        schema, path = source.get("schema"), str(source.get("path"))  # a file's path: absolute (Hydra's abspath)
+        where = path if schema == "file" else f"{schema}://{path}"
+        if source.get("provider") == "main" and where != VAE_CLI_CONFIGS:
+            options += ["--config-path", where]
+        elif source.get("provider") == "command-line":
+            options += ["--config-dir", where]
     if job.get("config_name") not in (None, "train"):
         options += ["--config-name", str(job.get("config_name"))]
     return options
