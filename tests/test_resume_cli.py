@@ -223,3 +223,31 @@ def test_a_job_the_scheduler_requeues_says_where_it_stopped_before_it_exits(tmp_
     assert result.returncode == 0 and result.stdout.strip().endswith("requeued"), result.stderr
     line = f"stopped by SIGUSR2 at step 6 of 28 (in epoch 1); checkpoint written; resume with: vae-train resume={run_dir}"
     assert result.stderr.strip().splitlines()[-1] == line
+
+
+@pytest.mark.slow
+def test_the_printed_resume_command_pastes_whatever_the_folders_name(tmp_path):
+    """A folder named like `run (copy), 2`: the command was printed unquoted, so a shell split it at the
+    space ('resume=/.../run: no such folder'), and Hydra read the comma as a sweep and '(' as an error."""
+    run_dir = tmp_path / "run (copy), 2"
+    command = [vae_train_exe(), *ARGS[:-1], OFTEN, f'hydra.run.dir="{run_dir}"']  # quoted for Hydra
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until_mid_epoch(process, run_dir)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 143, stderr
+    (line,) = [line for line in stderr.splitlines() if line.startswith("stopped by SIGTERM")]
+    resume = line.split("resume with: ")[1]
+    assert resume == json.loads((run_dir / "status.json").read_text())["resume_command"]
+    words = shlex.split(resume)  # what a shell hands vae-train
+    assert len(words) == 2, words
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    resumed = subprocess.run([vae_train_exe(), *words[1:], "epochs=3"], cwd=elsewhere, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming at step" in resumed.stdout + resumed.stderr
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "finished"

@@ -232,7 +232,7 @@ def main() -> None:
     resume = given(args, "resume")  # the last, as Hydra takes it
     if resume is not None and resume != "null":  # Hydra's run folder is the one being resumed
         try:
-            check_resume(resume, args)
+            check_resume(interrupts.hydra_unquoted(resume), args)
         except ConfigError as err:
             fail(err)
         sys.argv += [f"hydra.run.dir={resume}"]
@@ -412,7 +412,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
     except Interrupted as stop:
         line = f"stopped by {stop} outside a training step (no step lost)"
         if (run_dir / "checkpoint.pt").is_file():
-            line += f"; continue with: vae-train resume={run_dir.resolve()}"
+            line += f"; continue with: vae-train {interrupts.folder_override('resume', run_dir)}"
         elif not multirun:  # a sweep's job: the sweep's line follows
             line += "; continue with: the same command"
         say_last_line(line, error=False)
@@ -452,7 +452,7 @@ def check_same_job(run_dir: Path, overrides: list[str]) -> None:
                             for key in JOB_RESULT_KEYS if before.get(key) != now.get(key))
         raise ConfigError(f"{run_dir} holds this job number's run of an earlier command, with other settings "
                           f"({changed}); give this sweep its own folder (a new hydra.sweep.dir=...), or continue "
-                          f"that run alone: vae-train resume={run_dir.resolve()} "
+                          f"that run alone: vae-train {interrupts.folder_override('resume', run_dir)} "
                           f"{' '.join(f'{key}={value}' for key, value in now.items())}".strip())
 
 

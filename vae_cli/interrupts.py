@@ -168,10 +168,25 @@ def sweep_command(hydra_node) -> str:
         overrides = OmegaConf.to_container(hydra_node.overrides, resolve=False)  # as given: `${...}` kept
     hydra = [str(o) for o in overrides.get("hydra") or [] if not str(o).startswith(("hydra.sweep.dir=", "hydra.mode="))]
     task = [str(o) for o in overrides["task"] if str(o).lower() != "overwrite=true"]
-    folder = str(Path(str(hydra_node.sweep.dir)).resolve())
-    if any(char in folder for char in " ,()[]{}='\":\\"):  # quoted for Hydra's parser too: a comma made a sweep
-        folder = '"' + folder.replace('"', '\\"') + '"'  # then for the shell, in its single quotes
-    return shlex.join(["vae-train", "-m", *config_options(hydra_node), *task, *hydra, f"hydra.sweep.dir={folder}"])
+    command = shlex.join(["vae-train", "-m", *config_options(hydra_node), *task, *hydra])
+    return f"{command} {folder_override('hydra.sweep.dir', hydra_node.sweep.dir)}"
+
+
+def folder_override(key: str, folder) -> str:
+    """`key=FOLDER`, the folder absolute, as one word of a POSIX shell that Hydra reads as that folder: quoted
+    for Hydra's parser too where the path holds a character of its grammar (a comma made a sweep of two
+    folders, `(copy)` a parse error), then for the shell. hydra_unquoted reads it back."""
+    path = str(Path(str(folder)).resolve())
+    if any(char in path for char in " ,()[]{}='\":\\"):
+        path = '"' + path.replace('"', '\\"') + '"'
+    return shlex.quote(f"{key}={path}")
+
+
+def hydra_unquoted(value: str) -> str:
+    """An override's value as Hydra reads it, where quotes enclose it whole ("..." or '...'): unquoted."""
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+        return value[1:-1].replace("\\" + value[0], value[0])
+    return value
 
 
 VAE_CLI_CONFIGS = "pkg://vae_cli.configs"  # vae-train's primary config source (cli.CONFIG_PATH): configs/, installed

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vae_cli.checkpoint import START_AFRESH, load_checkpoint, write_json
 from vae_cli.errors import ConfigError
+from vae_cli.interrupts import folder_override
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,8 @@ def now() -> str:
 
 
 def resume_command(run_dir: Path) -> str:
-    return f"vae-train resume={Path(run_dir).resolve()}"
+    """The command that resumes the run in run_dir, to paste into a shell (the folder quoted as need be)."""
+    return f"vae-train {folder_override('resume', run_dir)}"
 
 
 class Status:
