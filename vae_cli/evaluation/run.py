@@ -138,7 +138,7 @@ def evaluate(model, data, test_x: torch.Tensor, settings: DictConfig, eval_seed:
     embedding = (means, data.test_y, to_unit(data.test_x).view(-1, *shape)) if settings.embedding else None
     figures = {f"test/{k}": v for k, v in test.items()} | {f"probe/{k}": v for k, v in probes.items()}
     log.info("test L_%d %.2f ± %.2f nats (a lower bound on log p(x)), ELBO %.2f, gap %.2f; %d active %s; "
-             "%.0f images x samples/s; evaluation %.1f s in all", settings.num_samples, test["L_K"],
+             "%.0f images x samples/s; the whole evaluation took %.1f s", settings.num_samples, test["L_K"],
              test["L_K_stderr"], test["elbo_L1"], test["posterior_gap"], test["active_units"],
              "unit" if test["active_units"] == 1 else "units", throughput, time.perf_counter() - start)
     if probes:  # per feature set (latent means, pixels) and labelled training images per class
