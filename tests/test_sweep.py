@@ -151,7 +151,7 @@ def test_vae_sweep_of_a_stopped_sweep_says_how_to_continue_it(tmp_path):
     assert result.returncode == 0, result.stderr
     # it cannot tell a stopped sweep from one still launching its jobs (the next loading, Slurm's queue)
     assert result.stdout.strip().splitlines()[-1] == (
-        "if the sweep's command has ended (its jobs too: squeue): to continue the sweep (finished jobs skipped, "
+        "if the sweep's command has ended (its jobs too): to continue the sweep (finished jobs skipped, "
         f"stopped ones resumed, the rest run), run: vae-train -m seed=0,1,2 hydra/launcher=parallel "
         f"hydra.sweep.dir={sweep}"), result.stdout
     assert "(3 jobs: 1 finished, 1 interrupted, 1 not started)" in result.stdout
@@ -159,8 +159,15 @@ def test_vae_sweep_of_a_stopped_sweep_says_how_to_continue_it(tmp_path):
     make_job(sweep, "1", ["seed=1"], "failed", error="seed=1 is refused")
     result = vae_sweep(sweep, "--no-plot")
     assert result.returncode == 1 and result.stdout.strip().splitlines()[-1].startswith(
-        "if the sweep's command has ended (its jobs too: squeue): change the failing value in the sweep's command "
+        "if the sweep's command has ended (its jobs too): change the failing value in the sweep's command "
         "and run it again: the failed job's folder takes"), result.stdout
+    # Slurm's jobs outlive the command that submitted them: the line says where to look (a local sweep's
+    # line named squeue too, a user review)
+    command = yaml.safe_load((sweep / "multirun.yaml").read_text())
+    command["hydra"]["launcher"] = {"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"}
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump(command))
+    result = vae_sweep(sweep, "--no-plot")
+    assert result.stdout.strip().splitlines()[-1].startswith("if the sweep's command has ended (its jobs too: squeue): ")
 
 
 def test_vae_sweep_counts_the_jobs_its_command_has_not_started(sweep):

@@ -513,7 +513,8 @@ def main(argv: list[str] | None = None) -> None:
     if hydra_node is not None and states & {"interrupted", "killed", NOT_STARTED} and "running" not in states:
         # a stopped sweep (fail_fast's too), as its own last line said; or one still launching its jobs (the
         # next one loading, Slurm's queue), which this process cannot tell from here
-        print("if the sweep's command has ended (its jobs too: squeue): "
+        on_slurm = "SlurmLauncher" in str((hydra_node.get("launcher") or {}).get("_target_", ""))
+        print(f"if the sweep's command has ended (its jobs too{': squeue' if on_slurm else ''}): "
               + interrupts.rerun_command(hydra_node, failed[0].folder if failed else None))
     if failed:
         print(failure_line(failed, len(summary.jobs), sweep_dir=sweep_dir), file=sys.stderr)
