@@ -620,7 +620,9 @@ def test_the_failure_line_names_jobs_with_the_same_error_once(tmp_path):
     line = failure_line([*bad, odd], 7, [refusal(0), refusal(1)], tmp_path)
     assert line == (
         "error: 5 of 7 jobs failed or were refused (each refused job's folder is left as it was: the summary shows "
-        "the run it holds): jobs 4, 5: beta=-1 is refused; job 6 (seed=6): diverged at step 3; jobs 0, 1 "
-        f"(JOB_FOLDER: {tmp_path.resolve()}/<job>): JOB_FOLDER holds this job number's run of an earlier command "
-        "(epochs: 2 -> 3); continue that run alone: vae-train resume=JOB_FOLDER epochs=3"), line
+        f"the run it holds): jobs 0, 1 (JOB_FOLDER: {tmp_path.resolve()}/<job>): JOB_FOLDER holds this job number's "
+        "run of an earlier command (epochs: 2 -> 3); continue that run alone: vae-train resume=JOB_FOLDER epochs=3; "
+        "jobs 4, 5: beta=-1 is refused; job 6 (seed=6): diverged at step 3"), line
+    # in the order of their numbers, whatever the summary's ranking (it listed 'jobs 2, 1', a user review)
+    assert failure_line([*reversed(bad), odd], 7).startswith("error: 3 of 7 jobs failed: jobs 4, 5: beta")
     assert failure_line([odd], 1) == "error: 1 of 1 jobs failed: job 6 (seed=6): diverged at step 3"

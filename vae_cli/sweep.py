@@ -234,12 +234,14 @@ def plot_objective(summary: Summary, path: Path) -> Path:
 
 def failure_line(failed: list[Job], total: int, refused: list[dict] = (), sweep_dir: Path | None = None) -> str:
     """One line naming the failed jobs (and the refused ones, recorded in sweep_dir), their overrides and
-    errors; jobs whose errors are the same but for their own folder (a re-run's refusals, a bad value of every
-    job) share one entry, JOB_FOLDER standing for each one's folder. A refused job's folder is left as it was, so
-    the summary printed before this line shows the run that folder holds."""
+    errors, in the order of their numbers; jobs whose errors are the same but for their own folder (a re-run's
+    refusals, a bad value of every job) share one entry, JOB_FOLDER standing for each one's folder. A refused
+    job's folder is left as it was, so the summary printed before this line shows the run that folder holds.
+    total: the jobs this command ran (a re-run skips the finished ones), or all of the sweep's (vae-sweep)."""
     entries = [(job.name, job.overrides, job.status.get("error") or job.state, job.folder) for job in failed]
     entries += [(str(r["job"]), r["overrides"], r["error"], sweep_dir / str(r["job"]) if sweep_dir else None)
                 for r in refused]
+    entries.sort(key=lambda entry: (0, int(entry[0]), "") if entry[0].isdigit() else (1, 0, entry[0]))  # by number
     groups: dict[str, list] = {}
     for name, overrides, error, folder in entries:
         general = error
