@@ -285,7 +285,7 @@ def test_the_datas_warnings_wait_for_the_whole_config_to_be_checked(tmp_path, mo
     assert not logging.getLogger("vae_cli.data").handlers and logging.getLogger("vae_cli.data").propagate
 
 
-def test_a_later_run_in_the_same_process_counts_its_start_up_from_its_own_start(tmp_path, caplog):
+def test_a_later_run_in_the_same_process_counts_its_start_up_from_its_own_start(tmp_path, caplog, monkeypatch):
     """A sweep's jobs share one process (the basic launcher): job 2's line said 'after 5.52 s from process
     start', the sweep's time so far rather than its own start-up (a review)."""
     caplog.set_level(logging.INFO, logger="vae_cli.train")
@@ -295,6 +295,17 @@ def test_a_later_run_in_the_same_process_counts_its_start_up_from_its_own_start(
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("first training step")]
     seconds = float(line.split("after ")[1].split(" s ")[0])
     assert line.endswith(" s from this job's start") and 0 < seconds < 60, line
+    # the process's first job skipped as finished (a sweep re-run): the next one's start-up is still its own
+    import vae_cli.train as train_module
+
+    runs = []  # as in a new process
+    monkeypatch.setattr(loop_module, "STARTED_RUNS", runs)
+    monkeypatch.setattr(train_module, "STARTED_RUNS", runs)
+    train(compose_config("debug=smoke", "~eval", "max_steps=1"), tmp_path / "first")
+    caplog.clear()
+    train(compose_config("debug=smoke", "~eval", "max_steps=1"), tmp_path / "third")
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("first training step")]
+    assert line.endswith(" s from this job's start"), line
 
 
 def test_the_evaluation_logs_how_long_it_took_what_eval_leaves_out(smoke_cfg, tmp_path, monkeypatch, caplog):

@@ -55,9 +55,10 @@ def seconds_since_process_start() -> float:
 
 
 IMPORTED_AT = time.perf_counter()
-# Runs whose first step this process has taken (a sweep's jobs share one process with the basic launcher):
-# after the first, the start-up line counts from the job's start, which the process's start no longer is.
-STEPPED_RUNS = []
+# The runs this process has begun (train.checked_run; a sweep's jobs share one process with the basic
+# launcher): after the first, whether it trained or not (a finished job skipped, a refused one), the
+# start-up line counts from the job's start, which the process's start no longer is.
+STARTED_RUNS = []
 
 
 class Loop:
@@ -118,12 +119,11 @@ class Loop:
                 x = self.next_batch()
                 means = self.train_step(x)
                 if first:
-                    if STEPPED_RUNS:
+                    if STARTED_RUNS[:-1]:  # a run before this one
                         log.info("first training step after %.2f s from this job's start",
                                  time.perf_counter() - self.job_start)
                     else:
                         log.info("first training step after %.2f s from process start", seconds_since_process_start())
-                    STEPPED_RUNS.append(self.run_dir)
                     first = False
                     opening = time.perf_counter()  # TensorBoard's writer (its imports), outside the epoch's clock
                     self.writer.open()
