@@ -345,6 +345,20 @@ class JobNumbered(logging.Formatter):
         return self.prefix + self.inner.format(record)
 
 
+def remove_unstarted(run_dir: Path) -> None:
+    """The folder Hydra made for a job that a stopping sweep does not start, where it holds nothing but an
+    empty log: removed (a parallel sweep stopped with 4 jobs queued left 4 such folders; the summary lists
+    those jobs as not started). A folder with anything else in it, an earlier command's job, stays."""
+    try:
+        files = list(run_dir.iterdir())
+        if files and all(f.suffix == ".log" and f.is_file() and f.stat().st_size == 0 for f in files):
+            for f in files:
+                f.unlink()
+            run_dir.rmdir()
+    except OSError:  # gone, or not ours to remove: left as it is
+        pass
+
+
 def number_console_lines(job_num) -> None:
     """hydra/launcher=parallel: the jobs' log lines interleave on one terminal, so each console line starts
     with its job's number; the job's vae-train.log keeps Hydra's format. Hydra sets the logging up afresh
@@ -373,6 +387,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
     from vae_cli.run_state import FolderInUse, Status, read_status, refused_before_training, run_files
     from vae_cli.sweep import record_refusal
     if interrupts.WORKER_STOP or (multirun and interrupts.FORWARDED):  # the sweep is stopping: start nothing
+        remove_unstarted(run_dir)
         return None
     try:
         if cfg.get("resume"):
