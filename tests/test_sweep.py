@@ -306,13 +306,16 @@ def test_the_rerun_command_names_a_primary_config_source_of_any_schema(tmp_path)
     assert shlex.split(sweep_command(node))[2:] == ["seed=0,1", f"hydra.sweep.dir={tmp_path}"]
 
 
-def test_parallel_jobs_number_their_console_lines_in_the_consoles_own_format(tmp_path):
+def test_parallel_jobs_number_their_console_lines_in_the_consoles_own_format(tmp_path, monkeypatch):
     """The prefix wraps the formatter Hydra installed: rebuilt from its format string, a '{' style printed
     its fields literally and colorlog's fields raised a logging error on every line (a review)."""
     import io
     import logging
 
+    from vae_cli import interrupts
     from vae_cli.cli import number_console_lines
+
+    monkeypatch.setattr(interrupts, "TERMINAL_PREFIX", "")  # restored after: number_console_lines sets it
 
     root, console = logging.getLogger(), io.StringIO()
     handlers = [logging.StreamHandler(console), logging.FileHandler(tmp_path / "vae-train.log")]
@@ -327,6 +330,7 @@ def test_parallel_jobs_number_their_console_lines_in_the_consoles_own_format(tmp
         handlers[1].close()
     assert console.getvalue() == "[job 3]<WARNING> epoch 2\n"
     assert (tmp_path / "vae-train.log").read_text() == "epoch 2\n"  # a job folder's log keeps its format
+    assert interrupts.TERMINAL_PREFIX == "[job 3] "  # the job's stop line, printed, names it too
 
 
 def test_after_a_failure_the_rerun_line_says_what_the_failed_jobs_folder_takes(tmp_path):

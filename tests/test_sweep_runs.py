@@ -440,6 +440,8 @@ def test_a_stopped_parallel_sweep_checkpoints_its_jobs_and_leaves_no_worker(tmp_
         assert (tmp_path / f"sweep/{name}/checkpoint.pt").is_file()
         assert status(tmp_path / f"sweep/{name}")["step"] > 0
     assert not (tmp_path / "sweep/2").exists()  # a queued job's folder held an empty log (a user review)
+    stops = [line for line in output.splitlines() if "stopped by SIGINT at step" in line]
+    assert sorted(line[:len("[job 0] stopped")] for line in stops) == ["[job 0] stopped", "[job 1] stopped"], stops
     assert "(3 jobs: 2 interrupted, 1 not started)" in output and "the rest run), run: vae-train -m " in output
     assert "error:" not in output
     deadline = time.monotonic() + 30

@@ -367,6 +367,7 @@ def number_console_lines(job_num) -> None:
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
             handler.setFormatter(JobNumbered(handler.formatter or logging.Formatter(), job_num))
+    interrupts.TERMINAL_PREFIX = f"[job {job_num}] "  # its stop line too
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="train")

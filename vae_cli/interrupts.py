@@ -118,7 +118,12 @@ def say_last_line(line: str, terminal: bool = True, error: bool = True) -> None:
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)
     if terminal:
-        print(line, file=sys.stderr, flush=True)
+        print(TERMINAL_PREFIX + line, file=sys.stderr, flush=True)
+
+
+# "[job 3] " while a parallel sweep's job runs (cli.number_console_lines): its last line on the shared terminal
+# names it, as its log lines do.
+TERMINAL_PREFIX = ""
 
 
 # Set by a sweep's first job (cli.py): between two jobs, the stop line says how to continue the sweep.
