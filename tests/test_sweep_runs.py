@@ -103,8 +103,10 @@ def test_parallel_sweep_runs_two_jobs_at_once(tmp_path):
     # the jobs' log lines interleave on the terminal: each names its job; each job folder's log is its own
     logged = [line for line in result.stdout.splitlines() if line.startswith("[") and "][HYDRA]" not in line]
     assert logged and all(re.match(r"\[job [0-3]\]\[\d{4}-", line) for line in logged), logged[:3]
+    finals = [line for line in logged if "run folder " in line]  # each job's last line, numbered as its folder
+    assert finals and all(line.startswith(f"[job {line.rsplit('/', 1)[1]}]") for line in finals), finals
     for job in range(4):
-        assert sum(line.startswith(f"[job {job}]") and f"run folder {jobs[job]}" in line for line in logged) == 1
+        assert any(line.startswith(f"[job {job}][") for line in logged), job
         own = (jobs[job] / "vae-train.log").read_text().splitlines()
         assert own[0].startswith("[20") and f"run folder {jobs[job]}" in own[-1], own[-1]
 

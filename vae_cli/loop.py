@@ -56,8 +56,8 @@ def seconds_since_process_start() -> float:
 
 IMPORTED_AT = time.perf_counter()
 # The runs this process has begun (train.checked_run; a sweep's jobs share one process with the basic
-# launcher): after the first, whether it trained or not (a finished job skipped, a refused one), the
-# start-up line counts from the job's start, which the process's start no longer is.
+# launcher): after the first, whether it trained or not (a finished job skipped, one whose settings were
+# refused), the start-up line counts from the job's start, which the process's start no longer is.
 STARTED_RUNS = []
 
 
