@@ -135,7 +135,7 @@ def test_same_seed_same_metrics_and_another_seed_differs(smoke_cfg, tmp_path):
 
 
 def test_batches_are_prepared_in_blocks_that_stop_at_the_epoch_not_at_max_steps(smoke_cfg, tmp_path,
-                                                                                monkeypatch):
+                                                                                monkeypatch, caplog):
     """PREPARE_AHEAD batches are binarized per call; a block never crosses an epoch's end, and is not cut
     at max_steps (its draws depend on its length: a run ended by max_steps would have trained on other
     batches than the uninterrupted run); each step trains on its own batch."""
@@ -148,8 +148,11 @@ def test_batches_are_prepared_in_blocks_that_stop_at_the_epoch_not_at_max_steps(
     monkeypatch.setattr(loop_module, "PREPARE_AHEAD", 3)
     monkeypatch.setattr(Bernoulli, "prepare_pixels", recording_prepare)
     monkeypatch.setattr(FusedReparamStep, "__call__", lambda self, x: trained.append(x) or fused_step(self, x))
-    metrics = train(smoke_cfg("max_steps=19", "~eval"), tmp_path)  # 14 steps of 32 images an epoch
+    with caplog.at_level("INFO"):
+        metrics = train(smoke_cfg("max_steps=19", "~eval"), tmp_path)  # 14 steps of 32 images an epoch
     assert metrics["step"] == 19 and len(trained) == 19
+    ends = [r.getMessage().split(":")[0] for r in caplog.records if "images/s" in r.getMessage()]
+    assert ends == ["epoch 1 step 14", "max_steps reached at step 19, partway through epoch 2 (5 of its 14 steps)"]
     # validation, test, the diagnostics batch: prepared once, before training
     assert [len(block) for block in pixels[:3]] == [51, 128, 16]
     # blocks of 3 batches of 32: 14 in epoch 1, 6 of epoch 2 (of which 5 are trained on)

@@ -272,9 +272,9 @@ class Loop:
         self.write_pictures(self.step)
         self.save()
         checked = f"val elbo {val['elbo']:.3f}" if val else "no validation split (data.val_fraction=0)"
-        where = (f"epoch {self.epoch}" if complete else
-                 f"max_steps in epoch {in_epoch} ({self.index} of its {self.steps_per_epoch} steps)")
-        log.info("%s step %d: %s, %.0f images/s", where, self.step, checked, self.images_per_sec or float("nan"))
+        where = (f"epoch {self.epoch} step {self.step}" if complete else f"max_steps reached at step {self.step}, "
+                 f"partway through epoch {in_epoch} ({self.index} of its {self.steps_per_epoch} steps)")
+        log.info("%s: %s, %.0f images/s", where, checked, self.images_per_sec or float("nan"))
 
     def validate(self) -> dict:
         cfg = self.cfg
