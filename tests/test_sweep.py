@@ -144,6 +144,8 @@ def test_vae_sweep_of_a_stopped_sweep_says_how_to_continue_it(tmp_path):
     sweep = tmp_path / "moved"  # a folder moved since: the command names where it is now
     make_job(sweep, "0", ["seed=0"], "finished", -150.0)
     make_job(sweep, "1", ["seed=1"], "interrupted", step=12)
+    # stopped as it started (a parallel sweep's job, a review): a folder with its log and no status.json
+    (make_job(sweep, "2", ["seed=2"], "interrupted") / "status.json").unlink()
     (sweep / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {
         "sweeper": {"_target_": BASIC_SWEEPER, "params": None}, "sweep": {"dir": "/elsewhere", "subdir": "${hydra.job.num}"},
         "overrides": {"hydra": ["hydra/launcher=parallel", "hydra.mode=MULTIRUN"], "task": ["seed=0,1,2"]}}}))
@@ -155,6 +157,13 @@ def test_vae_sweep_of_a_stopped_sweep_says_how_to_continue_it(tmp_path):
         f"stopped ones resumed, the rest run), run: vae-train -m seed=0,1,2 hydra/launcher=parallel "
         f"hydra.sweep.dir={sweep}"), result.stdout
     assert "(3 jobs: 1 finished, 1 interrupted, 1 not started)" in result.stdout
+    assert [(r["job"], r["state"], r["folder"]) for r in read_csv(sweep / "summary.csv")][2] == (
+        "2", "not started", str(sweep / "2"))
+    make_job(sweep, "1", ["seed=1"], "finished", -151.0)  # only the job stopped as it started is left to run
+    result = vae_sweep(sweep, "--no-plot")
+    assert "(3 jobs: 2 finished, 1 not started)" in result.stdout, result.stdout
+    assert result.stdout.strip().splitlines()[-1].startswith("if the sweep's command has ended (its jobs too): "
+                                                             "to continue the sweep"), result.stdout
     # stopped by fail_fast at a bad value: the line says where the changed value goes, as the sweep's did
     make_job(sweep, "1", ["seed=1"], "failed", error="seed=1 is refused")
     result = vae_sweep(sweep, "--no-plot")

@@ -36,7 +36,7 @@ def row(job: Job, keys: list[str]) -> dict:
         out[f"{name}_stderr"] = job.metrics.get(f"{name}_stderr")
     out.update(step=job.status.get("step"), total_steps=job.status.get("total_steps"),
                wall_seconds=job.status.get("wall_seconds"), error=job.status.get("error") or "",
-               folder=str(job.folder) if job.state != NOT_STARTED else "")
+               folder=str(job.folder) if job.folder.is_dir() else "")
     return out
 
 

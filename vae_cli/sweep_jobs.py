@@ -10,7 +10,9 @@ from pathlib import Path
 import yaml
 
 # Order of the states in the summary: finished jobs first (by objective), then the rest.
-NOT_STARTED = "not started"  # a job the sweep's command plans whose folder holds none (sweep.not_started)
+# A job the sweep's command plans whose folder holds none (sweep.not_started), or whose folder has no
+# status.json: stopped or failed before its training began (its vae-train.log says why), or starting now
+NOT_STARTED = "not started"
 STATE_RANK = {"finished": 0, "running": 1, "interrupted": 2, "killed": 3, "failed": 4, NOT_STARTED: 5}
 DEFAULT_OBJECTIVE = ("val/elbo", "maximize")
 
@@ -30,7 +32,7 @@ class Job:
     def state(self) -> str:
         """status.json's state; "killed" where it says running but its process, on this host, is gone
         (SIGKILL, out of memory): it resumes from its last checkpoint like an interrupted one."""
-        state = self.status.get("state") or "no status.json"
+        state = self.status.get("state") or NOT_STARTED
         return "killed" if state == "running" and process_gone(self.status) else state
 
     @property
