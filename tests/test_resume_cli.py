@@ -251,3 +251,13 @@ def test_the_printed_resume_command_pastes_whatever_the_folders_name(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming at step" in resumed.stdout + resumed.stderr
     assert json.loads((run_dir / "status.json").read_text())["state"] == "finished"
+
+
+def test_resume_reads_the_folder_as_hydra_does():
+    """Hydra's escapes and quotes are undone before the folder is checked: `resume=/x/run\\ \\(copy\\)` was
+    refused as 'no such folder' (the raw string), where Hydra reads the folder /x/run (copy) (a review)."""
+    from vae_cli.cli import given_path
+
+    for spelled in (r"/x/run\ \(copy\)\,\ 2", '"/x/run (copy), 2"', "'/x/run (copy), 2'"):
+        assert given_path([f"resume={spelled}"], "resume") == "/x/run (copy), 2", spelled
+    assert given_path(["resume=/x/a", "resume=null"], "resume") is None and given_path([], "resume") is None

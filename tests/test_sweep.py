@@ -6,6 +6,7 @@ import os
 import shutil
 import shlex
 import socket
+import string
 import subprocess
 import sys
 import time
@@ -287,12 +288,19 @@ def test_the_rerun_command_quotes_the_sweep_folder_for_hydra_too(tmp_path):
     folders, and `(copy)` as a parse error (a review)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from vae_cli.interrupts import sweep_command
+    from vae_cli.interrupts import hydra_value, sweep_command
 
-    for name in ("a,b", "run (copy)", "it's", 'q"uote', "k=v[1]"):
+    # every printable character but the separator (`R&D`, `run #2` and `~` were parse errors, a review), and
+    # backslashes before a quote or at the end (doubled inside Hydra's quotes)
+    names = [f"a{char}b" for char in string.printable.strip() if char != "/"]
+    for name in [*names, "a,b", "run (copy)", "it's", 'q"uote', "k=v[1]", "x\\", 'a\\"b', "a b\\\\"]:
         node = OmegaConf.create({"sweep": {"dir": str(tmp_path / name)}, "overrides": {"task": ["seed=0,1"]}})
         (override,) = OverridesParser.create().parse_overrides(shlex.split(sweep_command(node))[-1:])
         assert not override.is_sweep_override() and override.value() == str(tmp_path / name), name
+        assert hydra_value("hydra.sweep.dir", shlex.split(sweep_command(node))[-1].split("=", 1)[1]) == str(
+            tmp_path / name)
+    # in Hydra's quotes, the two backslashes at the end doubled
+    assert shlex.split(sweep_command(node))[-1] == f'hydra.sweep.dir="{tmp_path}/a b' + 4 * "\\" + '"'
 
 
 def test_the_rerun_command_names_a_primary_config_source_of_any_schema(tmp_path):
@@ -334,11 +342,12 @@ def test_parallel_jobs_number_their_console_lines_in_the_consoles_own_format(tmp
     try:
         number_console_lines(3)
         logging.getLogger("vae_cli.train").warning("epoch %d", 2)
+        logging.getLogger("vae_cli.train").warning("two\nlines")  # each numbered (a review: the second was not)
     finally:
         root.handlers[:] = saved
         handlers[1].close()
-    assert console.getvalue() == "[job 3]<WARNING> epoch 2\n"
-    assert (tmp_path / "vae-train.log").read_text() == "epoch 2\n"  # a job folder's log keeps its format
+    assert console.getvalue() == "[job 3]<WARNING> epoch 2\n[job 3]<WARNING> two\n[job 3]lines\n"
+    assert (tmp_path / "vae-train.log").read_text() == "epoch 2\ntwo\nlines\n"  # a job folder's log keeps its format
     assert interrupts.TERMINAL_PREFIX == "[job 3] "  # the job's stop line, printed, names it too
 
 
@@ -598,7 +607,11 @@ def test_a_relative_sweep_folder_for_ray_is_made_absolute_from_the_launch_folder
     args = ["-m", "hydra/launcher=ray_jobs", "hydra.sweep.dir=rel/r3", "seed=0,1"]
     assert absolute_sweep_dir_for_ray(args) == ["-m", "hydra/launcher=ray_jobs", f"hydra.sweep.dir={tmp_path}/rel/r3",
                                                 "seed=0,1"]
-    kept = ["-m", "hydra/launcher=ray_jobs", "hydra.sweep.dir=/abs/r3", "hydra.sweep.dir=${launch_dir:}/x"]
+    # quoted for Hydra (a review: the quotes were kept inside the path, `{tmp_path}/"rel/R&D 1"`)
+    args = ["-m", "hydra/launcher=ray_jobs", 'hydra.sweep.dir="rel/R&D 1"']
+    assert absolute_sweep_dir_for_ray(args)[-1] == f'hydra.sweep.dir="{tmp_path}/rel/R&D 1"'
+    kept = ["-m", "hydra/launcher=ray_jobs", "hydra.sweep.dir=/abs/r3", "hydra.sweep.dir=${launch_dir:}/x",
+            "hydra.sweep.dir='/abs/R&D 1'"]
     assert absolute_sweep_dir_for_ray(kept) == kept
     assert absolute_sweep_dir_for_ray(["-m", "hydra.sweep.dir=rel"]) == ["-m", "hydra.sweep.dir=rel"]  # local jobs
 
@@ -639,3 +652,17 @@ def test_the_failure_line_names_jobs_with_the_same_error_once(tmp_path):
     # in the order of their numbers, whatever the summary's ranking (it listed 'jobs 2, 1', a user review)
     assert failure_line([*reversed(bad), odd], 7).startswith("error: 3 of 7 jobs failed: jobs 4, 5: beta")
     assert failure_line([odd], 1) == "error: 1 of 1 jobs failed: job 6 (seed=6): diverged at step 3"
+
+
+def test_a_job_folder_a_stopping_sweep_made_but_never_used_is_removed(tmp_path):
+    """What Hydra makes for a job the stopping sweep does not start, an empty log or (with a job_logging that
+    writes no file) nothing, goes; a folder holding anything more stays."""
+    from vae_cli.cli import remove_unstarted
+
+    for name, files in {"empty": {}, "log": {"vae-train.log": ""}, "said": {"vae-train.log": "stopped"},
+                        "earlier": {"vae-train.log": "", "status.json": "{}"}}.items():
+        (tmp_path / name).mkdir()
+        for file, text in files.items():
+            (tmp_path / name / file).write_text(text)
+        remove_unstarted(tmp_path / name)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["earlier", "said"]

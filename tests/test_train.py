@@ -301,10 +301,9 @@ def test_a_later_run_in_the_same_process_counts_its_start_up_from_its_own_start(
     # the process's first job skipped as finished (a sweep re-run): the next one's start-up is still its own
     import vae_cli.train as train_module
 
-    runs = []  # as in a new process
-    monkeypatch.setattr(loop_module, "STARTED_RUNS", runs)
-    monkeypatch.setattr(train_module, "STARTED_RUNS", runs)
+    monkeypatch.setattr(train_module, "RUN_BEGUN", False)  # as in a new process
     train(compose_config("debug=smoke", "~eval", "max_steps=1"), tmp_path / "first")
+    assert "is finished (metrics.json); not trained again" in caplog.text  # skipped: it takes no step
     caplog.clear()
     train(compose_config("debug=smoke", "~eval", "max_steps=1"), tmp_path / "third")
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("first training step")]

@@ -174,8 +174,10 @@ def absolute_sweep_dir_for_ray(args: list[str]) -> list[str]:
     made = []
     for arg in args:
         key, _, value = arg.partition("=")
-        if key == "hydra.sweep.dir" and value and "${" not in value and not Path(value).expanduser().is_absolute():
-            arg = f"{key}={Path.cwd() / value}"
+        if key == "hydra.sweep.dir" and value and "${" not in value:
+            folder = interrupts.hydra_value(key, value)  # quotes undone
+            if isinstance(folder, str) and not Path(folder).expanduser().is_absolute():
+                arg = f"{key}={interrupts.hydra_quoted(str(Path.cwd() / folder))}"
         made.append(arg)
     return made
 
@@ -224,7 +226,7 @@ def main() -> None:
     if search:
         fail(ConfigError(search))
     for key in ("hydra.run.dir", "hydra.sweep.dir"):  # a file there: Hydra's FileExistsError, two tracebacks
-        folder = given(args, key)
+        folder = given_path(args, key)
         if folder is not None and Path(folder).expanduser().exists() and not Path(folder).expanduser().is_dir():
             fail(ConfigError(f"{key}={folder} is a file, not a folder; give a folder for the "
                              f"{'run' if key == 'hydra.run.dir' else 'sweep'}'s files"))
@@ -232,7 +234,7 @@ def main() -> None:
     resume = given(args, "resume")  # the last, as Hydra takes it
     if resume is not None and resume != "null":  # Hydra's run folder is the one being resumed
         try:
-            check_resume(interrupts.hydra_unquoted(resume), args)
+            check_resume(given_path(args, "resume"), args)
         except ConfigError as err:
             fail(err)
         sys.argv += [f"hydra.run.dir={resume}"]
@@ -335,23 +337,24 @@ def end_after_forwarded_stop(held: HeldStderr) -> None:
 
 
 class JobNumbered(logging.Formatter):
-    """Another formatter's lines, each started with a job's number: `[job 3][...`."""
+    """Another formatter's lines, each started with a job's number: `[job 3][...` (a traceback's too)."""
 
     def __init__(self, inner: logging.Formatter, job_num) -> None:
         super().__init__()
         self.inner, self.prefix = inner, f"[job {job_num}]"
 
     def format(self, record: logging.LogRecord) -> str:
-        return self.prefix + self.inner.format(record)
+        return "\n".join(self.prefix + line for line in self.inner.format(record).split("\n"))
 
 
 def remove_unstarted(run_dir: Path) -> None:
     """The folder Hydra made for a job that a stopping sweep does not start, where it holds nothing but an
-    empty log: removed (a parallel sweep stopped with 4 jobs queued left 4 such folders; the summary lists
-    those jobs as not started). A folder with anything else in it, an earlier command's job, stays."""
+    empty log, or nothing (a job_logging that writes no file): removed (a parallel sweep stopped with 4 jobs
+    queued left 4 such folders; the summary lists those jobs as not started). A folder with anything else in
+    it, an earlier command's job, stays."""
     try:
         files = list(run_dir.iterdir())
-        if files and all(f.suffix == ".log" and f.is_file() and f.stat().st_size == 0 for f in files):
+        if all(f.suffix == ".log" and f.is_file() and f.stat().st_size == 0 for f in files):
             for f in files:
                 f.unlink()
             run_dir.rmdir()
@@ -529,13 +532,20 @@ def given(args: list[str], key: str) -> str | None:
     return values[-1] if values else None
 
 
+def given_path(args: list[str], key: str) -> str | None:
+    """given()'s folder as Hydra reads it (`"/runs/R&D"` is /runs/R&D); None where none is given, or null."""
+    value = given(args, key)
+    folder = interrupts.hydra_value(key, value) if value is not None else None
+    return None if folder is None else str(folder)
+
+
 def search_problem(args: list[str], multirun: bool) -> str | None:
     """What is wrong with an Optuna study (hparams_search=NAME) on this command line, in one line, or None:
     - without -m: the search's sweeper takes part in multiruns only, so it would train one run of the
       defaults, saying nothing;
     - into a hydra.sweep.dir that holds an earlier command's jobs: each command numbers its trials' folders
       from 0, so every trial was refused as another run's and recorded in the study as failed."""
-    search, folder = given(args, "hparams_search"), given(args, "hydra.sweep.dir")
+    search, folder = given(args, "hparams_search"), given_path(args, "hydra.sweep.dir")
     if search is None or search == "null":
         return None
     if not multirun:

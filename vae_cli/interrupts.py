@@ -1,6 +1,7 @@
 """Stop signals (Ctrl-C, a scheduler's SIGTERM, Slurm's SIGUSR1/2) turned into a checkpoint and a clean exit."""
 import contextlib
 import os
+import re
 import shlex
 import signal
 import sys
@@ -179,19 +180,32 @@ def sweep_command(hydra_node) -> str:
 
 def folder_override(key: str, folder) -> str:
     """`key=FOLDER`, the folder absolute, as one word of a POSIX shell that Hydra reads as that folder: quoted
-    for Hydra's parser too where the path holds a character of its grammar (a comma made a sweep of two
-    folders, `(copy)` a parse error), then for the shell. hydra_unquoted reads it back."""
-    path = str(Path(str(folder)).resolve())
-    if any(char in path for char in " ,()[]{}='\":\\"):
-        path = '"' + path.replace('"', '\\"') + '"'
-    return shlex.quote(f"{key}={path}")
+    for the shell, and first for Hydra where the path holds more than letters, digits and `_./+-` (a comma
+    made a sweep of two folders, `(copy)` or `R&D` a parse error). hydra_value reads it back."""
+    return shlex.quote(f"{key}={hydra_quoted(str(Path(str(folder)).resolve()))}")
 
 
-def hydra_unquoted(value: str) -> str:
-    """An override's value as Hydra reads it, where quotes enclose it whole ("..." or '...'): unquoted."""
-    if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-        return value[1:-1].replace("\\" + value[0], value[0])
-    return value
+def hydra_quoted(path: str) -> str:
+    """path as a value of a Hydra override: as it is where plainly safe, else in Hydra's double quotes
+    (its own QuotedString: quotes, and backslashes before them, escaped)."""
+    if re.fullmatch(r"[\w./+-]+", path):
+        return path
+    from hydra.core.override_parser.types import Quote, QuotedString  # noqa: PLC0415 - only for such a path
+
+    return QuotedString(text=path, quote=Quote.double).with_quotes()
+
+
+def hydra_value(key: str, value: str):
+    """The value of a command line's `key=value` as Hydra reads it (quotes and escapes undone: a path, a
+    number, None for null); value itself where Hydra cannot parse it (Hydra then says why)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser  # noqa: PLC0415
+    from hydra.errors import HydraException  # noqa: PLC0415
+
+    try:
+        override = OverridesParser.create().parse_override(f"{key}={value}")
+    except HydraException:
+        return value
+    return value if override.is_sweep_override() else override.value()
 
 
 VAE_CLI_CONFIGS = "pkg://vae_cli.configs"  # vae-train's primary config source (cli.CONFIG_PATH): configs/, installed
@@ -341,7 +355,11 @@ def cluster_launcher() -> str | None:
     """"slurm" or "ray" when this process launched a sweep whose jobs run on a cluster (the sweep noted by
     vae_cli.sweep's callback in this process); else None."""
     sweep = sys.modules.get("vae_cli.sweep")
-    hydra_node = sweep.FOUND.get("hydra") if sweep is not None else None
+    return launcher_kind(sweep.FOUND.get("hydra") if sweep is not None else None)
+
+
+def launcher_kind(hydra_node) -> str | None:
+    """"slurm" or "ray" where a sweep's `hydra` node names a launcher whose jobs run on a cluster; else None."""
     target = str((hydra_node.get("launcher") or {}).get("_target_", "")).lower() if hydra_node else ""
     return "slurm" if "slurmlauncher" in target else "ray" if "raylauncher" in target else None
 

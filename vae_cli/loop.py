@@ -55,10 +55,6 @@ def seconds_since_process_start() -> float:
 
 
 IMPORTED_AT = time.perf_counter()
-# The runs this process has begun (train.checked_run; a sweep's jobs share one process with the basic
-# launcher): after the first, whether it trained or not (a finished job skipped, one whose settings were
-# refused), the start-up line counts from the job's start, which the process's start no longer is.
-STARTED_RUNS = []
 
 
 class Loop:
@@ -68,8 +64,9 @@ class Loop:
     resumed run takes exactly the steps the uninterrupted run would have taken."""
 
     def __init__(self, cfg, run_dir: Path, data, model, estimator, optimizer, scheduler, train_step, device,
-                 state: dict | None, job_start: float):
-        self.job_start = job_start  # perf_counter() as train() began
+                 state: dict | None, job_start: float | None):
+        # perf_counter() as train() began, where the start-up line counts from it; None: from process start
+        self.job_start = job_start
         self.cfg, self.run_dir, self.data, self.device = cfg, run_dir, data, device
         self.model, self.estimator, self.optimizer, self.scheduler = model, estimator, optimizer, scheduler
         self.train_step, self.likelihood = train_step, model.likelihood
@@ -119,7 +116,7 @@ class Loop:
                 x = self.next_batch()
                 means = self.train_step(x)
                 if first:
-                    if STARTED_RUNS[:-1]:  # a run before this one
+                    if self.job_start is not None:
                         log.info("first training step after %.2f s from this job's start",
                                  time.perf_counter() - self.job_start)
                     else:

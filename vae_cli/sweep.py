@@ -515,7 +515,7 @@ def main(argv: list[str] | None = None) -> None:
     if hydra_node is not None and states & {"interrupted", "killed", NOT_STARTED} and "running" not in states:
         # a stopped sweep (fail_fast's too), as its own last line said; or one still launching its jobs (the
         # next one loading, Slurm's queue), which this process cannot tell from here
-        on_slurm = "SlurmLauncher" in str((hydra_node.get("launcher") or {}).get("_target_", ""))
+        on_slurm = interrupts.launcher_kind(hydra_node) == "slurm"
         print(f"if the sweep's command has ended (its jobs too{': squeue' if on_slurm else ''}): "
               + interrupts.rerun_command(hydra_node, failed[0].folder if failed else None))
     if failed:

@@ -18,7 +18,7 @@ from vae_cli.estimators.terms import TERM_NAMES
 from vae_cli.estimators.train_step import make_train_step
 from vae_cli.eval_data import check_eval_settings, with_error
 from vae_cli.interrupts import StopSignals, say_last_line, stop_after_the_run
-from vae_cli.loop import STARTED_RUNS, Diverged, Loop, Stopped
+from vae_cli.loop import Diverged, Loop, Stopped
 from vae_cli.run_end import finish
 from vae_cli.run_state import (CHECKPOINT, METRICS, Status, data_base, plan_run, remove_run_files,
                                remove_temporary_files, run_files, run_lock, with_data_paths_from)
@@ -99,9 +99,16 @@ def train(cfg: DictConfig, run_dir: str | Path, on_start=None) -> dict:
     return metrics
 
 
+# Whether this process has begun a run (a sweep's jobs share one process with the basic launcher): after
+# the first, whether it trained or not (a finished job skipped, one whose settings were refused), the
+# start-up line counts from the job's start, which the process's start no longer is.
+RUN_BEGUN = False
+
+
 def checked_run(cfg: DictConfig, run_dir: Path, on_start, signals: StopSignals) -> dict:
-    job_start = time.perf_counter()
-    STARTED_RUNS.append(run_dir)
+    global RUN_BEGUN
+    job_start = time.perf_counter() if RUN_BEGUN else None  # None: the start-up counts from process start
+    RUN_BEGUN = True
     check_settings(cfg)
     remove_temporary_files(run_dir)  # the lock is held: no other vae-train writes them
     plan = plan_run(run_dir, cfg)
