@@ -290,10 +290,10 @@ def test_the_rerun_command_quotes_the_sweep_folder_for_hydra_too(tmp_path):
 
     from vae_cli.interrupts import hydra_value, sweep_command
 
-    # every printable character but the separator (`R&D`, `run #2` and `~` were parse errors, a review), and
-    # backslashes before a quote or at the end (doubled inside Hydra's quotes)
+    # every printable character but the separator (`R&D`, `run #2` and `~` were parse errors, a review),
+    # backslashes before a quote or at the end (doubled inside Hydra's quotes), letters beyond ASCII
     names = [f"a{char}b" for char in string.printable.strip() if char != "/"]
-    for name in [*names, "a,b", "run (copy)", "it's", 'q"uote', "k=v[1]", "x\\", 'a\\"b', "a b\\\\"]:
+    for name in [*names, "a,b", "run (copy)", "it's", 'q"uote', "k=v[1]", "x\\", 'a\\"b', "é", "日本", "a b\\\\"]:
         node = OmegaConf.create({"sweep": {"dir": str(tmp_path / name)}, "overrides": {"task": ["seed=0,1"]}})
         (override,) = OverridesParser.create().parse_overrides(shlex.split(sweep_command(node))[-1:])
         assert not override.is_sweep_override() and override.value() == str(tmp_path / name), name

@@ -188,7 +188,7 @@ def folder_override(key: str, folder) -> str:
 def hydra_quoted(path: str) -> str:
     """path as a value of a Hydra override: as it is where plainly safe, else in Hydra's double quotes
     (its own QuotedString: quotes, and backslashes before them, escaped)."""
-    if re.fullmatch(r"[\w./+-]+", path):
+    if re.fullmatch(r"[A-Za-z0-9_./+-]+", path):  # ASCII: Hydra reads no other letter unquoted
         return path
     from hydra.core.override_parser.types import Quote, QuotedString  # noqa: PLC0415 - only for such a path
 
