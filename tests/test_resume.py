@@ -231,13 +231,22 @@ def script_validation(monkeypatch):
     return scripted
 
 
-def test_a_run_stopped_early_goes_on_when_resumed_with_a_larger_patience(tmp_path, monkeypatch):
+def test_a_run_stopped_early_goes_on_when_resumed_with_a_larger_patience(tmp_path, monkeypatch, caplog):
     """patience=1 ends the run after epoch 3 (epoch 2 was the best); resumed with patience=3 it trains
     epochs 4 and 5 as a run with patience=3 from the start does (it was reported finished, untrained)."""
     scripted = script_validation(monkeypatch)
     scripted.values = iter([-50.0, -40.0, -45.0])
     stopped = train(smoke("~eval", "epochs=5", "early_stopping.patience=1"), tmp_path / "run")
     assert (stopped["epoch"], stopped["best/epoch"]) == (3, 2)
+    # more epochs under the same patience: finished, and the line says what continues it (a user review: it
+    # said only 'finished'); none where the command asks for no more steps
+    hint = "early stopping ended it (early_stopping.patience=1): a larger patience, or early_stopping.patience=null"
+    for epochs, said in ((6, True), (3, False)):
+        caplog.clear()
+        with caplog.at_level("INFO"):
+            assert train(smoke("~eval", f"epochs={epochs}", "early_stopping.patience=1"), tmp_path / "run") == stopped
+        (line,) = [r.getMessage() for r in caplog.records if "is finished (metrics.json)" in r.getMessage()]
+        assert (hint in line) == said, line
     scripted.values = iter([-46.0, -30.0])
     resumed = train(smoke("~eval", "epochs=5", "early_stopping.patience=3"), tmp_path / "run")
     scripted.values = iter([-50.0, -40.0, -45.0, -46.0, -30.0])

@@ -193,6 +193,7 @@ class Plan:
     action: str  # "fresh" | "resume" | "finished"
     state: dict | None = None  # the last checkpoint, for resume
     metrics: dict | None = None  # for finished
+    why: str = ""  # for finished: what keeps the run from more steps where the command asked for them
 
 
 def plan_run(run_dir: Path, cfg: DictConfig) -> Plan:
@@ -238,7 +239,7 @@ def plan_run(run_dir: Path, cfg: DictConfig) -> Plan:
         if not isinstance(metrics, dict):  # damaged: the run resumes, which computes its figures again
             log.warning("%s is unreadable; the run's figures are computed again from its checkpoint", metrics_path)
         elif state.get("training_done") and not wants_more_steps(state, cfg):
-            return Plan("finished", metrics=metrics)
+            return Plan("finished", metrics=metrics, why=early_stop_note(state, cfg))
     return Plan("resume", state=state)
 
 
@@ -259,6 +260,16 @@ def wants_more_steps(state: dict, cfg: DictConfig) -> bool:
         steps = min(steps, cfg.max_steps)
     return steps > state["step"] and not still_stopped_early(
         state.get("stopped_early", False), state["loop"]["bad_epochs"], cfg.early_stopping.patience)
+
+
+def early_stop_note(state: dict, cfg: DictConfig) -> str:
+    """Where the command asks for more steps than a run that early stopping ended took: how to get them
+    (a user asked for epochs=45 of such a run and was told only that it is finished); else ""."""
+    steps = state["steps_per_epoch"] * cfg.epochs if cfg.max_steps is None else cfg.max_steps
+    if not state.get("stopped_early") or steps <= state["step"]:
+        return ""
+    return (f"; early stopping ended it (early_stopping.patience={cfg.early_stopping.patience}): a larger "
+            "patience, or early_stopping.patience=null, continues it")
 
 
 def still_stopped_early(stopped_early: bool, bad_epochs: int, patience: int | None) -> bool:

@@ -113,7 +113,8 @@ def checked_run(cfg: DictConfig, run_dir: Path, on_start, signals: StopSignals) 
     remove_temporary_files(run_dir)  # the lock is held: no other vae-train writes them
     plan = plan_run(run_dir, cfg)
     if plan.action == "finished":
-        log.info("%s is finished (metrics.json); not trained again: %s", run_dir, summary_line(plan.metrics))
+        log.info("%s is finished (metrics.json); not trained again: %s%s", run_dir, summary_line(plan.metrics),
+                 plan.why)
         return plan.metrics
     threads = use_threads(cfg.threads)
     seed_everything(cfg.seed)
