@@ -235,6 +235,10 @@ RESUME_CASES = [
     ("resume=empty", ["resume=empty: no checkpoint.pt there"]),  # a failed run was recorded in the user's folder
     ("resume=busy", ["busy is in use by another vae-train"]),  # said "no checkpoint.pt" before its first one
     ("resume=empty overwrite=true", ["overwrite=true deletes it; give one of them"]),  # it started afresh
+    # it extended the run in resume's folder, ignoring the other (a user review)
+    ("resume=empty hydra.run.dir=elsewhere", ["continues the run in its own folder, not in hydra.run.dir=elsewhere"]),
+    # a run that died before its first checkpoint: 'pass the folder of a run started by vae-train' (a review)
+    ("resume=died", ["the run there ended before its first checkpoint", "overwrite=true"]),
 ]
 
 
@@ -243,6 +247,8 @@ def test_a_bad_resume_folder_is_refused_before_anything_is_written(arguments, wo
     (tmp_path / "a_file").write_text("")
     (tmp_path / "empty").mkdir()
     (tmp_path / "busy").mkdir()
+    (tmp_path / "died").mkdir()
+    (tmp_path / "died" / "status.json").write_text('{"state": "failed"}')
     before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
     with run_lock(tmp_path / "busy"):  # as a run before its first checkpoint holds it
         result = run_cli(*arguments.split(" "), cwd=tmp_path)

@@ -299,9 +299,18 @@ def check_resume(folder: str, args: list[str]) -> None:
         raise ConfigError(f"resume={folder} is a file; pass its folder: resume={path.parent}")
     if not path.is_dir():
         raise ConfigError(f"resume={folder}: no such folder; {hint}")
+    run_dir = given_path(args, "hydra.run.dir")  # a user review: it was ignored, and the run extended in place
+    if run_dir is not None and Path(run_dir).expanduser().resolve() != path.resolve():
+        raise ConfigError(f"resume={folder} continues the run in its own folder, not in hydra.run.dir={run_dir}: "
+                          f"leave hydra.run.dir out (to keep the run as it is, copy its folder to {run_dir} and "
+                          "resume the copy)")
     with run_lock(path):  # FolderInUse: another vae-train runs there (perhaps before its first checkpoint)
         pass
     if not (path / CHECKPOINT).is_file():
+        if (path / "status.json").is_file():  # a run that failed, or was stopped, before its first checkpoint
+            raise ConfigError(f"resume={folder}: the run there ended before its first checkpoint, so there is "
+                              "nothing to resume; start it afresh: its command again with overwrite=true and "
+                              f"hydra.run.dir={folder} (its vae-train.log says why it ended)")
         raise ConfigError(f"resume={folder}: no checkpoint.pt there, so nothing to resume; {hint}")
     if not os.access(path, os.W_OK):  # a read-only mount: Hydra's log file was the first thing to fail
         raise ConfigError(f"resume={folder}: the folder cannot be written (read-only?), and a resumed run writes its "
