@@ -273,7 +273,10 @@ def test_missing_folder_and_bad_override_are_one_line_errors(smoke_run, tmp_path
                           ([str(smoke_run[0]), "--cfg", "job"], "--cfg: vae-eval takes key=value settings"),
                           ([str(smoke_run[0]), "eval.num_samples=0"], "eval.num_samples=0 must be"),
                           ([str(smoke_run[0]), "threads=0"], "threads=0"),
-                          (["eval.num_samples=5"], "first argument must be the run folder")):
+                          (["eval.num_samples=5"], "first argument must be the run folder"),
+                          # a glob: a raw 'LexerNoViableAltException' (a user review)
+                          ([str(smoke_run[0]), str(smoke_run[0]), "checkpoint=last"],
+                           f"vae-eval evaluates one run folder, and {smoke_run[0]} is another")):
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
         assert exit_info.value.code == 2

@@ -109,6 +109,10 @@ def main(argv: list[str] | None = None) -> None:
                 raise ConfigError(f"the first argument must be the run folder, not {run_dir!r}; "
                                   "usage: vae-eval RUN_FOLDER [key=value ...]")
             run_dir, overrides = named_checkpoint(run_dir, overrides)
+            folders = [arg for arg in overrides if "=" not in arg and Path(arg).exists()]
+            if folders:  # a glob, outputs/*/*: Hydra's parser said 'LexerNoViableAltException' (a user review)
+                raise ConfigError(f"vae-eval evaluates one run folder, and {folders[0]} is another; run it once per "
+                                  "folder (for f in outputs/*/*; do vae-eval \"$f\"; done)")
             flags = [arg for arg in overrides if arg.startswith("-")]
             if flags:
                 raise ConfigError(f"{flags[0]}: vae-eval takes key=value settings after the run folder, no "
