@@ -474,6 +474,25 @@ def test_vae_sweep_of_a_job_folder_names_its_sweep_and_writes_nothing(sweep):
     assert not list((sweep / "1").glob("summary.*"))  # they were written there before the refusal
 
 
+def test_vae_sweep_leaves_single_runs_out(tmp_path):
+    """A run of vae-train without -m (Hydra's record: mode RUN) is no sweep's job: vae-sweep on its folder
+    named the date folder above it as 'the sweep', and on outputs/ ranked unrelated runs as one (a review)."""
+    outputs = tmp_path / "outputs"
+    single = make_job(outputs / "2026-12-03", "18-08-56", ["likelihood=gaussian"], "finished", 1314.0)
+    (single / ".hydra" / "hydra.yaml").write_text("hydra:\n  run:\n    dir: x\n  mode: RUN\n")
+    job = make_job(outputs / "multirun" / "2026-12-03" / "18-10-00", "0", ["seed=0"], "finished", -150.0)
+    (job / ".hydra" / "hydra.yaml").write_text("hydra:\n  mode: MULTIRUN\n")
+    result = vae_sweep(single, "--no-plot")
+    assert result.returncode == 2 and result.stderr.strip() == (
+        f"error: {single} is a single run's folder (vae-train without -m), not a sweep's: its figures are in its "
+        "metrics.json; give vae-sweep the folder vae-train -m printed")
+    result = vae_sweep(outputs, "--no-plot")
+    assert result.returncode == 0, result.stderr
+    assert [r["job"] for r in read_csv(outputs / "summary.csv")] == ["multirun/2026-12-03/18-10-00/0"]
+    result = vae_sweep(outputs / "2026-12-03", "--no-plot")
+    assert result.returncode == 2 and "holds no sweep's job folders" in result.stderr
+
+
 def hydra_config(*overrides):
     from hydra import compose, initialize_config_module
 

@@ -18,7 +18,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from vae_cli import interrupts
-from vae_cli.sweep_jobs import DEFAULT_OBJECTIVE, NOT_STARTED, Job, find_jobs, natural, ranked, swept_keys
+from vae_cli.sweep_jobs import (DEFAULT_OBJECTIVE, NOT_STARTED, Job, find_jobs, natural, ranked, single_run,
+                                swept_keys)
 
 # The figures of metrics.json shown for every job (each with its _stderr where the run wrote one).
 FIGURES = ("val/elbo", "test/elbo", "test/L_K")
@@ -500,12 +501,16 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     # refused before anything is written there (a job's own folder was given summary files)
     if (args.sweep_dir / ".hydra" / "overrides.yaml").is_file():
-        print(f"error: {args.sweep_dir} is one job's folder; give the sweep folder that holds it: "
-              f"{args.sweep_dir.resolve().parent}", file=sys.stderr)
+        if single_run(args.sweep_dir):  # its parent is no sweep either
+            print(f"error: {args.sweep_dir} is a single run's folder (vae-train without -m), not a sweep's: its "
+                  "figures are in its metrics.json; give vae-sweep the folder vae-train -m printed", file=sys.stderr)
+        else:
+            print(f"error: {args.sweep_dir} is one job's folder; give the sweep folder that holds it: "
+                  f"{args.sweep_dir.resolve().parent}", file=sys.stderr)
         sys.exit(2)
     if not find_jobs(args.sweep_dir):
-        print(f"error: {args.sweep_dir} holds no job folders (none has .hydra/overrides.yaml); give the "
-              "sweep folder that vae-train -m printed", file=sys.stderr)
+        print(f"error: {args.sweep_dir} holds no sweep's job folders (none has .hydra/overrides.yaml of a "
+              "vae-train -m job); give the sweep folder that vae-train -m printed", file=sys.stderr)
         sys.exit(2)
     sweep_dir = args.sweep_dir.resolve()  # the paths vae-train -m prints
     summary = summarize(sweep_dir, plot=not args.no_plot)

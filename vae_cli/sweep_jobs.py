@@ -3,6 +3,7 @@ the sweep varied, and the jobs ranked by their objective. vae_cli/sweep.py turns
 import json
 import math
 import os
+import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,7 +100,7 @@ def find_jobs(sweep_dir: Path, objective: tuple[str, str] | None = None) -> list
     jobs = []
     for overrides_file in sweep_dir.rglob(".hydra/overrides.yaml"):
         folder = overrides_file.parent.parent
-        if folder == sweep_dir or ".submitit" in folder.parts:
+        if folder == sweep_dir or ".submitit" in folder.parts or single_run(folder):
             continue
         try:
             overrides = [str(o) for o in yaml.safe_load(overrides_file.read_text()) or []]
@@ -109,6 +110,15 @@ def find_jobs(sweep_dir: Path, objective: tuple[str, str] | None = None) -> list
         jobs.append(Job(str(folder.relative_to(sweep_dir)), folder, overrides, status,
                         read_json(folder / "metrics.json"), objective or objective_of(folder, status)))
     return sorted(jobs, key=lambda job: natural(job.name))
+
+
+def single_run(folder: Path) -> bool:
+    """Whether folder is a run of vae-train without -m (Hydra's record says mode RUN), not a sweep's job:
+    vae-sweep on outputs/ ranked such unrelated runs as one sweep (a user review)."""
+    try:
+        return re.search(r"^  mode: RUN$", (folder / ".hydra" / "hydra.yaml").read_text(), re.MULTILINE) is not None
+    except OSError:  # no record (a job folder written by hand): a job
+        return False
 
 
 def swept_keys(jobs: list[Job], declared: list[str] = ()) -> list[str]:
