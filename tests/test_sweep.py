@@ -227,7 +227,7 @@ def test_a_running_job_whose_process_is_gone_is_killed(tmp_path):
 def test_vae_sweep_refuses_a_folder_without_jobs(tmp_path):
     result = vae_sweep(tmp_path)
     assert result.returncode == 2
-    assert result.stderr.startswith("error: ") and "no job folders" in result.stderr
+    assert result.stderr.startswith("error: ") and "holds no sweep's job folders" in result.stderr
     assert vae_sweep(tmp_path / "absent").returncode == 2
 
 
