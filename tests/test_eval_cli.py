@@ -13,6 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import compose_config, run_cli
 from vae_cli.errors import ConfigError
+from vae_cli import eval_data, loop as loop_module
 from vae_cli.eval_cli import main
 from vae_cli.run_state import read_status
 from vae_cli.train import train
@@ -66,6 +67,42 @@ def test_vae_eval_light_reproduces_the_figures_of_training(smoke_run):
     report = json.loads((run_dir / "eval.json").read_text())
     assert report["figures"] == pytest.approx({k: metrics[k] for k in report["figures"]}, rel=1e-6)
     assert report["model_used"].startswith("best")
+
+
+def scripted_validation(monkeypatch, values):
+    """Validation ELBOs, one per validation (the smoke data's split: 51 images), in place of the real ones."""
+    real, values = eval_data.average_terms, iter(values)
+
+    def validation(model, estimator, x, batch_size, beta, seed=None):
+        figures = real(model, estimator, x, batch_size, beta, seed)
+        if x.shape[0] == 51:
+            figures["elbo"] = next(values)
+        return figures
+
+    monkeypatch.setattr(loop_module, "average_terms", validation)
+
+
+def test_vae_eval_evaluates_the_model_the_runs_own_figures_used(tmp_path, monkeypatch):
+    """max_steps inside epoch 2 at a better model: the run's figures used that last model, and vae-eval's
+    default took best.pt (epoch 1) instead (a user review: test ELBO -215.4 in metrics.json, -222.7 from
+    vae-eval). Its TensorBoard figures go at the step of the model evaluated: the best and the last model
+    at one K had the same tags at the same step."""
+    scripted_validation(monkeypatch, [-50.0, -40.0])
+    metrics = train(compose_config("debug=smoke", "max_steps=20"), tmp_path / "stopped")  # 14 steps an epoch
+    assert metrics["model_used"] == "best (= last: epoch 2, step 20)", metrics["model_used"]
+    main([str(tmp_path / "stopped"), "eval=light"])
+    report = json.loads((tmp_path / "stopped" / "eval.json").read_text())
+    assert report["model_used"] == metrics["model_used"] and report["step"] == 20
+    assert report["figures"] == pytest.approx({k: metrics[k] for k in report["figures"]}, rel=1e-6)
+    scripted_validation(monkeypatch, [-50.0, -60.0])  # epoch 1 is the best
+    metrics = train(compose_config("debug=smoke", "epochs=2", "~eval"), tmp_path / "run")
+    assert metrics["model_used"] == "best (epoch 1, step 14 of 28)", metrics["model_used"]
+    steps = {}
+    for which in ("best", "last"):
+        main([str(tmp_path / "run"), "eval=light", "eval.probe_sizes=[10]", f"checkpoint={which}"])
+        steps[which] = json.loads((tmp_path / "run" / "eval.json").read_text())["step"]
+    assert steps == {"best": 14, "last": 28}
+    assert [e.step for e in events(tmp_path / "run").Scalars("vae-eval/K100/test/L_K")] == [14, 28]
 
 
 def test_vae_eval_without_best_pt_evaluates_and_names_the_last_model(smoke_run, tmp_path):

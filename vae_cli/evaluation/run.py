@@ -149,16 +149,26 @@ def evaluate(model, data, test_x: torch.Tensor, settings: DictConfig, eval_seed:
 
 
 def load_run(run_dir: Path, device: torch.device, which: str = "best"):
-    """(config, data, model with the chosen checkpoint's weights, the last checkpoint's state) of a run
-    folder; which: best (best.pt, the best validation ELBO; checkpoint.pt when absent) or last."""
+    """(config, data, model with the chosen checkpoint's weights, the last checkpoint's state, the chosen
+    weights' checkpoint, which model that is in words) of a run folder; which: last, or best: the model the
+    run's own test figures used (metrics.json's model_used): best.pt, the best validation ELBO of a whole
+    epoch, or the last model where max_steps stopped the run inside an epoch at a better one."""
     check_choice("checkpoint", which, ("best", "last"))
     state = load_checkpoint(run_dir, map_location=device)
-    weights = state
-    if which == "best" and (run_dir / "best.pt").is_file():
+    weights, loop = state, state.get("loop") or {}
+    provisional = loop.get("provisional") or {}
+    used = f"last (epoch {state.get('epoch')}, step {state['step']})"
+    best = loop.get("best") or {}
+    if which == "best" and provisional.get("step") == state["step"]:  # as run_end.finish chose (a user review:
+        used = f"best (= last: epoch {provisional['epoch']}, step {state['step']})"  # vae-eval took best.pt)
+    elif which == "best" and best.get("val") == {} and best.get("step") is not None:  # nothing chose a model
+        used = f"last (no validation split: step {state['step']})"
+    elif which == "best" and (run_dir / "best.pt").is_file():
         try:
             weights = load_checkpoint(run_dir / "best.pt", map_location=device)
         except ConfigError as err:
             raise ConfigError(f"{err}; or evaluate the run's last model instead: checkpoint=last") from err
+        used = f"best (epoch {weights.get('epoch')}, step {weights.get('step')})"
     elif which == "best":
         log.warning("%s has no best.pt (a run stopped before its first validation?): evaluating its last "
                     "model, checkpoint.pt", run_dir)
@@ -174,7 +184,7 @@ def load_run(run_dir: Path, device: torch.device, which: str = "best"):
         raise ConfigError(f"checkpoint in {run_dir}: its weights do not fit the model rebuilt from its config "
                           f"({reason(err)}); the weights and the config stored with them disagree (another "
                           "vae-cli version, or files copied from another run): point at another run") from err
-    return cfg, data, model.eval(), state, weights
+    return cfg, data, model.eval(), state, weights, used
 
 
 def evaluate_run(run_dir, eval_cfg: DictConfig) -> Evaluation:
@@ -188,11 +198,11 @@ def evaluate_run(run_dir, eval_cfg: DictConfig) -> Evaluation:
     check_eval_settings(eval_cfg.eval)
     device = resolve_device(eval_cfg.device)
     threads = use_threads(eval_cfg.threads)
-    cfg, data, model, state, weights = load_run(run_dir, device, eval_cfg.checkpoint)
+    cfg, data, model, state, weights, model_used = load_run(run_dir, device, eval_cfg.checkpoint)
     check_writable(run_dir)
     eval_seed = cfg.get("eval_seed", 0)
     test_x = prepare_eval_sets(model.likelihood, data, device, eval_seed)[1]
-    step = int(state["step"])
+    step = int(weights["step"])  # the model's: best and last at one K had the same tags at the same step
     result = evaluate(model, data, test_x, eval_cfg.eval, eval_seed)
     image_gen = torch.Generator(device=device).manual_seed(cfg.seed + 2)  # training's prior samples
     prior_z = model.latent.sample_prior(cfg.num_images, image_gen)
@@ -205,7 +215,6 @@ def evaluate_run(run_dir, eval_cfg: DictConfig) -> Evaluation:
     except OSError as err:  # TensorBoard's writer thread: the disk filled during the evaluation
         raise WriteError(f"could not write TensorBoard events in {run_dir} ({reason(err)}); free some space and "
                          "run the same command again") from err
-    model_used = f"{'last' if weights is state else 'best'} (epoch {weights.get('epoch')}, step {weights.get('step')})"
     report = {"figures": result.figures, "notes": result.notes, "step": step, "model_used": model_used,
               "data_source": data.source, "device": str(device), "threads": threads,
               "settings": OmegaConf.to_container(eval_cfg.eval, resolve=True),
