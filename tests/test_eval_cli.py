@@ -190,6 +190,32 @@ def test_a_resume_from_another_folder_reads_a_relative_data_root_from_where_trai
     assert read_status(tmp_path / "moved" / "run")["step"] == 14
 
 
+def test_a_run_whose_data_root_moved_is_evaluated_and_resumed_with_the_new_one(tmp_path):
+    """The data.root folder moved (a run folder copied to another machine): the error said to point data.root
+    at the data, and vae-eval had no such key while resume refused it as another setting (a user review)."""
+    from test_data import write_folder
+
+    write_folder(tmp_path / "tiny", gz=False)
+    common = ("data=mnist", "data.download=false", "batch_size=10", "model.hidden_sizes=[16]", "~eval")
+    trained = run_cli(*common, f"data.root={tmp_path / 'tiny'}", "max_steps=5", "hydra.run.dir=run", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    (tmp_path / "tiny").rename(tmp_path / "moved")
+    refused = run_cli("run", "eval=light", cwd=tmp_path, exe=vae_eval_exe())
+    assert refused.returncode == 2 and "data.root=" in refused.stderr and "does not exist" in refused.stderr
+    evaluated = run_cli("run", "eval=light", "eval.num_samples=2", "eval.probe_sizes=[1]", "data.root=moved",
+                        cwd=tmp_path, exe=vae_eval_exe())
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads((tmp_path / "run" / "eval.json").read_text())["data_source"].startswith(str(tmp_path / "moved"))
+    resumed = run_cli("resume=run", "data.root=moved", "max_steps=9", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"data.root={tmp_path / 'moved'} in place of the run's {tmp_path / 'tiny'}" in resumed.stderr + resumed.stdout
+    assert read_status(tmp_path / "run")["step"] == 9
+    # without resume=, into the run's folder: a changed path is another run's, as before
+    write_folder(tmp_path / "other", gz=True)
+    again = run_cli(*common, "data.root=other", "max_steps=12", "hydra.run.dir=run", cwd=tmp_path)
+    assert again.returncode == 2 and "another run's files" in again.stderr and "data.root" in again.stderr
+
+
 def test_a_data_root_from_home_is_not_taken_for_a_relative_one(tmp_path):
     """data.root='~/fm' became '<launch folder>/~/fm' on resume and in vae-eval."""
     from omegaconf import OmegaConf

@@ -589,7 +589,7 @@ def resumed_config(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> Dict
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from vae_cli.checkpoint import START_AFRESH, load_checkpoint
-    from vae_cli.run_state import RECORDED, RESUMABLE
+    from vae_cli.run_state import MOVABLE, RECORDED, RESUMABLE
 
     if not (run_dir / "checkpoint.pt").is_file():
         raise ConfigError(f"resume={run_dir}: no checkpoint.pt there, so nothing to resume; pass the folder "
@@ -611,6 +611,11 @@ def resumed_config(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> Dict
             if OmegaConf.select(stored, top, default=None) is None and cfg.get(top) is not None:
                 key, new = top, cfg[top]  # eval.num_samples=10 for a run of ~eval: the whole eval node, so set
             OmegaConf.update(stored, key, new, force_add=True)
+        elif key in MOVABLE:  # the data set's files, moved: absolute, as a later resume from elsewhere reads it
+            moved = str(Path(new).expanduser().resolve()) if isinstance(new, str) and new else new
+            logging.getLogger(__name__).warning("%s=%s in place of the run's %s", key, moved,
+                                                OmegaConf.select(stored, key, default=None))
+            OmegaConf.update(stored, key, moved, force_add=True)
         elif key not in cfg and (resources.files("vae_cli.configs") / key).is_dir():
             # experiment=, debug=: a group of settings with no node of its own, accepted only as the run had it
             if override.input_line not in started_with:

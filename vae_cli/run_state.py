@@ -36,6 +36,10 @@ TEMPORARY_GLOBS = tuple(f".{name}.*.tmp" for name in (CHECKPOINT, BEST, METRICS,
 # eval_batch_size move the validation draws of z, within their standard errors).
 RESUMABLE = ("epochs", "max_steps", "device", "log_every", "eval_batch_size", "checkpoint", "early_stopping",
              "threads", "eval", "objective", "fail_fast", "resume", "overwrite", "diagnostics", "num_images")
+# Where a data set's files are: resume=RUN data.root=NEW reads them from a new place (a data set moved, a run
+# folder copied to another machine), the user vouching that they are the same data. Anywhere else a changed
+# path is another run's (another folder's tiny/ may hold other data): vae-cli checks paths, not images.
+MOVABLE = ("data.root", "data.path")
 # Facts train() records in the stored config (what the run really used), not settings.
 RECORDED = ("data_source", "device_used", "train_step_used", "threads_used")
 
@@ -112,8 +116,9 @@ def settings(cfg: DictConfig | dict) -> dict:
     return {k: v for k, v in plain.items() if k not in RECORDED}
 
 
-def differences(stored: dict, current: dict, allowed=RESUMABLE) -> list[str]:
-    """'key: old -> new' for every setting that differs, outside the allowed (resumable) keys."""
+def differences(stored: dict, current: dict, allowed=RESUMABLE, moved: bool = False) -> list[str]:
+    """'key: old -> new' for every setting that differs, outside the allowed (resumable) keys, and with moved
+    (a resume= command) outside MOVABLE too."""
     def flat(tree, prefix=""):
         out = {}
         for key, value in tree.items():
@@ -126,9 +131,10 @@ def differences(stored: dict, current: dict, allowed=RESUMABLE) -> list[str]:
     old, new = flat(stored), flat(current)
     changed = []
     for key in sorted(set(old) | set(new)):
-        if key.split(".")[0] in allowed or old.get(key, "<absent>") == new.get(key, "<absent>"):
+        before, after = old.get(key, "<absent>"), new.get(key, "<absent>")
+        if key.split(".")[0] in allowed or (moved and key in MOVABLE) or before == after:
             continue
-        changed.append(f"{key}: {old.get(key, '<absent>')} -> {new.get(key, '<absent>')}")
+        changed.append(f"{key}: {before} -> {after}")
     return changed
 
 
@@ -219,7 +225,8 @@ def plan_run(run_dir: Path, cfg: DictConfig) -> Plan:
     if stored is not None:  # relative data paths compared as each command read them: from its own folder
         stored = settings(with_data_paths_from(OmegaConf.create(stored), launch_folder(run_dir)))
         current = settings(with_data_paths_from(cfg.copy(), data_base(cfg, run_dir)))
-    changed = differences(stored, current) if stored is not None else ["(no readable config)"]
+    changed = (differences(stored, current, moved=bool(cfg.get("resume"))) if stored is not None
+               else ["(no readable config)"])
     if changed:
         listed = "; ".join(changed[:4]) + ("; ..." if len(changed) > 4 else "")
         # no checkpoint (a run that diverged or died before its first): nothing to resume

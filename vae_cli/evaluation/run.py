@@ -148,11 +148,12 @@ def evaluate(model, data, test_x: torch.Tensor, settings: DictConfig, eval_seed:
                       embedding=embedding)
 
 
-def load_run(run_dir: Path, device: torch.device, which: str = "best"):
+def load_run(run_dir: Path, device: torch.device, which: str = "best", data_root: str | None = None):
     """(config, data, model with the chosen checkpoint's weights, the last checkpoint's state, the chosen
     weights' checkpoint, which model that is in words) of a run folder; which: last, or best: the model the
     run's own test figures used (metrics.json's model_used): best.pt, the best validation ELBO of a whole
-    epoch, or the last model where max_steps stopped the run inside an epoch at a better one."""
+    epoch, or the last model where max_steps stopped the run inside an epoch at a better one. data_root: where
+    the run's data.root folder is now (a run folder copied to another machine, a data set moved)."""
     check_choice("checkpoint", which, ("best", "last"))
     state = load_checkpoint(run_dir, map_location=device)
     weights, loop = state, state.get("loop") or {}
@@ -173,6 +174,9 @@ def load_run(run_dir: Path, device: torch.device, which: str = "best"):
         log.warning("%s has no best.pt (a run stopped before its first validation?): evaluating its last "
                     "model, checkpoint.pt", run_dir)
     cfg = with_data_paths_from(OmegaConf.create(state["config"]), launch_folder(run_dir))
+    if data_root is not None:  # the data are checked by their path, not their images: the user's to vouch for
+        log.warning("data.root=%s in place of the run's %s", data_root, OmegaConf.select(cfg, "data.root"))
+        OmegaConf.update(cfg, "data.root", str(Path(data_root).expanduser().resolve()))
     recorded = cfg.get("data_source")
     data = build_data(cfg, trained_on=recorded)
     if recorded and recorded != data.source:
@@ -198,7 +202,8 @@ def evaluate_run(run_dir, eval_cfg: DictConfig) -> Evaluation:
     check_eval_settings(eval_cfg.eval)
     device = resolve_device(eval_cfg.device)
     threads = use_threads(eval_cfg.threads)
-    cfg, data, model, state, weights, model_used = load_run(run_dir, device, eval_cfg.checkpoint)
+    cfg, data, model, state, weights, model_used = load_run(run_dir, device, eval_cfg.checkpoint,
+                                                            eval_cfg.data.root)
     check_writable(run_dir)
     eval_seed = cfg.get("eval_seed", 0)
     test_x = prepare_eval_sets(model.likelihood, data, device, eval_seed)[1]
