@@ -2,6 +2,7 @@
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -133,11 +134,14 @@ def test_vae_eval_of_a_checkpoint_file_evaluates_the_model_it_holds(smoke_run, t
         assert len(lines[0]) < 400  # torch's 500 characters of advice about zip archives left out
 
 
-def test_vae_eval_with_one_draw_writes_strict_json_and_names_its_k(smoke_run, tmp_path):
+def test_vae_eval_with_one_draw_writes_strict_json_and_names_its_k(smoke_run, tmp_path, caplog):
     """K = 1 has no Monte Carlo spread to measure: eval.json held bare NaN, which strict JSON readers refuse;
-    the notes in TensorBoard said "K = eval.num_samples" without the number."""
+    the notes in TensorBoard said "K = eval.num_samples" without the number; the log line said '± nan'."""
     run_dir = shutil.copytree(smoke_run[0], tmp_path / "run")
-    main([str(run_dir), "eval=light", "eval.num_samples=1"])
+    with caplog.at_level("INFO"):
+        main([str(run_dir), "eval=light", "eval.num_samples=1"])
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("test L_1 ")]
+    assert re.match(r"test L_1 -?\d+\.\d\d nats \(a lower bound", line), line
 
     def refuse(constant):
         raise ValueError(f"not JSON: {constant}")

@@ -90,6 +90,19 @@ def test_probe_is_at_chance_on_noise_and_reads_tensors():
     assert abs(accuracy - 0.25) < 4 * math.sqrt(0.25 * 0.75 / 4000)
 
 
+def test_a_size_beyond_the_smallest_class_is_said_to_take_all_of_it(caplog):
+    """eval.probe_sizes=[100000] reported latent_n100000, the figure of every labelled image (a user review)."""
+    rng = np.random.default_rng(0)
+    train, test = torch.from_numpy(rng.normal(size=(40, 3))), torch.from_numpy(rng.normal(size=(20, 3)))
+    train_y = torch.tensor([0] * 30 + [1] * 10)
+    with caplog.at_level("WARNING"):
+        figures = probe({"x": (train, test)}, train_y, torch.zeros(20, dtype=torch.long), [10, 20], seed=0)
+    assert set(figures) == {"x_n10", "x_n20"}
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert warning.startswith("eval.probe_sizes: 20 labelled images per class is more than the smallest class "
+                              "has (10): probe/*_n20 takes every image"), warning
+
+
 def test_the_probe_module_does_not_import_scikit_learn():
     code = "import sys, vae_cli.evaluation.probe; print('sklearn' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

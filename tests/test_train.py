@@ -111,6 +111,10 @@ def test_without_a_validation_split_the_last_model_is_named_as_such(smoke_cfg, t
     assert metrics["model_used"] == "last (no validation split: epoch 2, step 32)"
     epochs = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
     assert len(epochs) == 2 and all("no validation split (data.val_fraction=0)" in line for line in epochs), epochs
+    caplog.clear()  # a fraction too small for one image: the line named 0, not what was set (a user review)
+    with caplog.at_level("INFO"):
+        train(smoke_cfg("data.val_fraction=0.0001", "~eval", "epochs=1"), tmp_path / "tiny_fraction")
+    assert "no validation split (data.val_fraction=0.0001 holds no image)" in caplog.text
 
 
 def test_gradient_diagnostics_leave_training_as_it_was(smoke_cfg, tmp_path):

@@ -268,7 +268,9 @@ class Loop:
         self.training_done = self.step >= self.total_steps or self.stopped_early
         self.write_pictures(self.step)
         self.save()
-        checked = f"val elbo {val['elbo']:.3f}" if val else "no validation split (data.val_fraction=0)"
+        fraction = OmegaConf.select(cfg, "data.val_fraction", default=0)
+        checked = (f"val elbo {val['elbo']:.3f}" if val else f"no validation split (data.val_fraction={fraction}"
+                   + (")" if not fraction else " holds no image)"))
         where = (f"epoch {self.epoch} step {self.step}" if complete else f"max_steps reached at step {self.step}, "
                  f"partway through epoch {in_epoch} ({self.index} of its {self.steps_per_epoch} steps)")
         log.info("%s: %s, %.0f images/s", where, checked, self.images_per_sec or float("nan"))

@@ -12,10 +12,14 @@ backtracking line search, written out: building torch.optim.LBFGS would import t
 1.0-1.5 s, which vae-train's training no longer imports; vae_cli/optim.py). tests/test_probe.py checks
 accuracy, coefficients and loss against scikit-learn itself.
 """
+import logging
+
 import numpy as np
 import torch
 
 from vae_cli.eval_data import check_sizes
+
+log = logging.getLogger(__name__)
 
 MAX_ITER = 1000  # L-BFGS iterations at most (the scikit-learn probe used max_iter=1000 as well)
 # scikit-learn's stopping rule (lbfgs, tol=1e-4): the largest entry of the gradient of the objective
@@ -178,7 +182,12 @@ def probe(features: dict, train_labels, test_labels, sizes, seed: int) -> dict:
     """
     accuracy = {}
     train_labels = torch.as_tensor(train_labels)
+    fewest = int(torch.unique(train_labels, return_counts=True)[1].min())
     for per_class in check_sizes(sizes):
+        if per_class != "all" and per_class > fewest:  # a user review: n100000 was read as 100,000 labels
+            log.warning("eval.probe_sizes: %d labelled images per class is more than the smallest class has "
+                        "(%d): probe/*_n%d takes every image of the classes smaller than that", per_class, fewest,
+                        per_class)
         index = torch.as_tensor(labelled_subset(train_labels.cpu().numpy(), per_class, seed))
         suffix = "all" if per_class == "all" else f"n{per_class}"
         for name, (train_features, test_features) in features.items():

@@ -16,7 +16,7 @@ from vae_cli.checkpoint import load_checkpoint, write_json
 from vae_cli.device import resolve_device, use_threads
 from vae_cli.errors import ConfigError, WriteError, check_choice, reason
 from vae_cli.eval_data import (EVAL_DRAWS, PICTURE_TAGS, check_eval_settings, mean_stderr, picture_grids,
-                               prepare_eval_sets, seeded, stream_seed)
+                               prepare_eval_sets, seeded, stream_seed, with_error)
 from vae_cli.evaluation.active_units import active_units, activity, latent_means
 from vae_cli.evaluation.iwae import bits_per_dim, log_px_estimates
 from vae_cli.evaluation.pictures import interpolation, tile, traversal, write_embedding
@@ -137,9 +137,9 @@ def evaluate(model, data, test_x: torch.Tensor, settings: DictConfig, eval_seed:
             images["latents/interpolations"] = tile(interpolation(model, test_x, means, shape))
     embedding = (means, data.test_y, to_unit(data.test_x).view(-1, *shape)) if settings.embedding else None
     figures = {f"test/{k}": v for k, v in test.items()} | {f"probe/{k}": v for k, v in probes.items()}
-    log.info("test L_%d %.2f ± %.2f nats (a lower bound on log p(x)), ELBO %.2f, gap %.2f; %d active %s; "
-             "%.0f images x samples/s; the whole evaluation took %.1f s", settings.num_samples, test["L_K"],
-             test["L_K_stderr"], test["elbo_L1"], test["posterior_gap"], test["active_units"],
+    log.info("test L_%d %s nats (a lower bound on log p(x)), ELBO %.2f, gap %.2f; %d active %s; "
+             "%.0f images x samples/s; the whole evaluation took %.1f s", settings.num_samples,
+             with_error(test["L_K"], test["L_K_stderr"]), test["elbo_L1"], test["posterior_gap"], test["active_units"],
              "unit" if test["active_units"] == 1 else "units", throughput, time.perf_counter() - start)
     if probes:  # per feature set (latent means, pixels) and labelled training images per class
         log.info("probe accuracy on the test set (logistic regression): %s",
