@@ -104,16 +104,29 @@ def test_vae_eval_evaluates_the_model_the_runs_own_figures_used(tmp_path, monkey
         steps[which] = json.loads((tmp_path / "run" / "eval.json").read_text())["step"]
     assert steps == {"best": 14, "last": 28}
     assert [e.step for e in events(tmp_path / "run").Scalars("vae-eval/K100/test/L_K")] == [14, 28]
+    # named as training named them (a review: 'best (epoch 1, step 14)' beside metrics.json's '... of 28')
+    main([str(tmp_path / "run"), "eval=light", "eval.probe_sizes=[10]"])
+    assert json.loads((tmp_path / "run" / "eval.json").read_text())["model_used"] == metrics["model_used"]
+    # the stopped run's best.pt, named: its own model (epoch 1), not the last one its figures used (a review)
+    main([str(tmp_path / "stopped" / "best.pt"), "eval=light", "eval.probe_sizes=[10]"])
+    report = json.loads((tmp_path / "stopped" / "eval.json").read_text())
+    assert (report["model_used"], report["step"]) == ("best.pt (epoch 1, step 14)", 14)
+    (tmp_path / "run" / "best.pt").unlink()  # the last model, as training's end does without it
+    main([str(tmp_path / "run"), "eval=light", "eval.probe_sizes=[10]"])
+    report = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert (report["model_used"], report["step"]) == ("last (best.pt missing)", 28)
 
 
 def test_vae_eval_without_best_pt_evaluates_and_names_the_last_model(smoke_run, tmp_path):
+    """The smoke run's best epoch is its last: best.pt is not needed, and the model is named as training did."""
     run_dir = shutil.copytree(smoke_run[0], tmp_path / "run")
     main([str(run_dir), "eval=light", "checkpoint=last"])
     last = json.loads((run_dir / "eval.json").read_text())
     (run_dir / "best.pt").unlink()
     main([str(run_dir), "eval=light"])
     report = json.loads((run_dir / "eval.json").read_text())
-    assert report["model_used"].startswith("last (epoch 2") and report["figures"] == last["figures"]
+    assert report["model_used"] == smoke_run[1]["model_used"] == "best (= last: epoch 2, step 28)"
+    assert report["figures"] == last["figures"]
 
 
 def test_vae_eval_of_a_checkpoint_file_evaluates_the_model_it_holds(smoke_run, tmp_path, capsys):
@@ -125,7 +138,7 @@ def test_vae_eval_of_a_checkpoint_file_evaluates_the_model_it_holds(smoke_run, t
     (run_dir / "best.pt").write_bytes((run_dir / "best.pt").read_bytes()[:1000])  # truncated
     for argv, message in (([str(run_dir / "config.yaml")], "config.yaml is a file, not a run folder"),
                           ([str(run_dir / "best.pt"), "checkpoint=last"], "best model, and checkpoint=last asks"),
-                          ([str(run_dir)], "or evaluate the run's last model instead: checkpoint=last")):
+                          ([str(run_dir / "best.pt")], "or evaluate the run's last model instead: checkpoint=last")):
         with pytest.raises(SystemExit) as exit_info:
             main(argv)
         assert exit_info.value.code == 2

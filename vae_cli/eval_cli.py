@@ -29,7 +29,9 @@ eval-1.json, ...) and, under vae-eval/K<K>/ tags, to the run's TensorBoard event
 what each figure means.
 
 Keys (configs/eval.yaml with eval/full.yaml), each overridable as key=value:
-  checkpoint           best: best.pt (best validation ELBO) | last: checkpoint.pt
+  checkpoint           best: the model the run's test figures used (best.pt, the best validation ELBO) |
+                       last: checkpoint.pt | best.pt: best.pt's model even where those figures used the last
+  data.root            where the run's data.root folder is now, if it has moved (null: where the run had it)
   device               auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps
   threads              torch's intra-op threads; auto: this process's share of the cores (as vae-train)
   eval.num_samples     K importance samples per test image in L_K (Burda et al. report L_5000)
@@ -81,13 +83,13 @@ def named_checkpoint(run_dir: str, overrides: list[str]) -> tuple[str, list[str]
     path = Path(run_dir)
     if not path.is_file():
         return run_dir, overrides
-    chosen = {"checkpoint.pt": "last", "best.pt": "best"}.get(path.name)
+    chosen = {"checkpoint.pt": "last", "best.pt": "best.pt"}.get(path.name)
     if chosen is None:
         raise ConfigError(f"{run_dir} is a file, not a run folder; usage: vae-eval RUN_FOLDER [key=value ...]")
     given = [arg.split("=", 1)[1] for arg in overrides if arg.startswith("checkpoint=")]
-    if given and given[-1] != chosen:
-        raise ConfigError(f"{run_dir} is the run's {chosen} model, and checkpoint={given[-1]} asks for the other; "
-                          f"give one of them")
+    if given and given[-1] not in (chosen, chosen.removesuffix(".pt")):
+        raise ConfigError(f"{run_dir} is the run's {chosen.removesuffix('.pt')} model, and checkpoint={given[-1]} "
+                          "asks for the other; give one of them")
     return str(path.parent), [*overrides, f"checkpoint={chosen}"] if not given else overrides
 
 

@@ -84,12 +84,27 @@ def restore_loop(loop, state: dict) -> None:
     loop.block_state = rng["batches"]
 
 
-def load_best_weights(path, model, best: dict, step: int) -> str:
-    """Load best.pt's weights into model when the best epoch is not the current state; say which model."""
+def chosen_model(best: dict, step: int) -> str | None:
+    """Which model a run's test figures use, in words, where it is the last one (the state at step); None
+    where it is best.pt's. best: the loop's provisional model (max_steps inside an epoch) or else its best.
+    Training's end (load_best_weights) and vae-eval (evaluation.run.load_run) both choose by it."""
     if best.get("val") == {} and best.get("step") is not None:  # data.val_fraction=0: nothing chose a best model
         return f"last (no validation split: epoch {best['epoch']}, step {step})"
     if best.get("step") is None or best["step"] == step:
         return "last" if best.get("step") is None else f"best (= last: epoch {best['epoch']}, step {step})"
+    return None
+
+
+def best_label(best: dict, step: int) -> str:
+    """model_used for best.pt's model, the best epoch's, in a run that ended at step."""
+    return f"best (epoch {best['epoch']}, step {best['step']} of {step})"
+
+
+def load_best_weights(path, model, best: dict, step: int) -> str:
+    """Load best.pt's weights into model when the best epoch is not the current state; say which model."""
+    last = chosen_model(best, step)
+    if last is not None:
+        return last
     if not path.is_file():
         log.warning("%s is missing: the test figures are the last model's (step %d)", path, step)
         return "last (best.pt missing)"
@@ -99,4 +114,4 @@ def load_best_weights(path, model, best: dict, step: int) -> str:
     except RuntimeError as err:
         raise ConfigError(f"{path}: its weights do not fit this run's model (a best.pt of another run?); "
                           "rerun the training, or delete it to test the last model") from err
-    return f"best (epoch {best['epoch']}, step {best['step']} of {step})"
+    return best_label(best, step)

@@ -23,6 +23,7 @@ from vae_cli.evaluation.pictures import interpolation, tile, traversal, write_em
 from vae_cli.evaluation.probe import probe
 from vae_cli.likelihoods import Bernoulli, ContinuousBernoulli, to_unit
 from vae_cli.run_state import launch_folder, with_data_paths_from
+from vae_cli.training_state import best_label, chosen_model
 
 log = logging.getLogger(__name__)
 
@@ -154,25 +155,25 @@ def load_run(run_dir: Path, device: torch.device, which: str = "best", data_root
     run's own test figures used (metrics.json's model_used): best.pt, the best validation ELBO of a whole
     epoch, or the last model where max_steps stopped the run inside an epoch at a better one. data_root: where
     the run's data.root folder is now (a run folder copied to another machine, a data set moved)."""
-    check_choice("checkpoint", which, ("best", "last"))
+    check_choice("checkpoint", which, ("best", "last", "best.pt"))
     state = load_checkpoint(run_dir, map_location=device)
     weights, loop = state, state.get("loop") or {}
-    provisional = loop.get("provisional") or {}
     used = f"last (epoch {state.get('epoch')}, step {state['step']})"
-    best = loop.get("best") or {}
-    if which == "best" and provisional.get("step") == state["step"]:  # as run_end.finish chose (a user review:
-        used = f"best (= last: epoch {provisional['epoch']}, step {state['step']})"  # vae-eval took best.pt)
-    elif which == "best" and best.get("val") == {} and best.get("step") is not None:  # nothing chose a model
-        used = f"last (no validation split: step {state['step']})"
-    elif which == "best" and (run_dir / "best.pt").is_file():
+    best = loop.get("provisional") or loop.get("best")  # as training's end chose (training_state.chosen_model)
+    if which == "best" and best is not None:
+        used = chosen_model(best, int(state["step"])) or best_label(best, int(state["step"]))
+    if which == "best" and used.startswith("best (epoch") and not (run_dir / "best.pt").is_file():
+        log.warning("%s has no best.pt: evaluating the run's last model, checkpoint.pt", run_dir)  # as training
+        used = "last (best.pt missing)"
+    elif which == "best.pt" or (which == "best" and used.startswith("best (epoch")):
         try:
             weights = load_checkpoint(run_dir / "best.pt", map_location=device)
         except ConfigError as err:
             raise ConfigError(f"{err}; or evaluate the run's last model instead: checkpoint=last") from err
-        used = f"best (epoch {weights.get('epoch')}, step {weights.get('step')})"
-    elif which == "best":
-        log.warning("%s has no best.pt (a run stopped before its first validation?): evaluating its last "
-                    "model, checkpoint.pt", run_dir)
+        if which == "best.pt":  # the file named: the best whole epoch's model, whatever the run's figures used
+            used = f"best.pt (epoch {weights.get('epoch')}, step {weights.get('step')})"
+    elif which == "best" and best is None:  # a checkpoint without the loop's record (written by hand?)
+        log.warning("%s records no best model: evaluating its last model, checkpoint.pt", run_dir)
     cfg = with_data_paths_from(OmegaConf.create(state["config"]), launch_folder(run_dir))
     if data_root is not None:  # the data are checked by their path, not their images: the user's to vouch for
         log.warning("data.root=%s in place of the run's %s", data_root, OmegaConf.select(cfg, "data.root"))
