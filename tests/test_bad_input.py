@@ -236,9 +236,13 @@ RESUME_CASES = [
     ("resume=busy", ["busy is in use by another vae-train"]),  # said "no checkpoint.pt" before its first one
     ("resume=empty overwrite=true", ["overwrite=true deletes it; give one of them"]),  # it started afresh
     # it extended the run in resume's folder, ignoring the other (a user review)
-    ("resume=empty hydra.run.dir=elsewhere", ["continues the run in its own folder, not in hydra.run.dir=elsewhere"]),
+    ("resume=empty hydra.run.dir=elsewhere", ["continues the run in its own folder: leave hydra.run.dir=elsewhere out",
+                                              "copy its folder to elsewhere"]),
+    ("resume=empty hydra.run.dir=${hydra:runtime.cwd}/empty", ["leave hydra.run.dir=${hydra:runtime.cwd}/empty out"]),
     # a run that died before its first checkpoint: 'pass the folder of a run started by vae-train' (a review)
-    ("resume=died", ["the run there ended before its first checkpoint", "overwrite=true"]),
+    ("resume=died", ["the run there ended before its first checkpoint", "overwrite=true and hydra.run.dir="]),
+    # finished, its checkpoint gone: overwrite=true, as advised, would have deleted its figures (a review)
+    ("resume=done", ["the run there is finished, but its checkpoint.pt is gone", "figures are in metrics.json"]),
 ]
 
 
@@ -249,6 +253,9 @@ def test_a_bad_resume_folder_is_refused_before_anything_is_written(arguments, wo
     (tmp_path / "busy").mkdir()
     (tmp_path / "died").mkdir()
     (tmp_path / "died" / "status.json").write_text('{"state": "failed"}')
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / "status.json").write_text('{"state": "finished"}')
+    (tmp_path / "done" / "metrics.json").write_text('{}')
     before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
     with run_lock(tmp_path / "busy"):  # as a run before its first checkpoint holds it
         result = run_cli(*arguments.split(" "), cwd=tmp_path)

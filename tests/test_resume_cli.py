@@ -261,3 +261,15 @@ def test_resume_reads_the_folder_as_hydra_does():
     for spelled in (r"/x/run\ \(copy\)\,\ 2", '"/x/run (copy), 2"', "'/x/run (copy), 2'"):
         assert given_path([f"resume={spelled}"], "resume") == "/x/run (copy), 2", spelled
     assert given_path(["resume=/x/a", "resume=null"], "resume") is None and given_path([], "resume") is None
+
+
+def test_a_run_folder_named_by_a_number_resumes(tmp_path):
+    """`resume=7` (a sweep's job folder, from the sweep's folder): Hydra read the int 7, and the run ended in
+    a TypeError traceback; `resume=0` was taken as no folder (a review)."""
+    for name in ("7", "0"):
+        trained = run_cli("debug=smoke", "~eval", "max_steps=2", f"hydra.run.dir={name}", cwd=tmp_path)
+        assert trained.returncode == 0, trained.stderr
+        resumed = run_cli(f"resume={name}", "max_steps=4", cwd=tmp_path)
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+        assert "resuming at step 2" in resumed.stdout + resumed.stderr
+        assert json.loads((tmp_path / name / "status.json").read_text())["step"] == 4

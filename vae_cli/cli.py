@@ -237,7 +237,9 @@ def main() -> None:
             check_resume(given_path(args, "resume"), args)
         except ConfigError as err:
             fail(err)
-        sys.argv += [f"hydra.run.dir={resume}"]
+        folder = interrupts.hydra_quoted(str(Path(given_path(args, "resume")).resolve()))  # resume=7: a str
+        sys.argv[1:] = [f"resume={folder}" if a.startswith("resume=") else a for a in sys.argv[1:]]
+        sys.argv += [f"hydra.run.dir={folder}"]
     interrupts.new_command(multirun=multirun)
     if "vae_cli.sweep" in sys.modules:  # imported by an earlier command in this process (not at start-up)
         sys.modules["vae_cli.sweep"].FOUND.clear()
@@ -300,17 +302,25 @@ def check_resume(folder: str, args: list[str]) -> None:
     if not path.is_dir():
         raise ConfigError(f"resume={folder}: no such folder; {hint}")
     run_dir = given_path(args, "hydra.run.dir")  # a user review: it was ignored, and the run extended in place
-    if run_dir is not None and Path(run_dir).expanduser().resolve() != path.resolve():
-        raise ConfigError(f"resume={folder} continues the run in its own folder, not in hydra.run.dir={run_dir}: "
-                          f"leave hydra.run.dir out (to keep the run as it is, copy its folder to {run_dir} and "
-                          "resume the copy)")
+    if run_dir is not None and ("${" in run_dir or Path(run_dir).expanduser().resolve() != path.resolve()):
+        copy = ("" if "${" in run_dir else
+                f" (to keep the run as it is, copy its folder to {run_dir} and resume the copy)")
+        raise ConfigError(f"resume={folder} continues the run in its own folder: leave hydra.run.dir={run_dir} "
+                          f"out{copy}")
     with run_lock(path):  # FolderInUse: another vae-train runs there (perhaps before its first checkpoint)
         pass
     if not (path / CHECKPOINT).is_file():
-        if (path / "status.json").is_file():  # a run that failed, or was stopped, before its first checkpoint
+        from vae_cli.run_state import METRICS, read_status
+
+        if (path / METRICS).is_file():  # overwrite=true would delete the figures (a code review)
+            raise ConfigError(f"resume={folder}: the run there is finished, but its checkpoint.pt is gone, so it "
+                              "cannot be resumed or extended; its figures are in metrics.json")
+        if (read_status(path) or {}).get("state") in ("failed", "interrupted", "running"):  # before its first one
+            again = (f"its command again with overwrite=true and {interrupts.folder_override('hydra.run.dir', path)}"
+                     if not (path.parent / "multirun.yaml").is_file()
+                     else "its sweep's command again (it starts the job afresh)")
             raise ConfigError(f"resume={folder}: the run there ended before its first checkpoint, so there is "
-                              "nothing to resume; start it afresh: its command again with overwrite=true and "
-                              f"hydra.run.dir={folder} (its vae-train.log says why it ended)")
+                              f"nothing to resume; start it afresh: {again} (its vae-train.log says why it ended)")
         raise ConfigError(f"resume={folder}: no checkpoint.pt there, so nothing to resume; {hint}")
     if not os.access(path, os.W_OK):  # a read-only mount: Hydra's log file was the first thing to fail
         raise ConfigError(f"resume={folder}: the folder cannot be written (read-only?), and a resumed run writes its "
