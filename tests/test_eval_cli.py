@@ -353,6 +353,9 @@ def test_missing_folder_and_bad_override_are_one_line_errors(smoke_run, tmp_path
                           ([str(smoke_run[0]), "--cfg", "job"], "--cfg: vae-eval takes key=value settings"),
                           ([str(smoke_run[0]), "eval.num_samples=0"], "eval.num_samples=0 must be"),
                           ([str(smoke_run[0]), "threads=0"], "threads=0"),
+                          # synthetic data: load_synthetic() got an unexpected keyword argument 'root' (a review)
+                          ([str(smoke_run[0]), "data.root=/tmp"], "data.root=/tmp: the run's data (vae_cli.data."
+                                                                  "load_synthetic) are not read from a folder"),
                           (["eval.num_samples=5"], "first argument must be the run folder"),
                           # a glob: a raw 'LexerNoViableAltException' (a user review)
                           ([str(smoke_run[0]), str(smoke_run[0]), "checkpoint=last"],

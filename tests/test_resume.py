@@ -241,10 +241,11 @@ def test_a_run_stopped_early_goes_on_when_resumed_with_a_larger_patience(tmp_pat
     # more epochs under the same patience: finished, and the line says what continues it (a user review: it
     # said only 'finished'); none where the command asks for no more steps
     hint = "early stopping ended it (early_stopping.patience=1): a larger patience, or early_stopping.patience=null"
-    for epochs, said in ((6, True), (3, False)):
+    # max_steps=100 with epochs=3 asks no more steps than taken (a review: the hint was given)
+    for more, said in (("epochs=6", True), ("epochs=3", False), ("epochs=3 max_steps=100", False)):
         caplog.clear()
         with caplog.at_level("INFO"):
-            assert train(smoke("~eval", f"epochs={epochs}", "early_stopping.patience=1"), tmp_path / "run") == stopped
+            assert train(smoke("~eval", *more.split(), "early_stopping.patience=1"), tmp_path / "run") == stopped
         (line,) = [r.getMessage() for r in caplog.records if "is finished (metrics.json)" in r.getMessage()]
         assert (hint in line) == said, line
     scripted.values = iter([-46.0, -30.0])

@@ -491,6 +491,11 @@ def test_vae_sweep_leaves_single_runs_out(tmp_path):
     assert [r["job"] for r in read_csv(outputs / "summary.csv")] == ["multirun/2026-12-03/18-10-00/0"]
     result = vae_sweep(outputs / "2026-12-03", "--no-plot")
     assert result.returncode == 2 and "holds no sweep's job folders" in result.stderr
+    # a sweep's job re-run as a single run into its own folder (a refused job started afresh): still the sweep's
+    (job.parent / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"sweep": {"dir": str(job.parent)}}}))
+    (job / ".hydra" / "hydra.yaml").write_text("hydra:\n  mode: RUN\n")
+    result = vae_sweep(job.parent, "--no-plot")
+    assert result.returncode == 0 and "(1 job: 1 finished)" in result.stdout, result.stdout + result.stderr
 
 
 def hydra_config(*overrides):

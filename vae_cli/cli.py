@@ -623,8 +623,9 @@ def resumed_config(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> Dict
             OmegaConf.update(stored, key, new, force_add=True)
         elif key in MOVABLE:  # the data set's files, moved: absolute, as a later resume from elsewhere reads it
             moved = str(Path(new).expanduser().resolve()) if isinstance(new, str) and new else new
-            logging.getLogger(__name__).warning("%s=%s in place of the run's %s", key, moved,
-                                                OmegaConf.select(stored, key, default=None))
+            if moved != OmegaConf.select(stored, key, default=None):
+                logging.getLogger(__name__).warning("%s=%s in place of the run's %s", key, moved,
+                                                    OmegaConf.select(stored, key, default=None))
             OmegaConf.update(stored, key, moved, force_add=True)
         elif key not in cfg and (resources.files("vae_cli.configs") / key).is_dir():
             # experiment=, debug=: a group of settings with no node of its own, accepted only as the run had it

@@ -259,21 +259,23 @@ def refused_before_training(run_dir: Path) -> bool:
             and _stored_config(run_dir) is None)
 
 
+def steps_asked(state: dict, cfg: DictConfig) -> int:
+    """The steps cfg's epochs and max_steps ask of the run whose checkpoint is state."""
+    steps = state["steps_per_epoch"] * cfg.epochs
+    return steps if cfg.max_steps is None else min(steps, cfg.max_steps)
+
+
 def wants_more_steps(state: dict, cfg: DictConfig) -> bool:
     """True when cfg's epochs / max_steps reach past where the finished run stopped (extending it), unless
     early stopping ended it and cfg's patience would have ended it there too."""
-    steps = state["steps_per_epoch"] * cfg.epochs
-    if cfg.max_steps is not None:
-        steps = min(steps, cfg.max_steps)
-    return steps > state["step"] and not still_stopped_early(
+    return steps_asked(state, cfg) > state["step"] and not still_stopped_early(
         state.get("stopped_early", False), state["loop"]["bad_epochs"], cfg.early_stopping.patience)
 
 
 def early_stop_note(state: dict, cfg: DictConfig) -> str:
     """Where the command asks for more steps than a run that early stopping ended took: how to get them
     (a user asked for epochs=45 of such a run and was told only that it is finished); else ""."""
-    steps = state["steps_per_epoch"] * cfg.epochs if cfg.max_steps is None else cfg.max_steps
-    if not state.get("stopped_early") or steps <= state["step"]:
+    if not state.get("stopped_early") or steps_asked(state, cfg) <= state["step"]:
         return ""
     return (f"; early stopping ended it (early_stopping.patience={cfg.early_stopping.patience}): a larger "
             "patience, or early_stopping.patience=null, continues it")

@@ -113,8 +113,11 @@ def find_jobs(sweep_dir: Path, objective: tuple[str, str] | None = None) -> list
 
 
 def single_run(folder: Path) -> bool:
-    """Whether folder is a run of vae-train without -m (Hydra's record says mode RUN), not a sweep's job:
-    vae-sweep on outputs/ ranked such unrelated runs as one sweep (a user review)."""
+    """Whether folder is a run of vae-train without -m (Hydra's record says mode RUN) outside a sweep's
+    folder (none holds multirun.yaml above it: a sweep job re-run as a single run into its folder stays the
+    sweep's), not a sweep's job: vae-sweep on outputs/ ranked such unrelated runs as one sweep (a user review)."""
+    if (folder.parent / "multirun.yaml").is_file():
+        return False
     try:
         return re.search(r"^  mode: RUN$", (folder / ".hydra" / "hydra.yaml").read_text(), re.MULTILINE) is not None
     except OSError:  # no record (a job folder written by hand): a job

@@ -176,8 +176,13 @@ def load_run(run_dir: Path, device: torch.device, which: str = "best", data_root
         log.warning("%s records no best model: evaluating its last model, checkpoint.pt", run_dir)
     cfg = with_data_paths_from(OmegaConf.create(state["config"]), launch_folder(run_dir))
     if data_root is not None:  # the data are checked by their path, not their images: the user's to vouch for
-        log.warning("data.root=%s in place of the run's %s", data_root, OmegaConf.select(cfg, "data.root"))
-        OmegaConf.update(cfg, "data.root", str(Path(data_root).expanduser().resolve()))
+        if "root" not in cfg.data:  # synthetic data: a load_synthetic() TypeError (a code review)
+            raise ConfigError(f"data.root={data_root}: the run's data ({cfg.data.get('_target_')}) are not read "
+                              "from a folder; leave data.root out")
+        moved = str(Path(data_root).expanduser().resolve())
+        if moved != cfg.data.root:
+            log.warning("data.root=%s in place of the run's %s", moved, cfg.data.root)
+        OmegaConf.update(cfg, "data.root", moved)
     recorded = cfg.get("data_source")
     data = build_data(cfg, trained_on=recorded)
     if recorded and recorded != data.source:
