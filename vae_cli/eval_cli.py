@@ -77,9 +77,8 @@ def console() -> None:
 
 
 def named_checkpoint(run_dir: str, overrides: list[str]) -> tuple[str, list[str]]:
-    """vae-eval RUN/checkpoint.pt (or best.pt): that run folder, with checkpoint=last (or best: the model the
-    file holds, or the last one where the run's figures used it, as its eval.json's model_used says);
-    another file is refused."""
+    """vae-eval RUN/checkpoint.pt (or best.pt): that run folder, with checkpoint=last (or best.pt), the model
+    the file holds; another file is refused."""
     path = Path(run_dir)
     if not path.is_file():
         return run_dir, overrides
