@@ -231,13 +231,13 @@ def main() -> None:
             fail(ConfigError(f"{key}={folder} is a file, not a folder; give a folder for the "
                              f"{'run' if key == 'hydra.run.dir' else 'sweep'}'s files"))
     stop_quietly_until_the_run()  # Ctrl-C while torch imports: one line, not a KeyboardInterrupt traceback
-    resume = given(args, "resume")  # the last, as Hydra takes it
-    if resume is not None and resume != "null":  # Hydra's run folder is the one being resumed
+    resume = given_path(args, "resume")  # the last, as Hydra reads it; None for none or null
+    if resume is not None:  # Hydra's run folder is the one being resumed
         try:
-            check_resume(given_path(args, "resume"), args)
+            check_resume(resume, args)
         except ConfigError as err:
             fail(err)
-        folder = interrupts.hydra_quoted(str(Path(given_path(args, "resume")).resolve()))  # resume=7: a str
+        folder = interrupts.hydra_quoted(str(Path(resume).resolve()))  # resume=7: a str, not Hydra's int
         sys.argv[1:] = [f"resume={folder}" if a.startswith("resume=") else a for a in sys.argv[1:]]
         sys.argv += [f"hydra.run.dir={folder}"]
     interrupts.new_command(multirun=multirun)
