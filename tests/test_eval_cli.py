@@ -117,6 +117,27 @@ def test_vae_eval_evaluates_the_model_the_runs_own_figures_used(tmp_path, monkey
     assert (report["model_used"], report["step"]) == ("last (best.pt missing)", 28)
 
 
+def test_vae_eval_of_a_folder_without_checkpoint_pt_evaluates_best_pt(tmp_path, monkeypatch, capsys):
+    """checkpoint.pt (the optimizer's state beside the weights) deleted to save space: vae-eval said "no
+    checkpoint at RUN/checkpoint.pt" though best.pt, the model a user evaluates, was there."""
+    scripted_validation(monkeypatch, [-50.0, -60.0])  # epoch 1 is the best: best.pt is not the last model
+    train(compose_config("debug=smoke", "epochs=2", "~eval"), tmp_path / "run")
+    main([str(tmp_path / "run"), "eval=light", "eval.probe_sizes=[10]"])
+    whole = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert whole["step"] == 14
+    (tmp_path / "run" / "checkpoint.pt").unlink()
+    for argv in ([str(tmp_path / "run")], [str(tmp_path / "run" / "best.pt")]):
+        main([*argv, "eval=light", "eval.probe_sizes=[10]"])
+        report = json.loads((tmp_path / "run" / "eval.json").read_text())
+        assert (report["model_used"], report["step"]) == ("best.pt (epoch 1, step 14)", 14)
+        assert report["figures"] == whole["figures"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "run"), "checkpoint=last"])
+    assert exit_info.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "has no checkpoint.pt" in lines[0] and "leave checkpoint=last out" in lines[0], lines
+
+
 def test_vae_eval_without_best_pt_evaluates_and_names_the_last_model(smoke_run, tmp_path):
     """The smoke run's best epoch is its last: best.pt is not needed, and the model is named as training did."""
     run_dir = shutil.copytree(smoke_run[0], tmp_path / "run")

@@ -22,7 +22,7 @@ from vae_cli.evaluation.iwae import bits_per_dim, log_px_estimates
 from vae_cli.evaluation.pictures import interpolation, tile, traversal, write_embedding
 from vae_cli.evaluation.probe import probe
 from vae_cli.likelihoods import Bernoulli, ContinuousBernoulli, to_unit
-from vae_cli.run_state import launch_folder, with_data_paths_from
+from vae_cli.run_state import BEST, CHECKPOINT, launch_folder, with_data_paths_from
 from vae_cli.training_state import best_label, chosen_model
 
 log = logging.getLogger(__name__)
@@ -149,31 +149,46 @@ def evaluate(model, data, test_x: torch.Tensor, settings: DictConfig, eval_seed:
                       embedding=embedding)
 
 
-def load_run(run_dir: Path, device: torch.device, which: str = "best", data_root: str | None = None):
-    """(config, data, model with the chosen checkpoint's weights, the last checkpoint's state, the chosen
-    weights' checkpoint, which model that is in words) of a run folder; which: last, or best: the model the
-    run's own test figures used (metrics.json's model_used): best.pt, the best validation ELBO of a whole
-    epoch, or the last model where max_steps stopped the run inside an epoch at a better one. data_root: where
-    the run's data.root folder is now (a run folder copied to another machine, a data set moved)."""
-    check_choice("checkpoint", which, ("best", "last", "best.pt"))
-    state = load_checkpoint(run_dir, map_location=device)
+def chosen_weights(run_dir: Path, state: dict, which: str, device: torch.device) -> tuple[dict, str]:
+    """(the checkpoint whose weights load_run evaluates, that model in words), given checkpoint.pt's state."""
     weights, loop = state, state.get("loop") or {}
     used = f"last (epoch {state.get('epoch')}, step {state['step']})"
     best = loop.get("provisional") or loop.get("best")  # as training's end chose (training_state.chosen_model)
     if which == "best" and best is not None:
         used = chosen_model(best, int(state["step"])) or best_label(best, int(state["step"]))
-    if which == "best" and used.startswith("best (epoch") and not (run_dir / "best.pt").is_file():
+    if which == "best" and used.startswith("best (epoch") and not (run_dir / BEST).is_file():
         log.warning("%s has no best.pt: evaluating the run's last model, checkpoint.pt", run_dir)  # as training
         used = "last (best.pt missing)"
     elif which == "best.pt" or (which == "best" and used.startswith("best (epoch")):
         try:
-            weights = load_checkpoint(run_dir / "best.pt", map_location=device)
+            weights = load_checkpoint(run_dir / BEST, map_location=device)
         except ConfigError as err:
             raise ConfigError(f"{err}; or evaluate the run's last model instead: checkpoint=last") from err
         if which == "best.pt":  # the file named: the best whole epoch's model, whatever the run's figures used
             used = f"best.pt (epoch {weights.get('epoch')}, step {weights.get('step')})"
     elif which == "best" and best is None:  # a checkpoint without the loop's record (written by hand?)
         log.warning("%s records no best model: evaluating its last model, checkpoint.pt", run_dir)
+    return weights, used
+
+
+def load_run(run_dir: Path, device: torch.device, which: str = "best", data_root: str | None = None):
+    """(config, data, model with the chosen checkpoint's weights, the last checkpoint's state (best.pt's where
+    checkpoint.pt was deleted), the chosen weights' checkpoint, which model that is in words) of a run folder;
+    which: last, or best: the model the run's own test figures used (metrics.json's model_used): best.pt, the
+    best validation ELBO of a whole epoch, or the last model where max_steps stopped the run inside an epoch
+    at a better one. data_root: where the run's data.root folder is now (a run folder copied to another
+    machine, a data set moved)."""
+    check_choice("checkpoint", which, ("best", "last", "best.pt"))
+    if not (run_dir / CHECKPOINT).exists() and (run_dir / BEST).exists():  # checkpoint.pt deleted to save space
+        if which == "last":
+            raise ConfigError(f"{run_dir} has no {CHECKPOINT}, the run's last model (checkpoint=last), but has "
+                              f"{BEST}: leave checkpoint=last out to evaluate that")
+        log.warning("%s has no %s: evaluating %s, the model of the run's best whole epoch", run_dir, CHECKPOINT, BEST)
+        state = weights = load_checkpoint(run_dir / BEST, map_location=device)
+        used = f"best.pt (epoch {weights.get('epoch')}, step {weights.get('step')})"
+    else:
+        state = load_checkpoint(run_dir, map_location=device)
+        weights, used = chosen_weights(run_dir, state, which, device)
     cfg = with_data_paths_from(OmegaConf.create(state["config"]), launch_folder(run_dir))
     if data_root is not None:  # the data are checked by their path, not their images: the user's to vouch for
         if "root" not in cfg.data:  # synthetic data: a load_synthetic() TypeError (a code review)
