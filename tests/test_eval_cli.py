@@ -254,6 +254,45 @@ def test_a_run_whose_data_root_moved_is_evaluated_and_resumed_with_the_new_one(t
     assert again.returncode == 2 and "another run's files" in again.stderr and "data.root" in again.stderr
 
 
+def docs_example(heading: str, language: str) -> str:
+    """The first ```language block after a heading's line in docs/extending.md."""
+    text = (Path(__file__).parents[1] / "docs" / "extending.md").read_text()
+    return text[text.index(heading):].split(f"```{language}\n", 1)[1].split("```", 1)[0]
+
+
+def test_a_run_whose_data_file_moved_is_evaluated_and_resumed_with_the_new_one(tmp_path, monkeypatch):
+    """docs/extending.md's .npz data set, as the user would copy it (outside the package, --config-dir): its
+    file moved, vae-eval had no data.path (it said `Key 'path' is not in struct`) though resume took it."""
+    import numpy as np
+
+    (tmp_path / "my_data.py").write_text(docs_example("## A data set", "python"))
+    config = docs_example("`configs/data/npz.yaml`", "yaml").replace("vae_cli.data.npz.load_npz", "my_data.load_npz")
+    (tmp_path / "my_configs" / "data").mkdir(parents=True)
+    (tmp_path / "my_configs" / "data" / "npz.yaml").write_text(config)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    rng = np.random.default_rng(0)
+    arrays = {f"{part}_x": rng.integers(0, 256, (n, 8, 8), dtype=np.uint8) for part, n in (("train", 60), ("test", 20))}
+    arrays.update({f"{part}_y": np.arange(n) % 2 for part, n in (("train", 60), ("test", 20))})
+    np.savez(tmp_path / "images.npz", **arrays)
+    common = ("--config-dir", "my_configs", "data=npz", "batch_size=10", "model.hidden_sizes=[16]", "~eval")
+    trained = run_cli(*common, "data.path=images.npz", "max_steps=5", "hydra.run.dir=run", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    (tmp_path / "images.npz").rename(tmp_path / "moved.npz")
+    light = ("eval=light", "eval.num_samples=2", "eval.probe_sizes=[1]")
+    refused = run_cli("run", *light, cwd=tmp_path, exe=vae_eval_exe())
+    assert refused.returncode == 2 and "data.path=" in refused.stderr and "is not a file" in refused.stderr
+    evaluated = run_cli("run", *light, "data.path=moved.npz", cwd=tmp_path, exe=vae_eval_exe())
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads((tmp_path / "run" / "eval.json").read_text())["data_source"] == str(tmp_path / "moved.npz")
+    assert f"data.path={tmp_path / 'moved.npz'} in place of the run's {tmp_path / 'images.npz'}" in evaluated.stderr
+    resumed = run_cli("--config-dir", "my_configs", "resume=run", "data=npz", "data.path=moved.npz", "max_steps=9",
+                      cwd=tmp_path)  # data=npz as the run had it: the default data set has no data.path
+    assert resumed.returncode == 0, resumed.stderr
+    assert read_status(tmp_path / "run")["step"] == 9
+    root = run_cli("run", *light, "data.root=moved.npz", cwd=tmp_path, exe=vae_eval_exe())
+    assert root.returncode == 2 and "have no root setting; leave data.root out" in root.stderr, root.stderr
+
+
 def test_a_data_root_from_home_is_not_taken_for_a_relative_one(tmp_path):
     """data.root='~/fm' became '<launch folder>/~/fm' on resume and in vae-eval."""
     from omegaconf import OmegaConf
@@ -376,7 +415,7 @@ def test_missing_folder_and_bad_override_are_one_line_errors(smoke_run, tmp_path
                           ([str(smoke_run[0]), "threads=0"], "threads=0"),
                           # synthetic data: load_synthetic() got an unexpected keyword argument 'root' (a review)
                           ([str(smoke_run[0]), "data.root=/tmp"], "data.root=/tmp: the run's data (vae_cli.data."
-                                                                  "load_synthetic) are not read from a folder"),
+                                                                  "load_synthetic) have no root setting"),
                           (["eval.num_samples=5"], "first argument must be the run folder"),
                           # a glob: a raw 'LexerNoViableAltException' (a user review)
                           ([str(smoke_run[0]), str(smoke_run[0]), "checkpoint=last"],

@@ -627,10 +627,10 @@ def resumed_config(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> Dict
                 logging.getLogger(__name__).warning("%s=%s in place of the run's %s", key, moved,
                                                     OmegaConf.select(stored, key, default=None))
             OmegaConf.update(stored, key, moved, force_add=True)
+        elif (resources.files("vae_cli.configs") / key).is_dir() and override.input_line in started_with:
+            continue  # a group's option as the run had it: data=npz, needed to name its data.path (below)
         elif key not in cfg and (resources.files("vae_cli.configs") / key).is_dir():
-            # experiment=, debug=: a group of settings with no node of its own, accepted only as the run had it
-            if override.input_line not in started_with:
-                refused.append(override.input_line)
+            refused.append(override.input_line)  # experiment=, debug=: a group of settings with no node of its own
         elif OmegaConf.select(stored, key, default=None) != new:
             refused.append(override.input_line)
     if refused:

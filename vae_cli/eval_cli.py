@@ -32,6 +32,7 @@ Keys (configs/eval.yaml with eval/full.yaml), each overridable as key=value:
   checkpoint           best: the model the run's test figures used (best.pt, the best validation ELBO) |
                        last: checkpoint.pt | best.pt: best.pt's model even where those figures used the last
   data.root            where the run's data.root folder is now, if it has moved (null: where the run had it)
+  data.path            the same for a data set read from one file (docs/extending.md)
   device               auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps
   threads              torch's intra-op threads; auto: this process's share of the cores (as vae-train)
   eval.num_samples     K importance samples per test image in L_K (Burda et al. report L_5000)

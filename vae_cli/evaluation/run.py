@@ -171,13 +171,13 @@ def chosen_weights(run_dir: Path, state: dict, which: str, device: torch.device)
     return weights, used
 
 
-def load_run(run_dir: Path, device: torch.device, which: str = "best", data_root: str | None = None):
+def load_run(run_dir: Path, device: torch.device, which: str = "best", moved: dict | None = None):
     """(config, data, model with the chosen checkpoint's weights, the last checkpoint's state (best.pt's where
     checkpoint.pt was deleted), the chosen weights' checkpoint, which model that is in words) of a run folder;
     which: last, or best: the model the run's own test figures used (metrics.json's model_used): best.pt, the
     best validation ELBO of a whole epoch, or the last model where max_steps stopped the run inside an epoch
-    at a better one. data_root: where the run's data.root folder is now (a run folder copied to another
-    machine, a data set moved)."""
+    at a better one. moved: where the run's data files are now (a run folder copied to another machine, a data
+    set moved), {"root": data.root's folder, "path": data.path's file (docs/extending.md's data set)}."""
     check_choice("checkpoint", which, ("best", "last", "best.pt"))
     if not (run_dir / CHECKPOINT).exists() and (run_dir / BEST).exists():  # checkpoint.pt deleted to save space
         if which == "last":
@@ -190,14 +190,14 @@ def load_run(run_dir: Path, device: torch.device, which: str = "best", data_root
         state = load_checkpoint(run_dir, map_location=device)
         weights, used = chosen_weights(run_dir, state, which, device)
     cfg = with_data_paths_from(OmegaConf.create(state["config"]), launch_folder(run_dir))
-    if data_root is not None:  # the data are checked by their path, not their images: the user's to vouch for
-        if "root" not in cfg.data:  # synthetic data: a load_synthetic() TypeError (a code review)
-            raise ConfigError(f"data.root={data_root}: the run's data ({cfg.data.get('_target_')}) are not read "
-                              "from a folder; leave data.root out")
-        moved = str(Path(data_root).expanduser().resolve())
-        if moved != cfg.data.root:
-            log.warning("data.root=%s in place of the run's %s", moved, cfg.data.root)
-        OmegaConf.update(cfg, "data.root", moved)
+    for key, where in (moved or {}).items():  # checked by their path, not their images: the user's to vouch for
+        if key not in cfg.data:  # synthetic data: a load_synthetic() TypeError (a code review)
+            raise ConfigError(f"data.{key}={where}: the run's data ({cfg.data.get('_target_')}) have no {key} "
+                              f"setting; leave data.{key} out")
+        now = str(Path(where).expanduser().resolve())
+        if now != cfg.data[key]:
+            log.warning("data.%s=%s in place of the run's %s", key, now, cfg.data[key])
+        OmegaConf.update(cfg, f"data.{key}", now)
     recorded = cfg.get("data_source")
     data = build_data(cfg, trained_on=recorded)
     if recorded and recorded != data.source:
@@ -224,7 +224,7 @@ def evaluate_run(run_dir, eval_cfg: DictConfig) -> Evaluation:
     device = resolve_device(eval_cfg.device)
     threads = use_threads(eval_cfg.threads)
     cfg, data, model, state, weights, model_used = load_run(run_dir, device, eval_cfg.checkpoint,
-                                                            eval_cfg.data.root)
+                                                            moved_data(eval_cfg.data))
     check_writable(run_dir)
     eval_seed = cfg.get("eval_seed", 0)
     test_x = prepare_eval_sets(model.likelihood, data, device, eval_seed)[1]
@@ -250,6 +250,11 @@ def evaluate_run(run_dir, eval_cfg: DictConfig) -> Evaluation:
     log.info("figures written to %s and its TensorBoard events (tags %s...)", run_dir / "eval.json",
              tag_prefix(eval_cfg.eval))
     return result
+
+
+def moved_data(settings: DictConfig) -> dict:
+    """vae-eval's data.root and data.path settings that are given (null: where the run had them)."""
+    return {key: value for key, value in settings.items() if value is not None}
 
 
 def tag_prefix(settings: DictConfig) -> str:
