@@ -185,6 +185,32 @@ def test_fused_step_refuses_what_it_does_not_compute(overrides, reason):
     assert type(make_train_step("auto", model, estimator, optimizer, 1.0, "cpu")) is AutogradStep
 
 
+def test_a_subclass_of_the_model_is_trained_through_autograd():
+    """docs/extending.md's way to a model of one's own, a subclass of VAE: one whose decode() adds a learned
+    offset was given the fused step, whose hand-written gradient left the offset at its start (a user review)."""
+    from vae_cli.model import VAE
+
+    class OffsetVAE(VAE):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.offset = torch.nn.Parameter(torch.full((30,), -3.0))
+
+        def decode(self, z):
+            return super().decode(z) + self.offset.unsqueeze(-1)
+
+    cfg = compose_config("data=synthetic")
+    plain = build_model(cfg, 30)
+    model = OffsetVAE(30, plain.latent, plain.likelihood, [8], "relu", cfg.model.latent_dim)
+    estimator = build_estimator(cfg, model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    assert unsupported_reason(plain, estimator) is None
+    assert "not that of its subclass OffsetVAE" in unsupported_reason(model, estimator)
+    step = make_train_step("auto", model, estimator, optimizer, 1.0, "cpu")
+    assert type(step) is AutogradStep
+    step((torch.rand(16, 30) < 0.5).float())
+    assert (model.offset.detach() != -3.0).all()  # Adam's first step moves every entry with a gradient by ~lr
+
+
 @pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
 def test_fused_training_matches_autograd_training(likelihood, smoke_cfg, tmp_path):
     """Whole runs through train(): same draws, same updates; only float32 rounding differs."""

@@ -18,6 +18,7 @@ from vae_cli.estimators.reparam import Reparameterized
 from vae_cli.estimators.terms import TERM_NAMES
 from vae_cli.latents.gaussian import GaussianLatent
 from vae_cli.likelihoods import LOG_2PI, Bernoulli, Gaussian
+from vae_cli.model import VAE
 
 ACTIVATIONS = (nn.ReLU, nn.Tanh)
 GAUSSIAN_SCALES = ("learned", "fixed")  # one shared sigma; per-pixel and optimal sigma train by autograd
@@ -49,6 +50,8 @@ def _activation_backward(grad: torch.Tensor, output: torch.Tensor, activation: n
 
 def unsupported_reason(model: nn.Module, estimator: nn.Module) -> str | None:
     """None when FusedReparamStep computes this model's step; else what rules it out."""
+    if type(model) is not VAE:  # a subclass may compute posterior, decode or log_likelihood its own way
+        return f"it computes vae_cli.model.VAE's own forward pass, not that of its subclass {type(model).__name__}"
     if type(estimator) is not Reparameterized or estimator.num_samples != 1:
         return "it needs estimator=reparam with estimator.num_samples=1"
     if type(model.latent) is not GaussianLatent or model.latent.kl_mode != "analytic":
