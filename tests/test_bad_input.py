@@ -97,6 +97,17 @@ FRESH_CASES = [
     (("data=fashion_mnist", "data.root=/nonexistent/folder"), ["data.root", "/nonexistent/folder"]),
     (("data=fashion_mnist", "data.root=/etc/hostname"), ["data.root='/etc/hostname': a file, not a folder"]),
     (("~early_stopping",), ["~early_stopping: this command needs early_stopping", "only ~eval may be removed"]),
+    # a node of settings given one value, as the README's "objective (val/elbo, maximize)" invites: Hydra
+    # put the value in the node's place, and the run met it with an AttributeError traceback (a user review)
+    (("objective=val/elbo",), ["objective=val/elbo: objective is not one value but a group of settings "
+                               "(objective.metric, objective.direction); set one of them, e.g. objective.metric=val/elbo"]),
+    (("checkpoint=5",), ["checkpoint=5:", "group of one setting, checkpoint.every_minutes; set it"]),
+    (("early_stopping=3",), ["early_stopping=3:", "e.g. early_stopping.patience=3"]),
+    # a config group given no option's name: Hydra's TypeError and ValueError named neither (a user review)
+    (("model=[1,2]",), ["model=[1,2]: model takes the name of one of its options (mlp)"]),
+    (("eval=123",), ["eval=123: eval takes the name of one of its options (full, light)"]),
+    (("eval=null",), ["eval=null: write ~eval"]),
+    (("experiment=null",), ["experiment=null: experiment is unset unless given", "leave experiment=null out"]),
     (("overwrite=no",), ["overwrite='no' must be true or false"]),  # a string: it counted as true
     (("likelihood=gaussian", "likelihood.dequantize=maybe"), ["likelihood.dequantize='maybe' must be true or false"]),
 ]
@@ -400,6 +411,18 @@ def test_each_command_runs_as_python_dash_m_of_its_module(tmp_path):
                              text=True, timeout=120)
         expected = run_cli(*args, cwd=tmp_path, exe=shutil.which(exe))
         assert ran.returncode == 0 and ran.stdout == expected.stdout and "vae-" in ran.stdout, (ran, expected)
+
+
+def test_help_after_a_bad_override_is_one_line_and_m_may_follow_the_overrides(tmp_path):
+    """--help composes the overrides outside a task: a mistyped one gave Hydra's traceback, exit 1; and
+    `vae-train KEY=VALUE -m ...` gave argparse's whole usage text (a user review)."""
+    for args, words in ((("likelihood=gausian", "--help"), "did you mean likelihood=gaussian?"),
+                        (("epoch=3", "--help"), "epoch=3: vae-train's config has no key epoch; did you mean epochs?")):
+        result = run_cli(*args, cwd=tmp_path)
+        assert result.returncode == 2 and words in one_error_line(result), result.stderr
+    result = run_cli(*SMOKE, "-m", "seed=0,1", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir()) == ["0", "1"]
 
 
 def test_hydra_usage_error_before_the_task_is_one_line(tmp_path):

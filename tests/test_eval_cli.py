@@ -417,6 +417,11 @@ def test_missing_folder_and_bad_override_are_one_line_errors(smoke_run, tmp_path
                           ([str(smoke_run[0]), "data.root=/tmp"], "data.root=/tmp: the run's data (vae_cli.data."
                                                                   "load_synthetic) have no root setting"),
                           (["eval.num_samples=5"], "first argument must be the run folder"),
+                          # Hydra's advice for data=..., +data=fashion_mnist, was taken and not used (a user review)
+                          ([str(smoke_run[0]), "+data=fashion_mnist"], "+data=fashion_mnist: vae-eval evaluates a run "
+                                                                       "on its own data set"),
+                          ([str(smoke_run[0]), "data.val_fraction=0.2"], "only data.root=FOLDER and data.path=FILE"),
+                          ([str(smoke_run[0]), "eval=123"], "eval=123: eval takes the name of one of its options"),
                           # a glob: a raw 'LexerNoViableAltException' (a user review)
                           ([str(smoke_run[0]), str(smoke_run[0]), "checkpoint=last"],
                            f"vae-eval evaluates one run folder, and {smoke_run[0]} is another")):

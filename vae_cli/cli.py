@@ -11,12 +11,14 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 import vae_cli.configs  # noqa: F401 - registers ${launch_dir:} (configs/__init__.py), also in sweep workers
-from vae_cli.config_keys import check_added_keys, deleted_key, hydra_error_line, swept_objective
+from vae_cli.config_keys import (MOVABLE, check_added_keys, deleted_key, group_choice_line, hydra_error_line,
+                               settings_node_line, swept_objective)
 from vae_cli.errors import ConfigError
 from vae_cli import interrupts
 from vae_cli.interrupts import Interrupted, exit_status, say_last_line, stop_quietly_until_the_run
@@ -214,10 +216,14 @@ def main() -> None:
     check_ray_address(args)
     check_slurm_times(args)
     sys.argv[1:] = args = absolute_sweep_dir_for_ray(args)
-    added = check_added_keys(args) or deleted_key(args, allowed=("eval",))  # ~eval: no evaluation at the end
+    added = (check_added_keys(args) or deleted_key(args, allowed=("eval",))  # ~eval: no evaluation at the end
+             or settings_node_line(args) or group_choice_line(args, removable=("eval",)))
     if added:
         fail(ConfigError(added))
     multirun = "-m" in args or "--multirun" in args
+    if multirun:  # after an override, argparse took the overrides beyond it for unrecognized arguments
+        sys.argv[1:] = args = [arg for arg in args if arg in ("-m", "--multirun")][:1] + [
+            arg for arg in args if arg not in ("-m", "--multirun")]
     if multirun:
         swept = swept_objective(args)
         if swept:
@@ -279,6 +285,13 @@ def main() -> None:
         held.parts = []
         held.release()
         fail(ConfigError(f"{err} (vae-train --help)"))
+    except (HydraException, OmegaConfBaseException) as err:  # --help composes the overrides outside a task
+        end_after_forwarded_stop(held)
+        if held.released or os.environ.get("HYDRA_FULL_ERROR"):
+            raise
+        held.parts = []
+        held.release()
+        fail(ConfigError(hydra_error_line(str(err), "train", args)))
     except BaseException:
         end_after_forwarded_stop(held)
         raise
@@ -599,7 +612,7 @@ def resumed_config(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> Dict
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from vae_cli.checkpoint import START_AFRESH, load_checkpoint
-    from vae_cli.run_state import MOVABLE, RECORDED, RESUMABLE
+    from vae_cli.run_state import RECORDED, RESUMABLE
 
     if not (run_dir / "checkpoint.pt").is_file():
         raise ConfigError(f"resume={run_dir}: no checkpoint.pt there, so nothing to resume; pass the folder "

@@ -10,6 +10,11 @@ from omegaconf import DictConfig, OmegaConf
 
 PACKAGE = "vae_cli.configs"
 NOT_KEYS = ("defaults", "hydra")  # Hydra's own lists and settings, not keys of the run's config
+# Where a data set's files are: resume=RUN data.root=NEW reads them from a new place (a data set moved, a run
+# folder copied to another machine), the user vouching that they are the same data, and vae-eval RUN
+# data.root=NEW the same. Anywhere else a changed path is another run's (another folder's tiny/ may hold
+# other data): vae-cli checks paths, not images.
+MOVABLE = ("data.root", "data.path")
 # primary config -> (the command, how it lists its keys)
 COMMANDS = {"train": ("vae-train", "`vae-train --cfg job` prints them all"),
             "eval": ("vae-eval", "`vae-eval --help` prints them all")}
@@ -76,6 +81,51 @@ def check_added_keys(args: list[str], primary: str = "train") -> str | None:
         key = found.group(1)
         if key not in keys and key not in groups and key.split(".")[0] != "hydra":
             return unknown_key_line(key, arg, primary)
+    return None
+
+
+def settings_node_line(args: list[str], primary: str = "train") -> str | None:
+    """The error line for `node=value` replacing a node of settings by one value (objective=val/elbo,
+    checkpoint=5): Hydra takes it, and the code met the value with an AttributeError traceback."""
+    tree = OmegaConf.create((files(PACKAGE) / f"{primary}.yaml").read_text())
+    for arg in args:
+        key, given, value = arg.lstrip("+").partition("=")
+        node = tree.get(key) if key not in NOT_KEYS else None
+        if given and isinstance(node, DictConfig) and len(node) and unparsable_override([arg]) is None:
+            keys = [f"{key}.{name}" for name in node]
+            which = f"one setting, {keys[0]}; set it" if len(keys) == 1 else \
+                f"settings ({', '.join(keys)}); set one of them"
+            return f"{arg}: {key} is not one value but a group of {which}, e.g. {keys[0]}={value}"
+    return None
+
+
+def group_choice_line(args: list[str], primary: str = "train", removable: tuple[str, ...] = ()) -> str | None:
+    """The error line for a config group given something other than one option's name (model=[1,2], eval=123,
+    experiment=null): Hydra's TypeError or ValueError named neither the group nor its options. removable: the
+    groups whose `~group` the command takes."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    defaults = {next(iter(entry)): next(iter(entry.values()))
+                for entry in OmegaConf.create((files(PACKAGE) / f"{primary}.yaml").read_text()).get("defaults", [])
+                if isinstance(entry, DictConfig) and not next(iter(entry)).startswith(("override", "hydra"))}
+    for arg in args:
+        key = arg.partition("=")[0].lstrip("+").split("@")[0]
+        if arg.startswith(("-", "~")) or key not in defaults:
+            continue
+        try:
+            override = parser.parse_override(arg)
+        except HydraException:
+            continue  # Hydra's own error names it
+        if override.is_sweep_override() or isinstance(override.value(), str):
+            continue
+        if override.value() is None and defaults[key] is None:
+            return f"{arg}: {key} is unset unless given (Hydra takes no null for a config group); leave {arg} out"
+        if override.value() is None and key in removable:
+            return f"{arg}: write ~{key} (Hydra takes no null for a config group)"
+        options = sorted(p.name[:-len(".yaml")] for p in (files(PACKAGE) / key).iterdir() if p.name.endswith(".yaml"))
+        return f"{arg}: {key} takes the name of one of its options ({', '.join(options)}), e.g. {key}={options[0]}"
     return None
 
 

@@ -9,7 +9,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from vae_cli.cli import fail, version_line
-from vae_cli.config_keys import check_added_keys, deleted_key, hydra_error_line
+from vae_cli.config_keys import (MOVABLE, check_added_keys, deleted_key, group_choice_line, hydra_error_line,
+                               settings_node_line)
 from vae_cli.errors import ConfigError
 from vae_cli.interrupts import stop_at_once
 from vae_cli.process_exit import ExitWithoutTeardown
@@ -55,7 +56,13 @@ Current values:
 
 def compose_eval_config(overrides: list[str]):
     """configs/eval.yaml with Hydra overrides, struct mode on; bad overrides become one-line ConfigErrors."""
-    added = check_added_keys(overrides, "eval")
+    for arg in overrides:  # +data=fashion_mnist, Hydra's own advice for data=..., was taken and not used
+        key = arg.partition("=")[0].lstrip("+")
+        if (key == "data" or key.startswith("data.")) and key not in MOVABLE:
+            raise ConfigError(f"{arg}: vae-eval evaluates a run on its own data set, with the run's data settings; "
+                              f"only {'=FOLDER and '.join(MOVABLE)}=FILE, where its files are now, may be given")
+    added = (check_added_keys(overrides, "eval") or settings_node_line(overrides, "eval")
+             or group_choice_line(overrides, "eval"))
     if added:
         raise ConfigError(added)
     if any(arg == "~eval" or arg.startswith("~eval=") for arg in overrides):  # vae-train's switch

@@ -13,6 +13,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from vae_cli.checkpoint import START_AFRESH, load_checkpoint, write_json
+from vae_cli.config_keys import MOVABLE
 from vae_cli.errors import ConfigError
 from vae_cli.interrupts import folder_override
 
@@ -36,10 +37,6 @@ TEMPORARY_GLOBS = tuple(f".{name}.*.tmp" for name in (CHECKPOINT, BEST, METRICS,
 # eval_batch_size move the validation draws of z, within their standard errors).
 RESUMABLE = ("epochs", "max_steps", "device", "log_every", "eval_batch_size", "checkpoint", "early_stopping",
              "threads", "eval", "objective", "fail_fast", "resume", "overwrite", "diagnostics", "num_images")
-# Where a data set's files are: resume=RUN data.root=NEW reads them from a new place (a data set moved, a run
-# folder copied to another machine), the user vouching that they are the same data. Anywhere else a changed
-# path is another run's (another folder's tiny/ may hold other data): vae-cli checks paths, not images.
-MOVABLE = ("data.root", "data.path")
 # Facts train() records in the stored config (what the run really used), not settings.
 RECORDED = ("data_source", "device_used", "train_step_used", "threads_used")
 
