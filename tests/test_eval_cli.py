@@ -391,12 +391,17 @@ def test_vae_eval_writes_every_promised_tag_and_key(smoke_run):
     (("likelihood=gaussian", "likelihood.scale=optimal"), True),
     (("latent=categorical",), False),
 ])
-def test_light_evaluation_of_other_likelihoods_and_latents(overrides, continuous, tmp_path):
-    metrics = train(compose_config("debug=smoke", "epochs=1", *overrides), tmp_path)
+def test_light_evaluation_of_other_likelihoods_and_latents(overrides, continuous, tmp_path, caplog):
+    with caplog.at_level("INFO", logger="vae_cli.evaluation.run"):
+        metrics = train(compose_config("debug=smoke", "epochs=1", *overrides), tmp_path)
     assert TEST_TAGS <= set(metrics) and ("test/bits_per_dim" in metrics) == continuous
     if continuous:  # bits/dim = -L_K / (D ln 2) + 8, D = 64
         assert metrics["test/bits_per_dim"] == pytest.approx(-metrics["test/L_K"] / (64 * 0.6931471805599453)
                                                              + 8)
+        # on the terminal too, where it was only in metrics.json (a user review)
+        assert f"nats ({metrics['test/bits_per_dim']:.3f} bits/dim)" in caplog.text
+    else:
+        assert "bits/dim" not in caplog.text
     assert metrics["test/L_K"] >= metrics["test/elbo_L1"]
 
 

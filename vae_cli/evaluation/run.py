@@ -138,10 +138,12 @@ def evaluate(model, data, test_x: torch.Tensor, settings: DictConfig, eval_seed:
             images["latents/interpolations"] = tile(interpolation(model, test_x, means, shape))
     embedding = (means, data.test_y, to_unit(data.test_x).view(-1, *shape)) if settings.embedding else None
     figures = {f"test/{k}": v for k, v in test.items()} | {f"probe/{k}": v for k, v in probes.items()}
-    log.info("test L_%d %s nats (a lower bound on log p(x)), ELBO %.2f, gap %.2f; %d active %s; "
+    bits = f" ({test['bits_per_dim']:.3f} bits/dim)" if "bits_per_dim" in test else ""  # dequantised data
+    log.info("test L_%d %s nats%s (a lower bound on log p(x)), ELBO %.2f, gap %.2f; %d active %s; "
              "%.0f images x samples/s; the whole evaluation took %.1f s", settings.num_samples,
-             with_error(test["L_K"], test["L_K_stderr"]), test["elbo_L1"], test["posterior_gap"], test["active_units"],
-             "unit" if test["active_units"] == 1 else "units", throughput, time.perf_counter() - start)
+             with_error(test["L_K"], test["L_K_stderr"]), bits, test["elbo_L1"], test["posterior_gap"],
+             test["active_units"], "unit" if test["active_units"] == 1 else "units", throughput,
+             time.perf_counter() - start)
     if probes:  # per feature set (latent means, pixels) and labelled training images per class
         log.info("probe accuracy on the test set (logistic regression): %s",
                  ", ".join(f"{name} {accuracy:.3f}" for name, accuracy in probes.items()))
