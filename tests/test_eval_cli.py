@@ -138,6 +138,22 @@ def test_vae_eval_of_a_folder_without_checkpoint_pt_evaluates_best_pt(tmp_path, 
     assert len(lines) == 1 and "has no checkpoint.pt" in lines[0] and "leave checkpoint=last out" in lines[0], lines
 
 
+def test_vae_eval_of_an_unfinished_run_says_so(smoke_run, tmp_path, caplog):
+    """A run stopped by Ctrl-C was evaluated without a word, though vae-eval --help speaks of a finished run
+    (a user review)."""
+    run_dir = shutil.copytree(smoke_run[0], tmp_path / "run")
+    main([str(run_dir), "eval=light", "eval.probe_sizes=[10]"])
+    assert json.loads((run_dir / "eval.json").read_text())["run_state"] == "finished"
+    assert "a model of the run so far" not in caplog.text
+    status = json.loads((run_dir / "status.json").read_text())
+    (run_dir / "status.json").write_text(json.dumps(status | {"state": "interrupted", "step": 20}))
+    main([str(run_dir), "eval=light", "eval.probe_sizes=[10]"])
+    assert json.loads((run_dir / "eval.json").read_text())["run_state"] == "interrupted"
+    assert (f"the run in {run_dir} is interrupted, at step 20 of {status['total_steps']}: evaluating best "
+            f"(= last: epoch 2, step 28), a model of the run so far; `vae-train resume={run_dir}` finishes it"
+            in caplog.text)
+
+
 def test_vae_eval_without_best_pt_evaluates_and_names_the_last_model(smoke_run, tmp_path):
     """The smoke run's best epoch is its last: best.pt is not needed, and the model is named as training did."""
     run_dir = shutil.copytree(smoke_run[0], tmp_path / "run")

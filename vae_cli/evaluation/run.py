@@ -22,7 +22,7 @@ from vae_cli.evaluation.iwae import bits_per_dim, log_px_estimates
 from vae_cli.evaluation.pictures import interpolation, tile, traversal, write_embedding
 from vae_cli.evaluation.probe import probe
 from vae_cli.likelihoods import Bernoulli, ContinuousBernoulli, to_unit
-from vae_cli.run_state import BEST, CHECKPOINT, launch_folder, with_data_paths_from
+from vae_cli.run_state import BEST, CHECKPOINT, launch_folder, read_status, resume_command, with_data_paths_from
 from vae_cli.training_state import best_label, chosen_model
 
 log = logging.getLogger(__name__)
@@ -228,6 +228,11 @@ def evaluate_run(run_dir, eval_cfg: DictConfig) -> Evaluation:
     cfg, data, model, state, weights, model_used = load_run(run_dir, device, eval_cfg.checkpoint,
                                                             moved_data(eval_cfg.data))
     check_writable(run_dir)
+    run_status = read_status(run_dir) or {}
+    if run_status.get("state") in ("running", "interrupted", "failed"):  # its --help says: a finished run
+        log.warning("the run in %s is %s, at step %s of %s: evaluating %s, a model of the run so far%s", run_dir,
+                    run_status["state"], run_status.get("step"), run_status.get("total_steps"), model_used,
+                    "" if run_status["state"] == "running" else f"; `{resume_command(run_dir)}` finishes it")
     eval_seed = cfg.get("eval_seed", 0)
     test_x = prepare_eval_sets(model.likelihood, data, device, eval_seed)[1]
     step = int(weights["step"])  # the model's: best and last at one K had the same tags at the same step
@@ -244,6 +249,7 @@ def evaluate_run(run_dir, eval_cfg: DictConfig) -> Evaluation:
         raise WriteError(f"could not write TensorBoard events in {run_dir} ({reason(err)}); free some space and "
                          "run the same command again") from err
     report = {"figures": result.figures, "notes": result.notes, "step": step, "model_used": model_used,
+              "run_state": run_status.get("state"),
               "data_source": data.source, "device": str(device), "threads": threads,
               "settings": OmegaConf.to_container(eval_cfg.eval, resolve=True),
               "images_x_samples_per_sec": result.images_x_samples_per_sec}
