@@ -369,6 +369,10 @@ def test_vae_eval_keeps_an_earlier_report_of_other_settings(smoke_run, tmp_path)
     main([str(run_dir), "eval=light", "eval.num_samples=7"])  # an unreadable report was overwritten
     assert (run_dir / "eval-2.json").read_text().endswith('["edited by hand"')
     assert json.loads((run_dir / "eval.json").read_text())["settings"]["num_samples"] == 7
+    # the same model named another way (best = last here): replaced, not kept as eval-3.json (a user review)
+    main([str(run_dir), "eval=light", "eval.num_samples=7", "checkpoint=last"])
+    assert json.loads((run_dir / "eval.json").read_text())["model_used"].startswith("last (epoch 2")
+    assert sorted(p.name for p in run_dir.glob("eval*.json")) == ["eval-1.json", "eval-2.json", "eval.json"]
 
 
 def test_vae_eval_writes_every_promised_tag_and_key(smoke_run):

@@ -291,14 +291,15 @@ def check_writable(run_dir: Path) -> None:
 def keep_earlier_report(path: Path, report: dict) -> None:
     """An eval.json of other settings or another model (K = 1000, before an eval=light) is not overwritten:
     it is renamed eval-1.json (or the first free number). One of the same settings and model is replaced:
-    the evaluation is deterministic, its figures the same."""
+    the evaluation is deterministic, its figures the same. The model is told by its step, one model per step
+    of a run: checkpoint=best and checkpoint=best.pt name one model in two ways."""
     try:
         earlier = json.loads(path.read_text())
     except OSError:  # none there
         return
     except ValueError:  # damaged, or edited by hand: kept, it may be all that is left of a long evaluation
         earlier = None
-    same = {k: report[k] for k in ("settings", "model_used")}
+    same = {k: report[k] for k in ("settings", "step")}
     if isinstance(earlier, dict) and {k: earlier.get(k) for k in same} == same:
         return
     number = 1
