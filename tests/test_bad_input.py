@@ -322,6 +322,11 @@ def test_an_option_of_ones_own_that_fails_to_build_is_named_with_its_cause(tmp_p
     line = one_error_line(result)
     assert "'likelihood' could not be built" in line and "(NameError: name 'torch' is not defined)" in line, line
     assert "HYDRA_FULL_ERROR" not in line
+    monkeypatch.delenv("PYTHONPATH")  # the module not found: say how it is found (a user review)
+    result = run_cli("--config-dir", "my_configs", "likelihood=lap", *SMOKE, "hydra.run.dir=run2", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert one_error_line(result).endswith("(ModuleNotFoundError: No module named 'my_ext'); run the command with "
+                                           "PYTHONPATH naming the folder that holds my_ext (docs/extending.md)")
 
 
 def test_the_run_lock_refuses_a_second_holder(tmp_path):
