@@ -99,13 +99,13 @@ FRESH_CASES = [
     (("~early_stopping",), ["~early_stopping: this command needs early_stopping", "only ~eval may be removed"]),
     # a node of settings given one value, as the README's "objective (val/elbo, maximize)" invites: Hydra
     # put the value in the node's place, and the run met it with an AttributeError traceback (a user review)
-    (("objective=val/elbo",), ["objective=val/elbo: objective is not one value but a group of settings "
-                               "(objective.metric, objective.direction); set one of them, e.g. objective.metric=val/elbo"]),
+    (("objective=val/elbo",), ["objective=val/elbo: objective is not one value but a group of settings (objective."
+                               "metric, objective.direction); set one of them, e.g. objective.metric=val/elbo"]),
     (("checkpoint=5",), ["checkpoint=5:", "group of one setting, checkpoint.every_minutes; set it"]),
     (("early_stopping=3",), ["early_stopping=3:", "e.g. early_stopping.patience=3"]),
     # a config group given no option's name: Hydra's TypeError and ValueError named neither (a user review)
-    (("model=[1,2]",), ["model=[1,2]: model takes the name of one of its options (mlp)"]),
-    (("eval=123",), ["eval=123: eval takes the name of one of its options (full, light)"]),
+    (("model=[1,2]",), ["model=[1,2]: model takes the name of one of its options (such as mlp)"]),
+    (("eval=123",), ["eval=123: eval takes the name of one of its options (such as full, light)"]),
     (("eval=null",), ["eval=null: write ~eval"]),
     (("experiment=null",), ["experiment=null: experiment is unset unless given", "leave experiment=null out"]),
     (("overwrite=no",), ["overwrite='no' must be true or false"]),  # a string: it counted as true
@@ -327,6 +327,15 @@ def test_an_option_of_ones_own_that_fails_to_build_is_named_with_its_cause(tmp_p
     assert result.returncode == 2, result.stderr
     assert one_error_line(result).endswith("(ModuleNotFoundError: No module named 'my_ext'); run the command with "
                                            "PYTHONPATH naming the folder that holds my_ext (docs/extending.md)")
+    # a module the option's own module imports, or a class never added to vae-cli's: no PYTHONPATH advice
+    (tmp_path / "my_ext" / "__init__.py").write_text("import not_installed_here\n")
+    (tmp_path / "my_configs" / "likelihood" / "lap2.yaml").write_text("_target_: vae_cli.likelihoods.Laplace\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    for option, missing in (("lap", "not_installed_here"), ("lap2", "vae_cli.likelihoods.Laplace")):
+        result = run_cli("--config-dir", "my_configs", f"likelihood={option}", *SMOKE, "hydra.run.dir=run3",
+                         cwd=tmp_path)
+        line = one_error_line(result)
+        assert result.returncode == 2 and missing in line and "PYTHONPATH" not in line, line
 
 
 def test_the_run_lock_refuses_a_second_holder(tmp_path):
@@ -416,6 +425,18 @@ def test_each_command_runs_as_python_dash_m_of_its_module(tmp_path):
                              text=True, timeout=120)
         expected = run_cli(*args, cwd=tmp_path, exe=shutil.which(exe))
         assert ran.returncode == 0 and ran.stdout == expected.stdout and "vae-" in ran.stdout, (ran, expected)
+
+
+@pytest.mark.parametrize("override,shown", [
+    ("objective={metric:val/kl}", "metric: val/kl"),  # Hydra merges a dict into the node of settings
+    ("checkpoint={every_minutes:1}", "every_minutes: 1"),
+    ("+experiment=[burda_mlp]", "epochs: 3280"),  # Hydra's list of a group's options
+    ("experiment=[burda_mlp,categorical_reinforce]", "batch_size: 100"),
+])
+def test_what_hydra_takes_for_a_node_or_a_group_is_still_taken(override, shown, tmp_path):
+    """The checks of objective=val/elbo and model=[1,2] above refused these valid forms (a code review)."""
+    result = run_cli("--cfg", "job", override, cwd=tmp_path)
+    assert result.returncode == 0 and shown in result.stdout, result.stderr
 
 
 def test_help_after_a_bad_override_is_one_line_and_m_may_follow_the_overrides(tmp_path):

@@ -146,12 +146,18 @@ def test_vae_eval_of_an_unfinished_run_says_so(smoke_run, tmp_path, caplog):
     assert json.loads((run_dir / "eval.json").read_text())["run_state"] == "finished"
     assert "a model of the run so far" not in caplog.text
     status = json.loads((run_dir / "status.json").read_text())
-    (run_dir / "status.json").write_text(json.dumps(status | {"state": "interrupted", "step": 20}))
+    (run_dir / "status.json").write_text(json.dumps(status | {"state": "interrupted", "step": 20,
+                                                              "resume_command": f"vae-train resume={run_dir}"}))
     main([str(run_dir), "eval=light", "eval.probe_sizes=[10]"])
     assert json.loads((run_dir / "eval.json").read_text())["run_state"] == "interrupted"
     assert (f"the run in {run_dir} is interrupted, at step 20 of {status['total_steps']}: evaluating best "
             f"(= last: epoch 2, step 28), a model of the run so far; `vae-train resume={run_dir}` finishes it"
             in caplog.text)
+    caplog.clear()  # a diverged run (train() records no resume command) cannot be finished by resuming it
+    (run_dir / "status.json").write_text(json.dumps(status | {"state": "failed", "resume_command": None}))
+    main([str(run_dir), "eval=light", "eval.probe_sizes=[10]"])
+    assert "(= last: epoch 2, step 28), a model of the run so far\n" in caplog.text + "\n"
+    assert "finishes it" not in caplog.text
 
 
 def test_vae_eval_without_best_pt_evaluates_and_names_the_last_model(smoke_run, tmp_path):
@@ -380,7 +386,7 @@ def test_vae_eval_writes_every_promised_tag_and_key(smoke_run):
     main([str(run_dir), "eval.num_samples=300", "eval.chunk_size=64"])
     report = json.loads((run_dir / "eval.json").read_text())
     assert set(report) == {"figures", "notes", "step", "model_used", "data_source", "device", "threads", "settings",
-                           "images_x_samples_per_sec"}
+                           "images_x_samples_per_sec", "run_state"} and report["run_state"] == "finished"
     figures = report["figures"]
     assert set(figures) == TEST_TAGS | STDERR_TAGS | PROBE_TAGS and report["settings"]["num_samples"] == 300
     assert "bits/dim not reported" in report["notes"][0] and report["step"] == metrics["step"]
@@ -419,7 +425,8 @@ def test_light_evaluation_of_other_likelihoods_and_latents(overrides, continuous
         assert metrics["test/bits_per_dim"] == pytest.approx(-metrics["test/L_K"] / (64 * 0.6931471805599453)
                                                              + 8)
         # on the terminal too, where it was only in metrics.json (a user review)
-        assert f"nats ({metrics['test/bits_per_dim']:.3f} bits/dim)" in caplog.text
+        assert f"nats (a lower bound on log p(x); {metrics['test/bits_per_dim']:.3f} bits/dim, an upper bound)" \
+            in caplog.text
     else:
         assert "bits/dim" not in caplog.text
     assert metrics["test/L_K"] >= metrics["test/elbo_L1"]

@@ -29,7 +29,9 @@ def instantiate(node: DictConfig, **kwargs):
         detail = reason(err).replace(", set env var HYDRA_FULL_ERROR=1 to see chained exception", "")
         if root is not err:
             detail += f" ({type(root).__name__}: {reason(root)})"
-        if isinstance(root, ModuleNotFoundError):  # a module of one's own (docs/extending.md), not on the path
+        target = str(node.get("_target_", "")) if isinstance(node, DictConfig) else ""
+        if isinstance(root, ModuleNotFoundError) and root.name and "." not in root.name and \
+                target.split(".")[0] == root.name:  # a module of one's own (docs/extending.md), not on the path
             detail += f"; run the command with PYTHONPATH naming the folder that holds {root.name} (docs/extending.md)"
         raise ConfigError(f"config group '{where}' could not be built: {detail}") from err
 

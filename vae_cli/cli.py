@@ -221,7 +221,8 @@ def main() -> None:
     if added:
         fail(ConfigError(added))
     multirun = "-m" in args or "--multirun" in args
-    if multirun:  # after an override, argparse took the overrides beyond it for unrecognized arguments
+    if multirun:  # -m after an override: argparse took the overrides beyond it for unrecognized arguments (other
+        # options, --config-dir DIR, must still come before the overrides, as Hydra's usage line says)
         sys.argv[1:] = args = [arg for arg in args if arg in ("-m", "--multirun")][:1] + [
             arg for arg in args if arg not in ("-m", "--multirun")]
     if multirun:

@@ -86,16 +86,31 @@ def check_added_keys(args: list[str], primary: str = "train") -> str | None:
 
 def settings_node_line(args: list[str], primary: str = "train") -> str | None:
     """The error line for `node=value` replacing a node of settings by one value (objective=val/elbo,
-    checkpoint=5): Hydra takes it, and the code met the value with an AttributeError traceback."""
-    tree = OmegaConf.create((files(PACKAGE) / f"{primary}.yaml").read_text())
+    checkpoint=5): Hydra takes it, and the code met the value with an AttributeError traceback. A dict
+    (objective={metric:val/kl}) is Hydra's merge into the node, and a sweep is left to the sweep's checks."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser, tree = OverridesParser.create(), OmegaConf.create((files(PACKAGE) / f"{primary}.yaml").read_text())
     for arg in args:
-        key, given, value = arg.lstrip("+").partition("=")
-        node = tree.get(key) if key not in NOT_KEYS else None
-        if given and isinstance(node, DictConfig) and len(node) and unparsable_override([arg]) is None:
-            keys = [f"{key}.{name}" for name in node]
-            which = f"one setting, {keys[0]}; set it" if len(keys) == 1 else \
-                f"settings ({', '.join(keys)}); set one of them"
-            return f"{arg}: {key} is not one value but a group of {which}, e.g. {keys[0]}={value}"
+        key = arg.partition("=")[0].lstrip("+")
+        node = tree.get(key) if key not in NOT_KEYS and not arg.startswith(("-", "~")) else None
+        if not isinstance(node, DictConfig) or not len(node):
+            continue
+        try:
+            override = parser.parse_override(arg)
+        except HydraException:
+            continue  # Hydra's own error names it
+        value = None if override.is_sweep_override() else override.value()
+        if override.is_sweep_override() or isinstance(value, dict):
+            continue
+        name, default = next(iter(node.items_ex(resolve=False)))
+        keys = [f"{key}.{k}" for k in node]
+        if len(keys) > 1 or (type(value) is not type(default) and (default is not None or value is None)):
+            value = "null" if default is None else default  # the form, not a value the setting would refuse
+        which = f"one setting, {keys[0]}; set it" if len(keys) == 1 else \
+            f"settings ({', '.join(keys)}); set one of them"
+        return f"{arg}: {key} is not one value but a group of {which}, e.g. {key}.{name}={value}"
     return None
 
 
@@ -118,14 +133,17 @@ def group_choice_line(args: list[str], primary: str = "train", removable: tuple[
             override = parser.parse_override(arg)
         except HydraException:
             continue  # Hydra's own error names it
-        if override.is_sweep_override() or isinstance(override.value(), str):
-            continue
-        if override.value() is None and defaults[key] is None:
+        value = None if override.is_sweep_override() else override.value()
+        if override.is_sweep_override() or isinstance(value, str) or (
+                isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
+            continue  # one option, or several (Hydra's list of options: experiment=[a,b])
+        if value is None and defaults[key] is None:
             return f"{arg}: {key} is unset unless given (Hydra takes no null for a config group); leave {arg} out"
-        if override.value() is None and key in removable:
+        if value is None and key in removable:
             return f"{arg}: write ~{key} (Hydra takes no null for a config group)"
         options = sorted(p.name[:-len(".yaml")] for p in (files(PACKAGE) / key).iterdir() if p.name.endswith(".yaml"))
-        return f"{arg}: {key} takes the name of one of its options ({', '.join(options)}), e.g. {key}={options[0]}"
+        return (f"{arg}: {key} takes the name of one of its options (such as {', '.join(options)}), "
+                f"e.g. {key}={options[0]}")
     return None
 
 

@@ -22,7 +22,7 @@ from vae_cli.evaluation.iwae import bits_per_dim, log_px_estimates
 from vae_cli.evaluation.pictures import interpolation, tile, traversal, write_embedding
 from vae_cli.evaluation.probe import probe
 from vae_cli.likelihoods import Bernoulli, ContinuousBernoulli, to_unit
-from vae_cli.run_state import BEST, CHECKPOINT, launch_folder, read_status, resume_command, with_data_paths_from
+from vae_cli.run_state import BEST, CHECKPOINT, launch_folder, read_status, with_data_paths_from
 from vae_cli.training_state import best_label, chosen_model
 
 log = logging.getLogger(__name__)
@@ -138,8 +138,8 @@ def evaluate(model, data, test_x: torch.Tensor, settings: DictConfig, eval_seed:
             images["latents/interpolations"] = tile(interpolation(model, test_x, means, shape))
     embedding = (means, data.test_y, to_unit(data.test_x).view(-1, *shape)) if settings.embedding else None
     figures = {f"test/{k}": v for k, v in test.items()} | {f"probe/{k}": v for k, v in probes.items()}
-    bits = f" ({test['bits_per_dim']:.3f} bits/dim)" if "bits_per_dim" in test else ""  # dequantised data
-    log.info("test L_%d %s nats%s (a lower bound on log p(x)), ELBO %.2f, gap %.2f; %d active %s; "
+    bits = f"; {test['bits_per_dim']:.3f} bits/dim, an upper bound" if "bits_per_dim" in test else ""  # dequantised
+    log.info("test L_%d %s nats (a lower bound on log p(x)%s), ELBO %.2f, gap %.2f; %d active %s; "
              "%.0f images x samples/s; the whole evaluation took %.1f s", settings.num_samples,
              with_error(test["L_K"], test["L_K_stderr"]), bits, test["elbo_L1"], test["posterior_gap"],
              test["active_units"], "unit" if test["active_units"] == 1 else "units", throughput,
@@ -230,9 +230,11 @@ def evaluate_run(run_dir, eval_cfg: DictConfig) -> Evaluation:
     check_writable(run_dir)
     run_status = read_status(run_dir) or {}
     if run_status.get("state") in ("running", "interrupted", "failed"):  # its --help says: a finished run
+        command = run_status.get("resume_command")  # None where resuming cannot help (a diverged run)
+        finish = f"; `{command}` finishes it" if (command and run_status["state"] != "running"
+                                                   and (run_dir / CHECKPOINT).exists()) else ""
         log.warning("the run in %s is %s, at step %s of %s: evaluating %s, a model of the run so far%s", run_dir,
-                    run_status["state"], run_status.get("step"), run_status.get("total_steps"), model_used,
-                    "" if run_status["state"] == "running" else f"; `{resume_command(run_dir)}` finishes it")
+                    run_status["state"], run_status.get("step"), run_status.get("total_steps"), model_used, finish)
     eval_seed = cfg.get("eval_seed", 0)
     test_x = prepare_eval_sets(model.likelihood, data, device, eval_seed)[1]
     step = int(weights["step"])  # the model's: best and last at one K had the same tags at the same step
