@@ -84,28 +84,36 @@ def check_added_keys(args: list[str], primary: str = "train") -> str | None:
     return None
 
 
-def settings_node_line(args: list[str], primary: str = "train") -> str | None:
-    """The error line for `node=value` replacing a node of settings by one value (objective=val/elbo,
-    checkpoint=5): Hydra takes it, and the code met the value with an AttributeError traceback. A dict
-    (objective={metric:val/kl}) is Hydra's merge into the node, and a sweep is left to the sweep's checks."""
+def single_values(args: list[str], wanted):
+    """(arg, key, value) for each `key=value` of args whose key wanted(key) is true and that Hydra parses
+    into one value (not a sweep; Hydra's own error names an override it cannot parse)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    parser, tree = OverridesParser.create(), OmegaConf.create((files(PACKAGE) / f"{primary}.yaml").read_text())
+    parser = OverridesParser.create()
     for arg in args:
-        key = arg.partition("=")[0].lstrip("+")
-        node = tree.get(key) if key not in NOT_KEYS and not arg.startswith(("-", "~")) else None
-        if not isinstance(node, DictConfig) or not len(node):
+        key = arg.partition("=")[0].lstrip("+").split("@")[0]
+        if arg.startswith(("-", "~")) or not wanted(key):
             continue
         try:
             override = parser.parse_override(arg)
         except HydraException:
-            continue  # Hydra's own error names it
-        value = None if override.is_sweep_override() else override.value()
-        if override.is_sweep_override() or isinstance(value, dict):
             continue
-        name, default = next(iter(node.items_ex(resolve=False)))
-        keys = [f"{key}.{k}" for k in node]
+        if not override.is_sweep_override():
+            yield arg, key, override.value()
+
+
+def settings_node_line(args: list[str], primary: str = "train") -> str | None:
+    """The error line for `node=value` replacing a node of settings by one value (objective=val/elbo,
+    checkpoint=5): Hydra takes it, and the code met the value with an AttributeError traceback. A dict
+    (objective={metric:val/kl}) is Hydra's merge into the node, and a sweep is left to the sweep's checks."""
+    tree = OmegaConf.create((files(PACKAGE) / f"{primary}.yaml").read_text())
+    nodes = {key: node for key, node in tree.items() if key not in NOT_KEYS and isinstance(node, DictConfig) and node}
+    for arg, key, value in single_values(args, nodes.__contains__):
+        if isinstance(value, dict):
+            continue
+        name, default = next(iter(nodes[key].items_ex(resolve=False)))
+        keys = [f"{key}.{k}" for k in nodes[key]]
         if len(keys) > 1 or (type(value) is not type(default) and (default is not None or value is None)):
             value = "null" if default is None else default  # the form, not a value the setting would refuse
         which = f"one setting, {keys[0]}; set it" if len(keys) == 1 else \
@@ -118,24 +126,11 @@ def group_choice_line(args: list[str], primary: str = "train", removable: tuple[
     """The error line for a config group given something other than one option's name (model=[1,2], eval=123,
     experiment=null): Hydra's TypeError or ValueError named neither the group nor its options. removable: the
     groups whose `~group` the command takes."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    parser = OverridesParser.create()
     defaults = {next(iter(entry)): next(iter(entry.values()))
                 for entry in OmegaConf.create((files(PACKAGE) / f"{primary}.yaml").read_text()).get("defaults", [])
                 if isinstance(entry, DictConfig) and not next(iter(entry)).startswith(("override", "hydra"))}
-    for arg in args:
-        key = arg.partition("=")[0].lstrip("+").split("@")[0]
-        if arg.startswith(("-", "~")) or key not in defaults:
-            continue
-        try:
-            override = parser.parse_override(arg)
-        except HydraException:
-            continue  # Hydra's own error names it
-        value = None if override.is_sweep_override() else override.value()
-        if override.is_sweep_override() or isinstance(value, str) or (
-                isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
+    for arg, key, value in single_values(args, defaults.__contains__):
+        if isinstance(value, str) or (isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
             continue  # one option, or several (Hydra's list of options: experiment=[a,b])
         if value is None and defaults[key] is None:
             return f"{arg}: {key} is unset unless given (Hydra takes no null for a config group); leave {arg} out"
