@@ -221,11 +221,11 @@ def main() -> None:
     if added:
         fail(ConfigError(added))
     multirun = "-m" in args or "--multirun" in args
-    if multirun:  # -m after an override: argparse took the overrides beyond it for unrecognized arguments (other
-        # options, --config-dir DIR, must still come before the overrides, as Hydra's usage line says)
+    if multirun:
+        # -m after an override: argparse took the overrides beyond it for unrecognized arguments (other options,
+        # --config-dir DIR, must still come before the overrides, as Hydra's usage line says)
         sys.argv[1:] = args = [arg for arg in args if arg in ("-m", "--multirun")][:1] + [
             arg for arg in args if arg not in ("-m", "--multirun")]
-    if multirun:
         swept = swept_objective(args)
         if swept:
             fail(ConfigError(swept))
